@@ -1,0 +1,67 @@
+"""File helpers every writer in detkeeper goes through.
+
+Writes are atomic: data goes to a temporary file in the destination's directory, is flushed to
+disk, then renamed over the destination, so a crash leaves either the old file or the new one and
+never a half-written one. Paths named inside datasets are confined to the dataset's root.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from detkeeper.errors import DataError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same directory + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; not every platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        # Some filesystems (and Windows) refuse fsync on a directory; the rename already happened.
+        return
+    finally:
+        os.close(fd)
+
+
+def resolve_inside(root: str | os.PathLike, relative: str, *, what: str, source: str) -> Path:
+    """Join `relative` onto `root`, refusing names that escape it (`../../x.jpg`, absolute paths).
+
+    `what` and `source` name the field and the file it came from, for the error message.
+    """
+    root_path = Path(root).resolve()
+    candidate = (root_path / relative).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        raise DataError(
+            f"{source}: {what} {relative!r} points outside the dataset root {root_path}; "
+            "detkeeper only reads files inside the dataset's own folder."
+        )
+    return candidate
