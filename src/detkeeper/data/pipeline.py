@@ -1,0 +1,174 @@
+"""The tf.data input pipeline: records -> decoded, augmented, resized, padded batches.
+
+Determinism is by construction: the order of epoch ``e`` is a permutation drawn statelessly from
+``(seed, e)``, and every example's augmentation is drawn from ``(seed, e, position in epoch)``.
+So batch ``k`` of a run is a pure function of ``(records, seed, k)``: a run resumed at step ``k``
+(:func:`training_dataset` with ``start_step=k``) sees exactly the batches the uninterrupted run
+would have, and decoding in parallel threads changes nothing.
+
+A batch is a dict:
+
+* ``images``: float32 ``[B, S, S, 3]``, RGB 0..255, content at the top-left, zero padding;
+* ``boxes``: float32 ``[B, M, 4]`` yxyx in model-input pixels, padded with -1;
+* ``classes``: int32 ``[B, M]`` contiguous class indices (see :class:`LabelMap`), padded with -1;
+* ``num_boxes``: int32 ``[B]``; ``image_ids``: string ``[B]``;
+* ``image_scales``: float32 ``[B, 2]``, model pixels per original pixel ``(fy, fx)``;
+* ``image_sizes``: int32 ``[B, 2]``, original ``(height, width)``.
+
+Crowd regions are not trained on (they are kept in the records for COCO evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from detkeeper.data import augment
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.record import DetectionRecord
+
+_SEED_SALT = 0x5EED
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The training-time random transforms (mirrors ``data.augment`` in the config)."""
+
+    horizontal_flip: bool = True
+    scale_jitter: tuple[float, float] = (0.75, 1.25)
+    colour_jitter: float = 0.1
+
+    @classmethod
+    def from_config(cls, config) -> "Augmentation":
+        return cls(bool(config.horizontal_flip), tuple(config.scale_jitter), float(config.colour_jitter))
+
+
+class _RecordTensors:
+    """The records as flat tensors that a tf.data map function can index by position."""
+
+    def __init__(self, records: Sequence[DetectionRecord], label_map: LabelMap) -> None:
+        if not records:
+            raise ValueError("the input pipeline needs at least one record")
+        paths, encoded, boxes, classes, lengths = [], [], [], [], []
+        for record in records:
+            paths.append(str(record.image_path) if record.image_path is not None else "")
+            encoded.append(record.encoded_image or b"")
+            trained = ~record.is_crowd
+            boxes.append(record.boxes[trained])
+            classes.append(label_map.ids_to_indices(record.class_ids[trained]))
+            lengths.append(int(trained.sum()))
+        self.count = len(records)
+        self.paths = tf.constant(paths, tf.string)
+        self.encoded = tf.constant(encoded, tf.string)
+        self.image_ids = tf.constant([record.image_id for record in records], tf.string)
+        self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(lengths)]), tf.int64)
+        self.boxes = tf.constant(np.concatenate(boxes).reshape(-1, 4), tf.float32)
+        self.classes = tf.constant(np.concatenate(classes).astype(np.int32), tf.int32)
+
+    def example(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Decoded RGB image (float32), boxes, classes and image id of record `index`."""
+        path = self.paths[index]
+        data = tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path),
+                       lambda: self.encoded[index])
+        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+        image.set_shape([None, None, 3])
+        start, end = self.row_splits[index], self.row_splits[index + 1]
+        return (tf.cast(image, tf.float32), self.boxes[start:end], self.classes[start:end],
+                self.image_ids[index])
+
+
+def epoch_order(num_records: int, seed: int, epoch: int) -> tf.Tensor:
+    """The record order of one epoch: a permutation drawn statelessly from ``(seed, epoch)``."""
+    keys = tf.random.stateless_uniform([num_records], seed=tf.stack(
+        [tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    return tf.argsort(keys, stable=True)
+
+
+def _example_seed(seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+    base = tf.constant([seed, _SEED_SALT], tf.int64)
+    per_epoch = tf.random.experimental.stateless_fold_in(base, epoch)
+    return tf.random.experimental.stateless_fold_in(per_epoch, position)
+
+
+def _finish(image, boxes, classes, keep, image_id, image_size, factors, max_boxes):
+    """Drop boxes cropped away, pad to `max_boxes`, and package one example."""
+    boxes = tf.boolean_mask(boxes, keep)[:max_boxes]
+    classes = tf.boolean_mask(classes, keep)[:max_boxes]
+    count = tf.shape(boxes)[0]
+    padding = max_boxes - count
+    return {
+        "images": image,
+        "boxes": tf.pad(boxes, [[0, padding], [0, 0]], constant_values=-1.0),
+        "classes": tf.pad(classes, [[0, padding]], constant_values=-1),
+        "num_boxes": count,
+        "image_ids": image_id,
+        "image_scales": tf.cast(factors, tf.float32),
+        "image_sizes": tf.cast(image_size, tf.int32),
+    }
+
+
+def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
+                     batch_size: int, max_boxes: int, augmentation: Augmentation | None, seed: int,
+                     start_step: int = 0) -> tf.data.Dataset:
+    """An endless stream of shuffled, augmented batches; batch ``k`` depends only on ``(seed, k)``.
+
+    `start_step` skips the first batches cheaply (on record indices, before any decoding), so a
+    resumed run continues with the batch it would have seen next.
+    """
+    tensors = _RecordTensors(records, label_map)
+    count = tensors.count
+    first_example = start_step * batch_size
+    start_epoch, skip_in_epoch = divmod(first_example, count)
+
+    def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = epoch_order(count, seed, epoch)
+        positions = tf.range(count, dtype=tf.int64)
+        epochs = tf.fill([count], epoch)
+        return tf.data.Dataset.from_tensor_slices((epochs, positions, tf.cast(order, tf.int64)))
+
+    def load(epoch, position, index):
+        image, boxes, classes, image_id = tensors.example(index)
+        original_size = tf.shape(image)[:2]
+        if augmentation is None:
+            image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+        else:
+            image, boxes, keep, factors = augment.random_augment(
+                image, boxes, image_size, seed=_example_seed(seed, epoch, position),
+                horizontal_flip=augmentation.horizontal_flip,
+                scale_range=augmentation.scale_jitter, colour_strength=augmentation.colour_jitter)
+        return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
+
+    dataset = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+               .flat_map(epoch_indices)
+               .skip(skip_in_epoch)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size, drop_remainder=True)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_deterministic_options())
+
+
+def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
+                       batch_size: int, max_boxes: int) -> tf.data.Dataset:
+    """One pass over `records` in order, resized for the model, no augmentation; last batch may be short."""
+    tensors = _RecordTensors(records, label_map)
+
+    def load(index):
+        image, boxes, classes, image_id = tensors.example(index)
+        original_size = tf.shape(image)[:2]
+        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+        return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
+
+    dataset = (tf.data.Dataset.range(tensors.count)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_deterministic_options())
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options

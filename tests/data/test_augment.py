@@ -1,0 +1,110 @@
+"""Augmented boxes must stay on the objects: hand-computed cases and a pixel-level property."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from detkeeper.data import augment
+
+
+def test_flip_moves_box_to_mirror_position():
+    image = tf.zeros([6, 10, 3])
+    _, boxes = augment.flip_horizontal(image, tf.constant([[1.0, 2.0, 3.0, 5.0]]))
+    np.testing.assert_allclose(boxes.numpy(), [[1.0, 5.0, 3.0, 8.0]])
+
+
+def test_flip_is_its_own_inverse_on_pixels_and_boxes():
+    image = tf.random.stateless_uniform([7, 11, 3], seed=[1, 2])
+    boxes = tf.constant([[0.5, 1.5, 4.0, 9.0], [2.0, 0.0, 7.0, 11.0]])
+    twice_image, twice_boxes = augment.flip_horizontal(*augment.flip_horizontal(image, boxes))
+    np.testing.assert_array_equal(twice_image.numpy(), image.numpy())
+    np.testing.assert_allclose(twice_boxes.numpy(), boxes.numpy())
+
+
+def test_resize_keeps_aspect_ratio_and_scales_boxes():
+    image = tf.zeros([100, 200, 3])
+    boxes = tf.constant([[10.0, 20.0, 30.0, 40.0]])
+    padded, out_boxes, keep, factors = augment.resize_for_model(image, boxes, 50)
+    assert padded.shape == (50, 50, 3)
+    np.testing.assert_allclose(out_boxes.numpy(), [[2.5, 5.0, 7.5, 10.0]])
+    np.testing.assert_allclose(factors.numpy(), [0.25, 0.25])
+    assert keep.numpy().tolist() == [True]
+
+
+def test_resize_pads_bottom_right_with_zeros():
+    image = tf.ones([100, 200, 3]) * 200.0
+    padded, _, _, _ = augment.resize_for_model(image, tf.zeros([0, 4]), 50)
+    assert np.all(padded.numpy()[:25] > 199.0)
+    assert np.all(padded.numpy()[25:] == 0.0)
+
+
+def test_scale_and_crop_shifts_clips_and_drops_boxes():
+    image = tf.zeros([100, 200, 3])
+    boxes = tf.constant([
+        [10.0, 20.0, 30.0, 40.0],   # -> [5, 10, 15, 20] - offset x 25: cropped away
+        [10.0, 60.0, 30.0, 100.0],  # -> [5, 30, 15, 50] - 25: fully inside
+        [0.0, 40.0, 20.0, 80.0],    # -> [0, 20, 10, 40] - 25: crosses the left edge, clipped
+    ])
+    content, out_boxes, keep, factors = augment.scale_and_crop(
+        image, boxes, 50, scale=2.0, offset_fraction=tf.constant([0.5, 0.5]))
+    assert content.shape == (50, 50, 3)
+    np.testing.assert_allclose(factors.numpy(), [0.5, 0.5])
+    assert keep.numpy().tolist() == [False, True, True]
+    np.testing.assert_allclose(out_boxes.numpy()[1:], [[5.0, 5.0, 15.0, 25.0], [0.0, 0.0, 10.0, 15.0]])
+
+
+def test_crop_takes_exactly_the_offset_window():
+    image = tf.reshape(tf.range(40 * 80 * 3, dtype=tf.float32), [40, 80, 3])
+    content, _, _, _ = augment.scale_and_crop(image, tf.zeros([0, 4]), 40, scale=2.0,
+                                              offset_fraction=tf.constant([0.0, 0.25]))
+    np.testing.assert_array_equal(content.numpy(), image.numpy()[:, 10:50])
+
+
+def test_zoom_out_leaves_content_smaller_than_output():
+    content, boxes, keep, _ = augment.scale_and_crop(
+        tf.zeros([100, 100, 3]), tf.constant([[0.0, 0.0, 100.0, 100.0]]), 64, scale=0.5,
+        offset_fraction=tf.constant([0.7, 0.7]))
+    assert content.shape == (32, 32, 3)
+    np.testing.assert_allclose(boxes.numpy(), [[0.0, 0.0, 32.0, 32.0]])
+    assert keep.numpy().tolist() == [True]
+
+
+def _scene():
+    """A black image with three white rectangles at known boxes."""
+    image = np.zeros([120, 160, 3], np.float32)
+    boxes = np.array([[10, 10, 40, 50], [60, 90, 110, 150], [20, 100, 50, 130]], np.float32)
+    for ymin, xmin, ymax, xmax in boxes.astype(int):
+        image[ymin:ymax, xmin:xmax] = 255.0
+    return tf.constant(image), tf.constant(boxes)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_augment_keeps_every_box_on_its_object(seed):
+    image, boxes = _scene()
+    out, out_boxes, keep, _ = augment.random_augment(
+        image, boxes, 96, seed=tf.constant([seed, 7], tf.int64), horizontal_flip=True,
+        scale_range=(0.6, 1.8), colour_strength=0.0)
+    out = out.numpy()
+    for (ymin, xmin, ymax, xmax) in out_boxes.numpy()[keep.numpy()]:
+        if (ymax - ymin) < 3 or (xmax - xmin) < 3:
+            continue  # slivers at the crop border: too thin to sample
+        inner = out[int(np.ceil(ymin)) + 1:int(ymax) - 1, int(np.ceil(xmin)) + 1:int(xmax) - 1]
+        assert inner.size and inner.mean() > 200.0, (seed, ymin, xmin, ymax, xmax)
+    # Pixels bright enough to be an object lie inside some kept box.
+    bright = np.argwhere(out.mean(axis=-1) > 250.0)
+    inside = np.zeros(len(bright), bool)
+    for (ymin, xmin, ymax, xmax) in out_boxes.numpy()[keep.numpy()]:
+        inside |= ((bright[:, 0] >= ymin - 1) & (bright[:, 0] < ymax + 1)
+                   & (bright[:, 1] >= xmin - 1) & (bright[:, 1] < xmax + 1))
+    assert inside.all(), seed
+
+
+def test_colour_jitter_changes_colours_not_geometry():
+    image, boxes = _scene()
+    plain = augment.random_augment(image, boxes, 96, seed=tf.constant([3, 4], tf.int64),
+                                   horizontal_flip=True, scale_range=(0.8, 1.2), colour_strength=0.0)
+    jittered = augment.random_augment(image, boxes, 96, seed=tf.constant([3, 4], tf.int64),
+                                      horizontal_flip=True, scale_range=(0.8, 1.2), colour_strength=0.5)
+    np.testing.assert_array_equal(plain[1].numpy(), jittered[1].numpy())
+    assert not np.array_equal(plain[0].numpy(), jittered[0].numpy())
+    assert jittered[0].numpy().min() >= 0.0 and jittered[0].numpy().max() <= 255.0

@@ -1,0 +1,122 @@
+"""The tf.data pipeline: deterministic order and augmentation, exact resume, correct targets."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import Augmentation, epoch_order, evaluation_dataset, training_dataset
+from detkeeper.data.record import DetectionRecord
+
+LABELS = LabelMap.from_names(["a", "b"])
+
+
+def _png(height, width, value):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full([height, width, 3], value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def records(tmp_path):
+    made = []
+    for i in range(10):
+        height, width = 40 + 4 * i, 60 - 2 * i
+        path = tmp_path / f"img{i}.png"
+        path.write_bytes(_png(height, width, 10 * i))
+        made.append(DetectionRecord(
+            image_id=f"img{i}", boxes=[[2, 3, 20, 30], [5, 5, 15, 25]], class_ids=[1, 2],
+            is_crowd=[False, i == 0], source=str(path), image_path=path, width=width, height=height))
+    return made
+
+
+def _batches(dataset, count):
+    return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(count)]
+
+
+def _assert_batches_equal(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _train(records, seed=1, start_step=0, augmentation=Augmentation(colour_jitter=0.2)):
+    return training_dataset(records, LABELS, image_size=32, batch_size=4, max_boxes=5,
+                            augmentation=augmentation, seed=seed, start_step=start_step)
+
+
+def test_same_seed_gives_identical_batches(records):
+    _assert_batches_equal(_batches(_train(records), 6), _batches(_train(records), 6))
+
+
+def test_other_seed_gives_other_order(records):
+    ids_one = [b["image_ids"].tolist() for b in _batches(_train(records, seed=1), 3)]
+    ids_two = [b["image_ids"].tolist() for b in _batches(_train(records, seed=2), 3)]
+    assert ids_one != ids_two
+
+
+@pytest.mark.parametrize("start_step", [1, 3, 7])
+def test_resume_at_a_step_sees_the_batches_of_the_uninterrupted_run(records, start_step):
+    full = _batches(_train(records), start_step + 3)
+    resumed = _batches(_train(records, start_step=start_step), 3)
+    _assert_batches_equal(full[start_step:], resumed)
+
+
+def test_every_epoch_visits_every_record_once(records):
+    dataset = training_dataset(records, LABELS, image_size=32, batch_size=1, max_boxes=5,
+                               augmentation=None, seed=5)
+    seen = [b["image_ids"][0].decode() for b in _batches(dataset, 30)]
+    for epoch in range(3):
+        assert sorted(seen[epoch * 10:(epoch + 1) * 10]) == sorted(r.image_id for r in records)
+    assert seen[:10] != seen[10:20]
+    assert list(epoch_order(10, 5, 0).numpy()) == [int(s[3:]) for s in seen[:10]]
+
+
+def test_training_batches_have_fixed_shapes_and_padding(records):
+    batch = _batches(_train(records), 1)[0]
+    assert batch["images"].shape == (4, 32, 32, 3)
+    assert batch["boxes"].shape == (4, 5, 4) and batch["classes"].shape == (4, 5)
+    for boxes, classes, count in zip(batch["boxes"], batch["classes"], batch["num_boxes"]):
+        assert np.all(classes[count:] == -1) and np.all(boxes[count:] == -1)
+        assert np.all(classes[:count] >= 0)
+        assert np.all(boxes[:count, 2:] > boxes[:count, :2])
+        assert np.all(boxes[:count] >= 0) and np.all(boxes[:count] <= 32)
+
+
+def test_evaluation_boxes_are_the_record_boxes_times_the_resize_factor(records):
+    dataset = evaluation_dataset(records, LABELS, image_size=32, batch_size=4, max_boxes=5)
+    batches = _batches(dataset, 10)
+    assert [len(b["image_ids"]) for b in batches] == [4, 4, 2]
+    position = 0
+    for batch in batches:
+        for j in range(len(batch["image_ids"])):
+            record = records[position]
+            position += 1
+            assert batch["image_ids"][j].decode() == record.image_id
+            assert tuple(batch["image_sizes"][j]) == (record.height, record.width)
+            fy, fx = batch["image_scales"][j]
+            assert max(round(record.height * fy), round(record.width * fx)) == 32
+            kept = ~record.is_crowd
+            expected = record.boxes[kept] * np.array([fy, fx, fy, fx], np.float32)
+            count = batch["num_boxes"][j]
+            np.testing.assert_allclose(batch["boxes"][j][:count], expected, rtol=1e-5)
+            np.testing.assert_array_equal(batch["classes"][j][:count],
+                                          LABELS.ids_to_indices(record.class_ids[kept]))
+
+
+def test_crowd_boxes_are_not_trained_on(records):
+    dataset = evaluation_dataset(records[:1], LABELS, image_size=32, batch_size=1, max_boxes=5)
+    assert _batches(dataset, 1)[0]["num_boxes"].tolist() == [1]
+
+
+def test_classes_become_contiguous_indices_for_gapped_label_map_ids(tmp_path):
+    labels = LabelMap.from_pbtxt_text("item { id: 3 name: 'x' } item { id: 7 name: 'y' }")
+    record = DetectionRecord(image_id="e", boxes=[[1, 1, 5, 5], [2, 2, 6, 6]], class_ids=[7, 3],
+                             is_crowd=None, source="mem#0", encoded_image=_png(8, 8, 255))
+    batch = _batches(evaluation_dataset([record], labels, image_size=8, batch_size=1, max_boxes=2), 1)[0]
+    assert batch["classes"].tolist() == [[1, 0]]
+    assert batch["images"].shape == (1, 8, 8, 3) and batch["images"].max() == 255.0
