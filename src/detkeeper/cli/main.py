@@ -1,2 +1,66 @@
-def main():
-    raise SystemExit("placeholder")
+"""`detkeeper` command line: parse, call the library, print. User errors exit non-zero, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from detkeeper import __version__
+from detkeeper.errors import DetkeeperError
+
+EXAMPLES = """\
+examples:
+  detkeeper demo                                   built-in dataset: generate, check, show a batch
+  detkeeper data check path/to/VOC2012             count every problem in a dataset
+  detkeeper data convert path/to/VOC --split train --to tfrecord --out records/train
+  detkeeper config show demo --set train.steps=500 print a resolved config
+
+Run `detkeeper COMMAND --help` for each command's options and examples."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from detkeeper.cli import config_commands, data_commands, demo
+
+    parser = argparse.ArgumentParser(
+        prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Train TensorFlow object detectors, keep the best checkpoints by COCO mAP, "
+                    "export self-describing SavedModels.")
+    parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.register(commands, common)
+    data_commands.register(commands, common)
+    config_commands.register(commands, common)
+    return parser
+
+
+def configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.debug, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except DetkeeperError as error:
+        if args.debug:
+            raise
+        print(f"detkeeper {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("detkeeper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""From the config's `data` section to checked records: one label map, one policy, every split.
+
+This is the only module that knows which reader serves which format. It reads each split once,
+resolves the label map (the configured file; else the synthetic dataset's own; else the classes
+found in the first configured split), checks the records against their images, and applies
+``data.bad_records``: ``skip`` drops what is unusable and logs every reason with a count,
+``strict`` raises with the list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+from detkeeper.data.check import check_records, drop_bad
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.problems import ProblemReport
+from detkeeper.data.readout import Readout
+from detkeeper.data.record import DetectionRecord
+from detkeeper.errors import DataError
+
+logger = logging.getLogger("detkeeper.data")
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class PreparedSplit:
+    """A split ready for the pipeline: clean records, and the report of what was dropped or fixed."""
+
+    name: str
+    records: list[DetectionRecord]
+    label_map: LabelMap
+    report: ProblemReport
+    num_read: int  # records the reader produced, before the policy
+
+    @property
+    def num_boxes(self) -> int:
+        return sum(record.num_boxes for record in self.records)
+
+
+def read_source(source, label_map: LabelMap | None, synthetic=None) -> Readout:
+    """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format."""
+    if source.format == "voc":
+        from detkeeper.data.voc import read_voc
+        return read_voc(source.path, split=source.split, label_map=label_map)
+    if source.format == "coco":
+        from detkeeper.data.coco import read_coco
+        return read_coco(source.path, images_dir=source.images, label_map=label_map)
+    if source.format == "tfrecord":
+        from detkeeper.data.tfrecord import read_tfrecords
+        return read_tfrecords(source.path, label_map=label_map)
+    if source.format == "synthetic":
+        from detkeeper.data.voc import read_voc
+        root = ensure_synthetic(source.path, synthetic)
+        return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"))
+    raise DataError(f"data format {source.format!r} is not one of voc, coco, tfrecord, synthetic")
+
+
+def ensure_synthetic(path: str | Path, synthetic) -> Path:
+    """Generate the built-in shapes dataset at `path` unless the same one is already there."""
+    from detkeeper.data.synthetic import generate_shapes_dataset
+    params = {} if synthetic is None else dataclasses.asdict(synthetic)
+    return Path(generate_shapes_dataset(path, **params))
+
+
+class DataSources:
+    """The splits of one `data` config; each split is read at most once."""
+
+    def __init__(self, data_config, *, check_images: bool = True) -> None:
+        self.config = data_config
+        self.check_images = check_images
+        self._readouts: dict[str, Readout] = {}
+        self._prepared: dict[str, PreparedSplit] = {}
+        self._label_map: LabelMap | None = None
+
+    @property
+    def configured_splits(self) -> list[str]:
+        return [name for name in SPLITS if getattr(self.config, name) is not None]
+
+    def source(self, split: str):
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        source = getattr(self.config, split)
+        if source is None:
+            raise DataError(f"data.{split} is not set in the config; set data.{split}.format and "
+                            f"data.{split}.path (configured splits: {', '.join(self.configured_splits) or 'none'})")
+        return source
+
+    @property
+    def label_map(self) -> LabelMap:
+        """The configured label map, else the synthetic dataset's, else the first split's classes."""
+        if self._label_map is None:
+            if self.config.label_map:
+                self._label_map = LabelMap.read(self.config.label_map)
+            elif not self.configured_splits:
+                raise DataError("the config sets no data split (data.train, data.val, data.test) "
+                                "and no data.label_map")
+            else:
+                first = self.configured_splits[0]
+                source = self.source(first)
+                if source.format == "synthetic":
+                    root = ensure_synthetic(source.path, self.config.synthetic)
+                    self._label_map = LabelMap.read(root / "label_map.pbtxt")
+                else:
+                    readout = read_source(source, None, self.config.synthetic)
+                    self._label_map = readout.label_map
+                    self._readouts[first] = readout
+        return self._label_map
+
+    def readout(self, split: str) -> Readout:
+        if split not in self._readouts:
+            self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic)
+        return self._readouts[split]
+
+    def prepare(self, split: str, progress: Callable[[int], None] | None = None) -> PreparedSplit:
+        """Read, check and apply ``data.bad_records`` to one split (once; later calls reuse it)."""
+        if split in self._prepared:
+            return self._prepared[split]
+        readout = self.readout(split)
+        found = check_records(readout.records, max_boxes=self.config.max_boxes,
+                              check_images=self.check_images, progress=progress)
+        report = ProblemReport([*readout.problems, *found])
+        where = f"data.{split} ({self.source(split).path})"
+        if self.config.bad_records == "strict":
+            report.raise_if_strict(where)
+        records = drop_bad(readout.records, found)
+        if not records:
+            raise DataError(f"{where}: no usable records ({len(readout.records)} read); "
+                            "run `detkeeper data check` on it to see why")
+        if report.problems:
+            logger.warning("%s: %d of %d records kept, %d problem(s):\n%s", where, len(records),
+                           len(readout.records), len(report.problems), "\n".join(report.summary_lines()))
+        self._prepared[split] = PreparedSplit(split, records, self.label_map, report, len(readout.records))
+        return self._prepared[split]
