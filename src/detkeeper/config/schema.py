@@ -1,0 +1,340 @@
+"""The run config: one frozen dataclass per section, the single source of truth for every setting.
+
+Each field carries a one-sentence `help` (the config reference is generated from it), its range
+and, for filesystem paths, a `path` mark the loader uses to make it absolute. Checks that involve
+more than one field live in each class's ``validate()``, which returns ``"key: message"`` strings
+relative to the section. The classes are frozen so the config written into a run folder is
+exactly the config the run used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from detkeeper.config.validate import setting
+
+SourceFormat = Literal["voc", "coco", "tfrecord", "synthetic"]
+
+WEIGHTS_KEYWORDS = ("imagenet", "none")
+"""Values of `model.backbone.weights` that are not paths."""
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The feature extractor and where its starting weights come from."""
+
+    name: str = setting("tiny", help="Backbone name known to the model registry.")
+    weights: str = setting(
+        "none",
+        help='Starting weights: "imagenet", "none" (random init) or a path to a weights file.',
+        path=True,
+        path_keywords=WEIGHTS_KEYWORDS,
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.name:
+            problems.append("name: expected a non-empty backbone name, got ''")
+        if not self.weights:
+            problems.append("weights: expected \"imagenet\", \"none\" or a path, got ''")
+        return problems
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which detector to build and at what input size."""
+
+    name: str = setting("retinanet_tiny", help="Detector name in the model registry.")
+    image_size: int = setting(
+        320,
+        help="Square input side in pixels; images are resized keeping aspect ratio, then padded.",
+        ge=32,
+    )
+    backbone: BackboneConfig = setting(
+        default_factory=BackboneConfig, help="The backbone network and its starting weights."
+    )
+    custom_objects_module: str | None = setting(
+        None, help="Importable module that registers extra Keras-serializable layers, if any."
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.name:
+            problems.append("name: expected a non-empty model name, got ''")
+        if self.image_size % 32:
+            problems.append(f"image_size: expected a multiple of 32, got {self.image_size}")
+        module = self.custom_objects_module
+        if module is not None and not _MODULE_NAME.match(module):
+            problems.append(f"custom_objects_module: expected a dotted module name, got {module!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One data split: where it is stored and in which format."""
+
+    format: SourceFormat = setting(help="Storage format of this split.")
+    path: str = setting(
+        help=(
+            "voc: dataset root holding Annotations/, JPEGImages/ and ImageSets/; coco: the "
+            "instances JSON file; tfrecord: a file, a glob or a comma-separated list of them; "
+            "synthetic: the folder the built-in dataset is generated into."
+        ),
+        path=True,
+    )
+    split: str | None = setting(
+        None,
+        help="voc/synthetic: read ImageSets/Main/<split>.txt; null reads every annotation.",
+    )
+    images: str | None = setting(
+        None, help="coco: the image folder; null means the JSON file's folder.", path=True
+    )
+
+    def patterns(self) -> list[str]:
+        """The file patterns `path` names: tfrecord paths are comma-separated, others are one."""
+        if self.format == "tfrecord":
+            return [part.strip() for part in self.path.split(",")]
+        return [self.path]
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not all(self.patterns()):
+            problems.append(f"path: expected a non-empty path for every entry, got {self.path!r}")
+        if self.split is not None and self.format not in ("voc", "synthetic"):
+            problems.append(
+                f"split: only voc and synthetic sources have splits (format is {self.format!r}); "
+                f"expected null, got {self.split!r}"
+            )
+        if self.images is not None and self.format != "coco":
+            problems.append(
+                f"images: only coco sources take an image folder (format is {self.format!r}); "
+                f"expected null, got {self.images!r}"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random training-time augmentation; evaluation never augments."""
+
+    horizontal_flip: bool = setting(True, help="Flip half of the training images left to right.")
+    scale_jitter: tuple[float, float] = setting(
+        (0.75, 1.25), help="Random zoom range [min, max]; [1, 1] disables it."
+    )
+    colour_jitter: float = setting(
+        0.1,
+        help="Strength of brightness/contrast/saturation/hue jitter; 0 disables it.",
+        ge=0,
+        le=1,
+    )
+
+    def validate(self) -> list[str]:
+        low, high = self.scale_jitter
+        if not 0 < low <= high <= 4:
+            expected = "[min, max] with 0 < min <= max <= 4"
+            return [f"scale_jitter: expected {expected}, got {[low, high]}"]
+        return []
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in procedurally generated shapes dataset."""
+
+    num_train: int = setting(400, help="Number of generated training images.", ge=1)
+    num_val: int = setting(100, help="Number of generated validation images.", ge=1)
+    num_test: int = setting(100, help="Number of generated test images.", ge=1)
+    image_size: int = setting(256, help="Side of each generated square image in pixels.", ge=64)
+    max_objects: int = setting(6, help="Most shapes drawn in one image.", ge=1)
+    seed: int = setting(0, help="Random seed; the same seed generates the same dataset.", ge=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The dataset splits and how they are read and augmented."""
+
+    train: SourceConfig | None = setting(None, help="The training split.")
+    val: SourceConfig | None = setting(
+        None, help="The validation split, evaluated during training to pick checkpoints."
+    )
+    test: SourceConfig | None = setting(None, help="The held-out test split, for final reports.")
+    label_map: str | None = setting(
+        None, help="Path to a label_map.pbtxt; null derives it from the train split.", path=True
+    )
+    bad_records: Literal["skip", "strict"] = setting(
+        "skip", help="skip: drop unreadable records and report them; strict: stop at the first."
+    )
+    max_boxes: int = setting(100, help="Boxes kept per image after padding.", ge=1)
+    augment: AugmentConfig = setting(
+        default_factory=AugmentConfig, help="Training-time augmentation."
+    )
+    synthetic: SyntheticConfig = setting(
+        default_factory=SyntheticConfig, help="Settings of the built-in synthetic dataset."
+    )
+
+    def validate(self) -> list[str]:
+        sources = (self.train, self.val, self.test)
+        uses_synthetic = any(source and source.format == "synthetic" for source in sources)
+        if uses_synthetic and self.synthetic.max_objects > self.max_boxes:
+            return [
+                f"synthetic.max_objects: expected at most max_boxes ({self.max_boxes}), "
+                f"got {self.synthetic.max_objects}"
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer and its hyperparameters."""
+
+    name: Literal["sgd", "adam", "adamw"] = setting("sgd", help="Optimizer algorithm.")
+    learning_rate: float = setting(0.01, help="Peak learning rate, reached after warmup.", gt=0)
+    momentum: float = setting(0.9, help="SGD momentum; ignored by adam and adamw.", ge=0, lt=1)
+    weight_decay: float = setting(0.0, help="Decoupled weight decay; 0 disables it.", ge=0)
+    clipnorm: float | None = setting(
+        10.0, help="Clip each gradient to this norm; null disables clipping.", gt=0
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the learning rate changes over training."""
+
+    name: Literal["constant", "cosine", "step"] = setting("cosine", help="Learning-rate schedule.")
+    warmup_steps: int = setting(100, help="Steps of linear warmup from 0 to the peak rate.", ge=0)
+    decay_rate: float = setting(
+        0.1, help="step schedule: multiply the rate by this at each boundary.", gt=0, le=1
+    )
+    decay_steps: list[int] = setting(
+        default_factory=list, help="step schedule: increasing step numbers where the rate decays."
+    )
+
+    def validate(self) -> list[str]:
+        steps = self.decay_steps
+        if any(step < 1 for step in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
+            return [f"decay_steps: expected strictly increasing positive steps, got {steps}"]
+        return []
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    batch_size: int = setting(8, help="Images per training step.", ge=1)
+    steps: int = setting(2000, help="Total training steps.", ge=1)
+    seed: int = setting(0, help="Seed for weight init, shuffling and augmentation.", ge=0)
+    optimizer: OptimizerConfig = setting(
+        default_factory=OptimizerConfig, help="Optimizer and its hyperparameters."
+    )
+    schedule: ScheduleConfig = setting(
+        default_factory=ScheduleConfig, help="Learning-rate schedule."
+    )
+    mixed_precision: bool = setting(False, help="Compute in float16 with float32 weights.")
+    ema_decay: float | None = setting(
+        None,
+        help="Keep an exponential moving average of weights with this decay; null disables it.",
+        gt=0,
+        lt=1,
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Periodic evaluation on the validation split."""
+
+    every_steps: int = setting(
+        500, help="Evaluate on the validation split every this many steps.", ge=1
+    )
+    monitor: str = setting(
+        "val_mAP", help="Metric that ranks checkpoints and drives early stopping."
+    )
+    score_threshold: float = setting(
+        0.05, help="Drop detections scoring below this before evaluation.", ge=0, le=1
+    )
+    iou_threshold: float = setting(
+        0.5, help="IoU above which non-maximum suppression merges boxes.", gt=0, le=1
+    )
+    max_detections: int = setting(100, help="Most detections kept per image.", ge=1)
+
+    def validate(self) -> list[str]:
+        return [] if self.monitor else ["monitor: expected a metric name, got ''"]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Which checkpoints are kept on disk."""
+
+    keep_best: int = setting(
+        3, help="Keep this many checkpoints with the best monitored metric.", ge=1
+    )
+    keep_last: int = setting(
+        2, help="Also keep this many most recent checkpoints, for resuming.", ge=1
+    )
+    mode: Literal["max", "min"] = setting(
+        "max", help="max: a higher monitored metric is better; min: lower is better."
+    )
+    min_delta: float = setting(
+        0.0, help="Smallest change of the metric that counts as an improvement.", ge=0
+    )
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop training when the monitored metric stops improving."""
+
+    enabled: bool = setting(True, help="Stop early when the monitored metric stops improving.")
+    patience: int = setting(
+        5, help="Evaluations without improvement before training stops.", ge=1
+    )
+    min_delta: float = setting(
+        0.0, help="Smallest change of the metric that counts as an improvement.", ge=0
+    )
+    start_from: int = setting(0, help="Step before which early stopping never triggers.", ge=0)
+    baseline: float | None = setting(
+        None, help="Stop unless the metric beats this value within `patience` evaluations."
+    )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The exported SavedModel's post-processing; null values inherit the evaluation settings."""
+
+    score_threshold: float | None = setting(
+        None, help="Drop detections scoring below this; null uses evaluation's.", ge=0, le=1
+    )
+    iou_threshold: float | None = setting(
+        None, help="Non-maximum suppression IoU threshold; null uses evaluation's.", gt=0, le=1
+    )
+    max_detections: int | None = setting(
+        None, help="Most detections per image; null uses evaluation's.", ge=1
+    )
+    verify: bool = setting(
+        True, help="Reload the export in a fresh process and check it matches the checkpoint."
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; saved resolved into the run folder."""
+
+    run_dir: str = setting(
+        "runs/default",
+        help="Folder receiving checkpoints, logs and exports of this run.",
+        path=True,
+    )
+    model: ModelConfig = setting(default_factory=ModelConfig, help="The detector.")
+    data: DataConfig = setting(default_factory=DataConfig, help="The dataset.")
+    train: TrainConfig = setting(default_factory=TrainConfig, help="The training loop.")
+    evaluation: EvaluationConfig = setting(
+        default_factory=EvaluationConfig, help="Periodic validation."
+    )
+    checkpoint: CheckpointConfig = setting(
+        default_factory=CheckpointConfig, help="Checkpoint retention."
+    )
+    early_stopping: EarlyStoppingConfig = setting(
+        default_factory=EarlyStoppingConfig, help="Early stopping."
+    )
+    export: ExportConfig = setting(default_factory=ExportConfig, help="SavedModel export.")
