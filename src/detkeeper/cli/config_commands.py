@@ -23,19 +23,16 @@ def register(commands, common) -> None:
     show.add_argument("config", help="YAML file or preset name")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override, e.g. train.optimizer.learning_rate=0.001 (repeatable)")
-    show.set_defaults(handler=run_show)
+    show.set_defaults(handler=run_show, uses_tensorflow=False)
     presets = sub.add_parser("presets", parents=[common], formatter_class=fmt, epilog=SHOW_EXAMPLES,
                              help="list the named presets", description="List the presets shipped with detkeeper.")
-    presets.set_defaults(handler=run_presets)
+    presets.set_defaults(handler=run_presets, uses_tensorflow=False)
 
 
 def run_show(args) -> int:
-    import yaml
+    from detkeeper.config import config_to_yaml, load_config
 
-    from detkeeper.config import config_to_dict, load_config
-
-    config = load_config(args.config, args.set)
-    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+    print(config_to_yaml(load_config(args.config, args.set)), end="")
     return 0
 
 

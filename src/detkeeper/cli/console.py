@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -11,6 +12,27 @@ from typing import Callable, Iterator, Sequence
 from detkeeper.errors import DataError
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter muted.
+
+    TF 2.21 prints oneDNN and CUDA-probe lines through absl before any log level applies (no
+    environment variable silences them), so stderr's file descriptor points at /dev/null while
+    TensorFlow imports and creates its context. Python exceptions still propagate normally.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
 
 
 @contextlib.contextmanager

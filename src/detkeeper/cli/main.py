@@ -42,7 +42,10 @@ def configure_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+        # Before TensorFlow is imported. Level 3 also hides its C++ "error" lines that are not
+        # errors for us (e.g. cuInit failing on a machine without a GPU); real failures still
+        # reach us as Python exceptions.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.debug, args.quiet)
     try:
+        if getattr(args, "uses_tensorflow", True) and not args.debug:
+            from detkeeper.cli.console import import_tensorflow_quietly
+            import_tensorflow_quietly()
         return int(args.handler(args) or 0)
     except DetkeeperError as error:
         if args.debug:
