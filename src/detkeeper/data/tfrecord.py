@@ -1,0 +1,384 @@
+"""TFRecords of ``tf.train.Example`` in the TF Object Detection API's format.
+
+The keys and dtypes are those of the API's ``TfExampleDecoder.keys_to_features``
+(``research/object_detection/data_decoders/tf_example_decoder.py``) as written by its
+``create_pascal_tf_record.py`` / ``create_coco_tf_record.py``:
+
+================================  =====  ================================================
+key                               dtype  content
+================================  =====  ================================================
+image/encoded                     bytes  the JPEG/PNG file
+image/format                      bytes  ``jpeg`` / ``png`` (decoder default ``jpeg``)
+image/filename                    bytes  file name
+image/source_id                   bytes  image id (detkeeper's ``image_id``)
+image/key/sha256                  bytes  hex digest of image/encoded
+image/height, image/width         int64  image size in pixels (decoder default 1)
+image/object/bbox/{y,x}{min,max}  float  box corners NORMALIZED to [0, 1] by the image size
+image/object/class/label          int64  label-map id (1-based)
+image/object/class/text           bytes  label-map name
+image/object/is_crowd             int64  COCO crowd flag
+image/object/difficult            int64  VOC difficult flag (written as 0)
+image/object/truncated            int64  VOC truncated flag (written as 0; decoder skips it)
+================================  =====  ================================================
+
+``image/object/view`` (VOC pose) is not written: the decoder never reads it. When the decoder is
+given a label map it maps ``class/text`` through it and uses ``class/label`` only as a fallback;
+detkeeper reads ``class/label`` and stops with an error where the two disagree.
+
+Shards are named ``<prefix>-00000-of-00004`` and filled round-robin (record ``i`` goes to shard
+``i % num_shards``), as ``tf_record_creation_util.open_sharded_output_tfrecords`` and the API's
+converters do. Reader problems follow :class:`Readout`: what is named is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from PIL import Image, UnidentifiedImageError
+
+from detkeeper.data.label_map import LabelMap, LabelMapItem
+from detkeeper.data.problems import Problem
+from detkeeper.data.readout import Readout
+from detkeeper.data.record import DetectionRecord, denormalize_yxyx, normalize_yxyx
+from detkeeper.errors import DataError
+
+#: Leading bytes of the formats ``tf.io.decode_image`` decodes, and their image/format value.
+_MAGIC = ((b"\xff\xd8\xff", b"jpeg"), (b"\x89PNG\r\n\x1a\n", b"png"), (b"GIF8", b"gif"), (b"BM", b"bmp"))
+_BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
+             "image/object/bbox/ymax", "image/object/bbox/xmax")
+
+
+def shard_paths(output_prefix: str | os.PathLike, num_shards: int) -> list[Path]:
+    """``<prefix>-00000-of-0000N`` names, as the TF OD API's sharding utility makes them."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+    return [Path(f"{output_prefix}-{index:05d}-of-{num_shards:05d}") for index in range(num_shards)]
+
+
+def write_tfrecords(records: Sequence[DetectionRecord], label_map: LabelMap,
+                    output_prefix: str | os.PathLike, num_shards: int = 1) -> list[Path]:
+    """Write `records` round-robin into `num_shards` shards; returns the shard paths.
+
+    Each shard is written under a temporary name and renamed when all are complete, so a crash
+    never leaves a shard that looks finished but is not.
+    """
+    paths = shard_paths(output_prefix, num_shards)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    temporary: list[str] = []
+    try:
+        for path in paths:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temporary.append(name)
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(tf.io.TFRecordWriter(name)) for name in temporary]
+            for index, record in enumerate(records):
+                writers[index % num_shards].write(record_to_example(record, label_map).SerializeToString())
+        for name, path in zip(temporary, paths):
+            _fsync(name)
+            os.replace(name, path)
+    except BaseException:
+        for name in temporary:
+            Path(name).unlink(missing_ok=True)
+        raise
+    return paths
+
+
+def record_to_example(record: DetectionRecord, label_map: LabelMap) -> tf.train.Example:
+    """One record as the API's converters build it; boxes normalized by the image's true size."""
+    unknown = [int(c) for c in record.class_ids if not label_map.has_id(c)]
+    if unknown:
+        raise DataError(f"{record.source}: class id {unknown[0]} is not in the label map "
+                        f"(ids: {label_map.ids})")
+    try:
+        encoded = record.read_encoded()
+    except OSError as error:
+        raise DataError(f"{record.source}: cannot read image {record.image_path} ({error})") from None
+    image_format = next((name for magic, name in _MAGIC if encoded.startswith(magic)), None)
+    if image_format is None:
+        raise DataError(f"{record.source}: the image is not JPEG, PNG, GIF or BMP; "
+                        "TensorFlow cannot decode it from a TFRecord")
+    size = (record.height, record.width) if record.height and record.width else _header_size(encoded)
+    if size is None:
+        raise DataError(f"{record.source}: the record declares no size and its image header cannot "
+                        "be read, so its boxes cannot be normalized")
+    height, width = size
+    ymin, xmin, ymax, xmax = normalize_yxyx(record.boxes, height, width).T
+    filename = record.image_path.name if record.image_path is not None else record.image_id
+    zeros = [0] * record.num_boxes
+    feature = {
+        "image/height": _ints([height]),
+        "image/width": _ints([width]),
+        "image/filename": _bytes([filename.encode("utf-8")]),
+        "image/source_id": _bytes([record.image_id.encode("utf-8")]),
+        "image/key/sha256": _bytes([hashlib.sha256(encoded).hexdigest().encode("utf-8")]),
+        "image/encoded": _bytes([encoded]),
+        "image/format": _bytes([image_format]),
+        "image/object/bbox/xmin": _floats(xmin),
+        "image/object/bbox/xmax": _floats(xmax),
+        "image/object/bbox/ymin": _floats(ymin),
+        "image/object/bbox/ymax": _floats(ymax),
+        "image/object/class/text": _bytes([label_map.item_of_id(c).name.encode("utf-8")
+                                           for c in record.class_ids]),
+        "image/object/class/label": _ints(record.class_ids.tolist()),
+        "image/object/is_crowd": _ints(record.is_crowd.astype(np.int64).tolist()),
+        "image/object/difficult": _ints(zeros),
+        "image/object/truncated": _ints(zeros),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named by a path, a glob, a comma-separated string of them, or a sequence of those;
+    sorted and without duplicates. A pattern that matches no file is an error, not an empty list."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: set[Path] = set()
+    for item in items:
+        parts = item.split(",") if isinstance(item, str) else [os.fspath(item)]
+        for pattern in (part.strip() for part in parts):
+            if not pattern:
+                continue
+            pattern = os.path.expanduser(pattern)
+            matches = [pattern] if os.path.isfile(pattern) else glob.glob(pattern)
+            files = [Path(os.path.abspath(match)) for match in matches if os.path.isfile(match)]
+            if not files:
+                raise DataError(f"no TFRecord file matches {pattern!r}")
+            found.update(files)
+    if not found:
+        raise DataError(f"no TFRecord files given ({paths!r})")
+    return sorted(found)
+
+
+def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
+                   label_map: LabelMap | None = None) -> Readout:
+    """Records of TF OD API TFRecords, boxes in pixels.
+
+    Without `label_map` one is derived from the (class/label, class/text) pairs of the files.
+    A damaged file keeps the records before the damage and is reported as ``corrupt_record``.
+    """
+    records: list[DetectionRecord] = []
+    problems: list[Problem] = []
+    texts_of_label: dict[int, set[str]] = {}
+    for file in expand_paths(paths):
+        raw_records, damage = _read_file(file)
+        for number, raw in enumerate(raw_records):
+            source = f"{file}#{number}"
+            try:
+                example = _parse(raw, source)
+                class_ids = _class_ids(example, label_map, source)
+            except _Unusable as error:
+                problems.append(Problem(error.kind, source, str(error), error.image_id))
+                continue
+            if label_map is None:
+                _collect_texts(example, texts_of_label, source)
+            keep = np.ones(len(class_ids), bool)
+            for box_index, class_id in enumerate(class_ids):
+                if label_map is not None and not label_map.has_id(class_id):
+                    keep[box_index] = False
+                    text = f" ({example.texts[box_index]!r})" if example.texts else ""
+                    problems.append(Problem("unknown_class", source,
+                                            f"class {class_id}{text} is not in the label map; box left out",
+                                            example.image_id, len(records), box_index))
+            records.append(DetectionRecord(
+                image_id=example.image_id, boxes=example.boxes[keep], class_ids=class_ids[keep],
+                is_crowd=example.is_crowd[keep], source=source, encoded_image=example.encoded,
+                width=example.width, height=example.height))
+        if damage is not None:
+            problems.append(Problem("corrupt_record", f"{file}#{len(raw_records)}", damage))
+    if label_map is None:
+        label_map = _derived_label_map(texts_of_label)
+    return Readout(records, label_map, problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Example:
+    """The fields detkeeper uses from one tf.train.Example, boxes already in pixels."""
+
+    image_id: str
+    encoded: bytes
+    width: int | None
+    height: int | None
+    boxes: np.ndarray
+    labels: list[int]
+    texts: list[str]
+    is_crowd: np.ndarray
+
+
+class _Unusable(Exception):
+    """A record that cannot be produced: the problem `kind` and the image id it names."""
+
+    def __init__(self, detail: str, image_id: str | None = None, kind: str = "malformed_annotation") -> None:
+        super().__init__(detail)
+        self.image_id = image_id
+        self.kind = kind
+
+
+def _read_file(file: Path) -> tuple[list[bytes], str | None]:
+    """The serialized records of `file`, and what stopped the reading early (None if nothing)."""
+    raw_records: list[bytes] = []
+    try:
+        for raw in tf.data.TFRecordDataset(str(file)).as_numpy_iterator():
+            raw_records.append(raw)
+    except tf.errors.DataLossError as error:
+        found = re.search(r"(corrupted|truncated) record at \d+( \(Is this even a TFRecord file\?\))?",
+                          error.message)
+        reason = found.group(0) if found else error.message.splitlines()[0]
+        return raw_records, (f"cannot read record {len(raw_records)} or any after it ({reason}); "
+                             f"the {len(raw_records)} record(s) before it are kept")
+    except tf.errors.OpError as error:
+        raise DataError(f"{file}: cannot read the TFRecord file ({error.message})") from None
+    return raw_records, None
+
+
+def _parse(raw: bytes, source: str) -> _Example:
+    """The fields of one serialized example; raises _Unusable when no record can be built from it."""
+    try:
+        features = tf.train.Example.FromString(raw).features.feature
+    except DecodeError as error:
+        raise _Unusable(f"not a tf.train.Example ({error})") from None
+    source_id = _bytes_text(_scalar(features, "image/source_id", "bytes_list"))
+    filename = _bytes_text(_scalar(features, "image/filename", "bytes_list"))
+    image_id = source_id or filename or source
+    encoded = _scalar(features, "image/encoded", "bytes_list", image_id)
+    if encoded is None:
+        raise _Unusable("no image/encoded: the example carries no image", image_id)
+    height = _scalar(features, "image/height", "int64_list", image_id)
+    width = _scalar(features, "image/width", "int64_list", image_id)
+    if (height is not None and height < 1) or (width is not None and width < 1):
+        raise _Unusable(f"image size {width}x{height} (WxH) is not positive", image_id)
+    corners = [_values(features, key, "float_list", image_id) for key in _BOX_KEYS]
+    labels = _values(features, "image/object/class/label", "int64_list", image_id)
+    texts = [_bytes_text(t) for t in _values(features, "image/object/class/text", "bytes_list", image_id)]
+    crowd = _values(features, "image/object/is_crowd", "int64_list", image_id)
+    count = len(corners[0])
+    lengths = {key: len(values) for key, values in zip(_BOX_KEYS, corners)}
+    lengths.update({"image/object/class/label": len(labels), "image/object/class/text": len(texts),
+                    "image/object/is_crowd": len(crowd)})
+    # The class and crowd lists may be absent (length 0); present, they have one value per box.
+    uneven = {key: n for key, n in lengths.items() if n != count and (n or key in _BOX_KEYS)}
+    if uneven:
+        listing = ", ".join(f"{key}: {n}" for key, n in lengths.items())
+        raise _Unusable(f"per-object lists differ in length ({listing})", image_id)
+    boxes = np.asarray(corners, np.float32).T
+    if count:
+        size = (height, width) if height and width else _header_size(encoded)
+        if size is None:
+            raise _Unusable("no image/height and image/width, and the image header cannot be read, so "
+                            "the normalized boxes cannot be converted to pixels", image_id, "corrupt_image")
+        boxes = denormalize_yxyx(boxes, *size)
+    return _Example(image_id, encoded, width, height, boxes, labels, texts,
+                    np.asarray(crowd, bool) if crowd else np.zeros(count, bool))
+
+
+def _class_ids(example: _Example, label_map: LabelMap | None, source: str) -> np.ndarray:
+    """Ids from class/label; from class/text through the label map when labels are absent."""
+    count = len(example.boxes)
+    if example.labels or not count:
+        ids = np.asarray(example.labels, np.int64)
+    elif label_map is not None and example.texts:
+        ids = np.asarray([label_map.id_of_name(t) or 0 for t in example.texts], np.int64)
+    else:
+        raise _Unusable("objects have no image/object/class/label (with data.label_map set, "
+                        "image/object/class/text would be mapped through it)", example.image_id)
+    if label_map is not None and example.labels and example.texts:
+        for label, text in zip(ids.tolist(), example.texts):
+            text_id = label_map.id_of_name(text)
+            if text_id is not None and label_map.has_id(label) and text_id != label:
+                raise DataError(
+                    f"{source}: an object has class/label {label} and class/text {text!r}, but "
+                    f"{label_map.source} gives {text!r} id {text_id} and id {label} to "
+                    f"{label_map.item_of_id(label).name!r}. The TF OD API would train it as "
+                    f"{text_id} (it maps the text); check that data.label_map is the label map "
+                    "these TFRecords were made with.")
+    return ids
+
+
+def _collect_texts(example: _Example, texts_of_label: dict[int, set[str]], source: str) -> None:
+    if len(example.boxes) and not example.texts:
+        raise DataError(f"{source}: objects have no image/object/class/text, so class names cannot "
+                        "be derived from the TFRecords; set data.label_map to the label map "
+                        "these TFRecords were made with.")
+    for label, text in zip(example.labels, example.texts):
+        texts_of_label.setdefault(label, set()).add(text)
+
+
+def _derived_label_map(texts_of_label: dict[int, set[str]]) -> LabelMap:
+    """The label map the (label, text) pairs imply; any ambiguity needs the user's label map."""
+    hint = "set data.label_map to the label map these TFRecords were made with."
+    labels_of_text: dict[str, list[int]] = {}
+    for label, texts in sorted(texts_of_label.items()):
+        if len(texts) > 1:
+            raise DataError(f"TFRecords give class/label {label} several class/text values "
+                            f"({', '.join(sorted(map(repr, texts)))}); {hint}")
+        labels_of_text.setdefault(next(iter(texts)), []).append(label)
+    for text, labels in labels_of_text.items():
+        if len(labels) > 1:
+            raise DataError(f"TFRecords give class/text {text!r} several class/label values {labels}; {hint}")
+    items = [LabelMapItem(label, text, text) for text, (label,) in labels_of_text.items()]
+    return LabelMap(items, source="the class/label and class/text pairs of the TFRecords")
+
+
+def _scalar(features: Mapping[str, tf.train.Feature], key: str, kind: str,
+            image_id: str | None = None) -> bytes | int | float | None:
+    """The single value of `key` (FixedLenFeature in the decoder), None when absent."""
+    values = _values(features, key, kind, image_id)
+    if len(values) > 1:
+        raise _Unusable(f"{key} has {len(values)} values; the TF OD API reads exactly one", image_id)
+    return values[0] if values else None
+
+
+def _values(features: Mapping[str, tf.train.Feature], key: str, kind: str,
+            image_id: str | None = None) -> list:
+    """The values of `key` (VarLenFeature in the decoder), [] when absent; a wrong dtype is malformed."""
+    if key not in features:
+        return []
+    found = features[key].WhichOneof("kind")
+    if found not in (None, kind):
+        raise _Unusable(f"{key} is a {found}; the TF OD API reads it as a {kind}", image_id)
+    return list(getattr(features[key], kind).value)
+
+
+def _bytes_text(value: bytes | None) -> str:
+    return value.decode("utf-8", "backslashreplace") if value else ""
+
+
+def _header_size(encoded: bytes) -> tuple[int, int] | None:
+    """(height, width) from the image header (None if unreadable), for records declaring no size."""
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        return None
+    return height, width
+
+
+def _fsync(name: str) -> None:
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _bytes(values: list[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _ints(values: list[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _floats(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values.tolist()))
