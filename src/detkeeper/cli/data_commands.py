@@ -134,7 +134,8 @@ def _resolve_target(args, bad_records: str = "skip", check_images: bool = True) 
                           images=args.images if fmt == "coco" else None)
     data = DataConfig(train=source, label_map=args.label_map, bad_records=bad_records)
     name = args.target + (f" (split {args.split})" if fmt == "voc" and args.split else "")
-    return _Target(DataSources(data, check_images=check_images), ["train"], None, {"train": name})
+    sources = DataSources(data, check_images=check_images, display_names={"train": name})
+    return _Target(sources, ["train"], None, {"train": name})
 
 
 def run_check(args) -> int:

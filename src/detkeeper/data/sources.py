@@ -69,9 +69,11 @@ def ensure_synthetic(path: str | Path, synthetic) -> Path:
 class DataSources:
     """The splits of one `data` config; each split is read at most once."""
 
-    def __init__(self, data_config, *, check_images: bool = True) -> None:
+    def __init__(self, data_config, *, check_images: bool = True,
+                 display_names: dict[str, str] | None = None) -> None:
         self.config = data_config
         self.check_images = check_images
+        self._display_names = display_names or {}
         self._readouts: dict[str, Readout] = {}
         self._prepared: dict[str, PreparedSplit] = {}
         self._label_map: LabelMap | None = None
@@ -110,6 +112,10 @@ class DataSources:
                     self._readouts[first] = readout
         return self._label_map
 
+    def describe(self, split: str) -> str:
+        """How messages name a split: ``data.val (path)``, or the dataset path for ad-hoc sources."""
+        return self._display_names.get(split) or f"data.{split} ({self.source(split).path})"
+
     def readout(self, split: str) -> Readout:
         if split not in self._readouts:
             self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic)
@@ -123,7 +129,7 @@ class DataSources:
         found = check_records(readout.records, max_boxes=self.config.max_boxes,
                               check_images=self.check_images, progress=progress)
         report = ProblemReport([*readout.problems, *found])
-        where = f"data.{split} ({self.source(split).path})"
+        where = self.describe(split)
         if self.config.bad_records == "strict":
             report.raise_if_strict(where)
         records = drop_bad(readout.records, found)

@@ -1,0 +1,140 @@
+"""The command line as a user meets it: help with examples, reports, exit codes, one-paragraph errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from detkeeper.cli.main import build_parser, main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _subcommand_parsers(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield from _subcommand_parsers(sub, prefix + (name,))
+    if prefix and not any(a.__class__.__name__ == "_SubParsersAction" for a in parser._actions):
+        yield prefix, parser
+
+
+def test_every_subcommand_help_says_what_it_does_with_an_example():
+    found = list(_subcommand_parsers(build_parser()))
+    assert {" ".join(p) for p, _ in found} >= {"demo", "data check", "data convert", "data generate",
+                                               "data show", "config show", "config presets"}
+    for path, parser in found:
+        text = parser.format_help()
+        assert parser.description, path
+        assert "examples:" in text and "detkeeper " + path[0] in text, path
+
+
+def test_data_check_on_bccd_reports_the_two_zero_area_boxes(capsys, bccd_root):
+    code, out, _ = run(capsys, "data", "check", str(bccd_root), "--quiet")
+    assert code == 1  # boxes had to be dropped
+    assert "364 images read, 364 usable, 4,886 usable boxes" in out
+    assert "2  zero_area_box" in out
+    assert "BloodImage_00338.xml" in out and "BloodImage_00343.xml" in out
+
+
+def test_data_check_json_counts_per_split_and_class(capsys, bccd_root):
+    code, out, _ = run(capsys, "data", "check", str(bccd_root), "--split", "val", "--json", "--quiet")
+    summary = json.loads(out)
+    assert code == 1 and summary["ok"] is False  # BloodImage_00338 is in val
+    (split,) = summary["splits"]
+    assert split["records_read"] == 87 and split["problems"] == {"zero_area_box": 1}
+    assert set(split["boxes_per_class"]) == {"Platelets", "RBC", "WBC"}
+
+
+def test_data_check_of_a_config_checks_every_split(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"preset: demo\ndata:\n  synthetic: {{num_train: 6, num_val: 3, num_test: 2, image_size: 64}}\n"
+                      f"  train: {{format: synthetic, path: shapes, split: train}}\n"
+                      f"  val: {{format: synthetic, path: shapes, split: val}}\n"
+                      f"  test: {{format: synthetic, path: shapes, split: test}}\n")
+    code, out, _ = run(capsys, "data", "check", str(config), "--quiet")
+    assert code == 0
+    assert "data.train: 6 images read" in out and "data.test: 2 images read" in out
+    assert out.count("no problems found") == 3
+
+
+def test_truncated_jpeg_is_counted_and_skipped_not_a_crash(capsys, tmp_path, bccd_root):
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for stem in ["BloodImage_00000", "BloodImage_00001"]:
+        (root / "Annotations" / f"{stem}.xml").write_bytes((bccd_root / "Annotations" / f"{stem}.xml").read_bytes())
+        data = (bccd_root / "JPEGImages" / f"{stem}.jpg").read_bytes()
+        (root / "JPEGImages" / f"{stem}.jpg").write_bytes(data if stem.endswith("0") else data[:5000])
+    code, out, _ = run(capsys, "data", "check", str(root), "--quiet")
+    assert code == 1
+    assert "2 images read, 1 usable" in out and "corrupt_image" in out and "BloodImage_00001.jpg" in out
+
+
+def test_config_typo_is_one_clear_paragraph_with_exit_2(capsys, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("preset: demo\ntrain:\n  optimizer:\n    learnig_rate: 0.1\n")
+    code, out, err = run(capsys, "config", "show", str(config))
+    assert code == 2 and out == ""
+    assert "typo.yaml" in err and "train.optimizer.learnig_rate" in err and "learning_rate" in err
+    assert "Traceback" not in err
+
+
+def test_convert_then_check_the_tfrecords(capsys, tmp_path, shapes_dataset):
+    prefix = tmp_path / "records" / "train"
+    code, out, _ = run(capsys, "data", "convert", str(shapes_dataset), "--split", "train", "--to", "tfrecord",
+                       "--out", str(prefix), "--shards", "2", "--quiet")
+    assert code == 0 and "wrote 24 images" in out
+    shards = sorted(p.name for p in prefix.parent.glob("train-*"))
+    assert shards == ["train-00000-of-00002", "train-00001-of-00002"]
+    assert (prefix.parent / "label_map.pbtxt").exists()
+    code, out, _ = run(capsys, "data", "check", f"{prefix}-*", "--format", "tfrecord",
+                       "--label-map", str(prefix.parent / "label_map.pbtxt"), "--quiet")
+    assert code == 0 and "24 images read, 24 usable" in out
+
+
+def test_show_writes_a_png_of_the_pipeline_batch(capsys, tmp_path, shapes_dataset):
+    out_file = tmp_path / "batch.png"
+    code, out, _ = run(capsys, "data", "show", str(shapes_dataset), "--split", "val", "--count", "4",
+                       "--image-size", "96", "--out", str(out_file), "--quiet")
+    assert code == 0
+    with Image.open(out_file) as picture:
+        assert picture.size == (4 * 96 + 3 * 4, 96)
+
+
+def test_unknown_split_of_a_config_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "data", "check", "mobilenetv2_fpn_320", "--quiet")
+    assert code == 3 and "names no data split" in err
+
+
+def test_console_script_exits_non_zero_without_traceback(tmp_path):
+    """Through the installed entry point, as a user runs it."""
+    script = Path(sys.executable).parent / "detkeeper"
+    missing = tmp_path / "no_such_dataset"
+    result = subprocess.run([str(script), "data", "check", str(missing)], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert result.returncode == 3
+    assert "no_such_dataset: no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_generates_checks_and_draws(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "demo", "--quiet", "--set", "data.synthetic.num_train=16",
+                       "--set", "data.synthetic.num_val=4", "--set", "data.synthetic.num_test=4")
+    assert code == 0
+    run_dir = tmp_path / "runs" / "demo"
+    assert (run_dir / "config.yaml").exists() and (run_dir / "label_map.pbtxt").exists()
+    assert (run_dir / "train_batch.png").exists()
+    assert "train    16 images" in out and "no problems" in out
+    code, out, _ = run(capsys, "config", "show", str(run_dir / "config.yaml"))
+    assert code == 0 and "num_train: 16" in out
