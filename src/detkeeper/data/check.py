@@ -24,6 +24,9 @@ from detkeeper.data.record import DetectionRecord
 #: Formats `tf.io.decode_image` decodes.
 DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 
+#: Leading bytes of JPEG, PNG, GIF and BMP files: a file with these that fails to open is corrupt.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
 _MODE_WARNINGS = {
     "L": "grayscale_image", "1": "grayscale_image", "I": "grayscale_image", "I;16": "grayscale_image",
     "F": "grayscale_image", "LA": "rgba_image", "RGBA": "rgba_image", "PA": "rgba_image",
@@ -63,6 +66,8 @@ def inspect_image(record: DetectionRecord, record_index: int | None = None) -> I
                                    f"detkeeper reads {', '.join(sorted(DECODABLE_FORMATS))}")
                 image.load()
     except UnidentifiedImageError:
+        if data.startswith(_IMAGE_MAGIC):
+            return problem("corrupt_image", f"{_image_name(record)} starts like an image but cannot be decoded")
         return problem("not_an_image", f"{_image_name(record)} is not an image file")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return problem("huge_image", f"{_image_name(record)}: {error}")
