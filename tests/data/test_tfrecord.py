@@ -364,3 +364,14 @@ def test_bccd_voc_to_tfrecords_and_back(bccd_root, tmp_path):
     without_map = read_tfrecords([str(p) for p in paths])
     assert without_map.label_map.ids == voc.label_map.ids
     assert without_map.label_map.names == voc.label_map.names
+
+
+def test_rewriting_with_another_shard_count_refuses_instead_of_mixing(tmp_path, shapes_dataset):
+    from detkeeper.data.voc import read_voc
+    readout = read_voc(shapes_dataset, split="val")
+    prefix = tmp_path / "out" / "val"
+    write_tfrecords(readout.records, readout.label_map, prefix, num_shards=2)
+    write_tfrecords(readout.records, readout.label_map, prefix, num_shards=2)  # same sharding: replaced
+    with pytest.raises(DataError, match="val-00000-of-00002.*another output prefix"):
+        write_tfrecords(readout.records, readout.label_map, prefix, num_shards=3)
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["val-00000-of-00002", "val-00001-of-00002"]

@@ -18,14 +18,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detkeeper.data.image_format import sniff_format
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
 
 #: Formats `tf.io.decode_image` decodes.
 DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
-
-#: Leading bytes of JPEG, PNG, GIF and BMP files: a file with these that fails to open is corrupt.
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 _MODE_WARNINGS = {
     "L": "grayscale_image", "1": "grayscale_image", "I": "grayscale_image", "I;16": "grayscale_image",
@@ -66,7 +64,7 @@ def inspect_image(record: DetectionRecord, record_index: int | None = None) -> I
                                    f"detkeeper reads {', '.join(sorted(DECODABLE_FORMATS))}")
                 image.load()
     except UnidentifiedImageError:
-        if data.startswith(_IMAGE_MAGIC):
+        if sniff_format(data) is not None:  # looks like an image, yet will not open
             return problem("corrupt_image", f"{_image_name(record)} starts like an image but cannot be decoded")
         return problem("not_an_image", f"{_image_name(record)} is not an image file")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -48,14 +48,13 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from PIL import Image, UnidentifiedImageError
 
+from detkeeper.data.image_format import sniff_format
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx, normalize_yxyx
 from detkeeper.errors import DataError
 
-#: Leading bytes of the formats ``tf.io.decode_image`` decodes, and their image/format value.
-_MAGIC = ((b"\xff\xd8\xff", b"jpeg"), (b"\x89PNG\r\n\x1a\n", b"png"), (b"GIF8", b"gif"), (b"BM", b"bmp"))
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
 
@@ -75,6 +74,12 @@ def write_tfrecords(records: Sequence[DetectionRecord], label_map: LabelMap,
     never leaves a shard that looks finished but is not.
     """
     paths = shard_paths(output_prefix, num_shards)
+    stale = sorted(set(Path(p) for p in glob.glob(f"{glob.escape(str(output_prefix))}-?????-of-?????")) - set(paths))
+    if stale:
+        raise DataError(
+            f"{output_prefix}: shards of another sharding already exist ({', '.join(p.name for p in stale[:3])}"
+            f"{' ...' if len(stale) > 3 else ''}); a glob over the prefix would mix them with the new ones. "
+            "Remove them or choose another output prefix.")
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     temporary: list[str] = []
     try:
@@ -106,7 +111,7 @@ def record_to_example(record: DetectionRecord, label_map: LabelMap) -> tf.train.
         encoded = record.read_encoded()
     except OSError as error:
         raise DataError(f"{record.source}: cannot read image {record.image_path} ({error})") from None
-    image_format = next((name for magic, name in _MAGIC if encoded.startswith(magic)), None)
+    image_format = sniff_format(encoded)
     if image_format is None:
         raise DataError(f"{record.source}: the image is not JPEG, PNG, GIF or BMP; "
                         "TensorFlow cannot decode it from a TFRecord")
@@ -125,7 +130,7 @@ def record_to_example(record: DetectionRecord, label_map: LabelMap) -> tf.train.
         "image/source_id": _bytes([record.image_id.encode("utf-8")]),
         "image/key/sha256": _bytes([hashlib.sha256(encoded).hexdigest().encode("utf-8")]),
         "image/encoded": _bytes([encoded]),
-        "image/format": _bytes([image_format]),
+        "image/format": _bytes([image_format.encode()]),
         "image/object/bbox/xmin": _floats(xmin),
         "image/object/bbox/xmax": _floats(xmax),
         "image/object/bbox/ymin": _floats(ymin),

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from detkeeper.data.image_format import EXTENSIONS, sniff_format
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
@@ -33,14 +34,6 @@ ANNOTATIONS_DIR = "Annotations"
 IMAGES_DIR = "JPEGImages"
 SPLITS_DIR = "ImageSets/Main"
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
-#: Leading bytes of the image formats detkeeper decodes, and the extension each gets on disk.
-_MAGIC_EXTENSIONS = (
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"GIF87a", ".gif"),
-    (b"GIF89a", ".gif"),
-    (b"BM", ".bmp"),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,9 +299,9 @@ def _place_image(record: DetectionRecord, images_dir: Path) -> str:
 
 
 def _extension_of(data: bytes, source: str) -> str:
-    for magic, extension in _MAGIC_EXTENSIONS:
-        if data.startswith(magic):
-            return extension
+    image_format = sniff_format(data)
+    if image_format is not None:
+        return EXTENSIONS[image_format]
     raise DataError(f"{source}: the encoded image is not JPEG, PNG, GIF or BMP "
                     f"(starts with {data[:8]!r}); cannot name its file")
 
