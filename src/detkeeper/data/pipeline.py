@@ -169,6 +169,9 @@ def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, 
 
 
 def _deterministic_options() -> tf.data.Options:
+    """Deterministic order; each pipeline op single-threaded (parallelism comes from the map),
+    so decoding does not oversubscribe the cores the model's training step runs on."""
     options = tf.data.Options()
     options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
     return options
