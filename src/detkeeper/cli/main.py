@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
-        description="Train TensorFlow object detectors, keep the best checkpoints by COCO mAP, "
-                    "export self-describing SavedModels.")
+        description="TensorFlow object detection that keeps the best model. Available now: run configs, "
+                    "dataset checks and conversion (VOC, COCO, TF OD API TFRecords), the built-in "
+                    "dataset and the tf.data input pipeline. Training, evaluation and export are next.")
     parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
