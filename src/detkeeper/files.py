@@ -65,3 +65,14 @@ def resolve_inside(root: str | os.PathLike, relative: str, *, what: str, source:
             "detkeeper only reads files inside the dataset's own folder."
         )
     return candidate
+
+
+def read_user_text(path: str | os.PathLike, what: str) -> str:
+    """Read a UTF-8 file the user pointed at; failures become a DataError naming the file and `what` it is."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read the {what} ({error})") from None

@@ -56,10 +56,10 @@ def test_data_check_json_counts_per_split_and_class(capsys, bccd_root):
 
 def test_data_check_of_a_config_checks_every_split(capsys, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"preset: demo\ndata:\n  synthetic: {{num_train: 6, num_val: 3, num_test: 2, image_size: 64}}\n"
-                      f"  train: {{format: synthetic, path: shapes, split: train}}\n"
-                      f"  val: {{format: synthetic, path: shapes, split: val}}\n"
-                      f"  test: {{format: synthetic, path: shapes, split: test}}\n")
+    config.write_text("preset: demo\ndata:\n  synthetic: {num_train: 6, num_val: 3, num_test: 2, image_size: 64}\n"
+                      "  train: {format: synthetic, path: shapes, split: train}\n"
+                      "  val: {format: synthetic, path: shapes, split: val}\n"
+                      "  test: {format: synthetic, path: shapes, split: test}\n")
     code, out, _ = run(capsys, "data", "check", str(config), "--quiet")
     assert code == 0
     assert "data.train: 6 images read" in out and "data.test: 2 images read" in out

@@ -30,7 +30,7 @@ from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import DetectionRecord, xywh_to_yxyx, yxyx_to_xywh
 from detkeeper.errors import DataError
-from detkeeper.files import atomic_write_bytes, atomic_write_text, resolve_inside
+from detkeeper.files import atomic_write_bytes, atomic_write_text, read_user_text, resolve_inside
 
 #: Image-entry key that keeps a non-integer detkeeper image id through a COCO file.
 ORIGINAL_ID_KEY = "detkeeper_image_id"
@@ -164,12 +164,7 @@ class _Malformed(Exception):
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: COCO annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the COCO annotation file ({error})") from None
+    text = read_user_text(path, "COCO annotation file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from detkeeper.errors import DataError
-from detkeeper.files import atomic_write_text
+from detkeeper.files import atomic_write_text, read_user_text
 
 
 @lru_cache(maxsize=1)
@@ -124,13 +124,7 @@ class LabelMap:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "LabelMap":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"{path}: label map file not found") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"{path}: cannot read the label map ({error})") from None
+        text = read_user_text(path, "label map file")
         return cls.from_pbtxt_text(text, source=str(path))
 
     # --- output -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import DetectionRecord, xyxy_to_yxyx, yxyx_to_xyxy
 from detkeeper.errors import DataError
-from detkeeper.files import atomic_write_bytes, atomic_write_text, resolve_inside
+from detkeeper.files import atomic_write_bytes, atomic_write_text, read_user_text, resolve_inside
 
 ANNOTATIONS_DIR = "Annotations"
 IMAGES_DIR = "JPEGImages"
@@ -122,10 +122,7 @@ def _image_ids(root: Path, split: str | None) -> tuple[list[str], str]:
     path = root / SPLITS_DIR / f"{split}.txt"
     if not path.is_file():
         raise DataError(f"{path}: split file not found. {_available_splits(root)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the split file ({error})") from None
+    text = read_user_text(path, "split file")
     # VOC's per-class files (`cat_train.txt`) add a second column (1, 0, -1); only the id counts.
     return [line.split()[0] for line in text.splitlines() if line.strip()], f"{SPLITS_DIR}/{split}.txt"
 
