@@ -45,6 +45,28 @@ class BackboneConfig:
 
 
 @dataclass(frozen=True)
+class NeckConfig:
+    """The feature pyramid; unset values take the registered model's default."""
+
+    channels: int | None = setting(None, help="Channels of every pyramid level.", ge=8)
+    min_level: int | None = setting(None, help="Finest pyramid level (3 = stride 8).", ge=3, le=7)
+    max_level: int | None = setting(None, help="Coarsest pyramid level (7 = stride 128).", ge=3, le=7)
+
+    def validate(self) -> list[str]:
+        if self.min_level is not None and self.max_level is not None and self.min_level > self.max_level:
+            return [f"max_level: expected >= min_level ({self.min_level}), got {self.max_level}"]
+        return []
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The prediction head shared across pyramid levels; unset values take the model's default."""
+
+    channels: int | None = setting(None, help="Channels of the head's hidden convolutions.", ge=8)
+    convs: int | None = setting(None, help="Hidden 3x3 convolutions before each output.", ge=0, le=8)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which detector to build and at what input size."""
 
@@ -57,6 +79,8 @@ class ModelConfig:
     backbone: BackboneConfig = setting(
         default_factory=BackboneConfig, help="The backbone network and its starting weights."
     )
+    neck: NeckConfig = setting(default_factory=NeckConfig, help="Feature pyramid options.")
+    head: HeadConfig = setting(default_factory=HeadConfig, help="Prediction head options.")
     custom_objects_module: str | None = setting(
         None, help="Importable module that registers extra Keras-serializable layers, if any."
     )
