@@ -1,0 +1,218 @@
+"""Box math shared by the detectors: overlap, anchors, box coding, matching and NMS.
+
+Boxes are ``[ymin, xmin, ymax, xmax]`` float32 in absolute pixels of the model input image;
+padded rows in a batch are ``-1`` with class ``-1``. Every function is plain TensorFlow so it
+runs eagerly, inside ``tf.function`` and in a Keras ``compute_loss`` with an unknown batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+# Largest log-scale a decoded box may grow by (as torchvision's detection heads): exp() of an
+# untrained head's output must not overflow to inf and poison NMS or the loss.
+DECODE_CLIP = math.log(1000.0 / 16.0)
+_EPSILON = 1e-8
+
+
+def area(boxes: tf.Tensor) -> tf.Tensor:
+    """Area of ``[..., 4]`` boxes; inverted and padded (-1) rows count as 0, never negative."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+
+
+def iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Pairwise IoU, ``[..., N, 4] x [..., M, 4] -> [..., N, M]`` (leading dims broadcast).
+
+    Pairs with zero union (zero-area or padded boxes on both sides) give 0 instead of NaN, so
+    padding can go through matching and losses without masking first.
+    """
+    b1 = boxes1[..., :, None, :]
+    b2 = boxes2[..., None, :, :]
+    top_left = tf.maximum(b1[..., :2], b2[..., :2])
+    bottom_right = tf.minimum(b1[..., 2:], b2[..., 2:])
+    size = tf.maximum(bottom_right - top_left, 0.0)
+    intersection = size[..., 0] * size[..., 1]
+    union = area(b1) + area(b2) - intersection
+    return tf.math.divide_no_nan(intersection, union)
+
+
+def giou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Elementwise generalized IoU, ``[..., 4] x [..., 4] -> [...]``, in [-1, 1].
+
+    Unlike IoU it still has a gradient for disjoint boxes (it falls as the enclosing box grows),
+    which is why ``1 - giou`` works as a regression loss (Rezatofighi et al., 2019).
+    """
+    top_left = tf.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = tf.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    size = tf.maximum(bottom_right - top_left, 0.0)
+    intersection = size[..., 0] * size[..., 1]
+    union = area(boxes1) + area(boxes2) - intersection
+    enclosing = area(tf.concat([tf.minimum(boxes1[..., :2], boxes2[..., :2]),
+                                tf.maximum(boxes1[..., 2:], boxes2[..., 2:])], axis=-1))
+    return (tf.math.divide_no_nan(intersection, union)
+            - tf.math.divide_no_nan(enclosing - union, enclosing))
+
+
+def center_size(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Corners to ``(cy, cx, h, w)``, the form box coding and anchor generation work in."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return (ymin + ymax) / 2.0, (xmin + xmax) / 2.0, ymax - ymin, xmax - xmin
+
+
+def corners(cy: tf.Tensor, cx: tf.Tensor, h: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """Inverse of :func:`center_size`: ``(cy, cx, h, w)`` back to ``[..., 4]`` corners."""
+    return tf.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)
+
+
+def level_shapes(image_size: int, strides: Sequence[int] = (8, 16, 32, 64, 128)
+                 ) -> list[tuple[int, int]]:
+    """Feature-map ``(h, w)`` per stride, ``ceil(image_size / s)``, as "same"-padded convs give."""
+    return [(-(-image_size // s), -(-image_size // s)) for s in strides]
+
+
+def anchors_per_location(aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                         scales_per_octave: int = 3) -> int:
+    """Anchors per feature-map cell, ``K``; a head predicts ``K * ...`` channels per cell."""
+    return len(aspect_ratios) * scales_per_octave
+
+
+def generate_anchors(image_size: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
+                     anchor_size_multiple: float = 4.0,
+                     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                     scales_per_octave: int = 3) -> tf.Tensor:
+    """RetinaNet anchors for a square ``image_size`` input, ``[A, 4]`` float32 corners.
+
+    Per level with stride ``s``: a ``ceil(image_size / s)`` grid, cell ``(i, j)`` centered at
+    ``((i + 0.5) s, (j + 0.5) s)``; base size ``anchor_size_multiple * s``; scales
+    ``2 ** (k / scales_per_octave)``; an aspect ratio ``r`` is **width / height** with the area
+    kept: ``h = size / sqrt(r)``, ``w = size * sqrt(r)`` (as ``tile_anchors`` in the TF OD API's
+    ``anchor_generators/grid_anchor_generator.py``, used by its multiscale RetinaNet generator).
+
+    Order: level (in ``strides`` order), then row y, then column x, then scale, then ratio
+    (``anchor = ((y * W + x) * scales_per_octave + k) * len(aspect_ratios) + r``). So a head
+    output ``[B, H, W, K * D]`` reshaped to ``[B, H * W * K, D]`` lines up with this level's
+    anchors, and levels concatenate along axis 1. (The TF OD API orders ratio before scale,
+    and drops the half-stride offset when ``image_size`` is not a multiple of ``s``.)
+    """
+    scales = [2.0 ** (k / scales_per_octave) for k in range(scales_per_octave)]
+    sqrt_ratios = tf.sqrt(tf.constant(aspect_ratios, tf.float32))
+    levels = []
+    for stride, (height, width) in zip(strides, level_shapes(image_size, strides)):
+        sizes = tf.constant(scales, tf.float32)[:, None] * (anchor_size_multiple * stride)
+        h = tf.reshape(sizes / sqrt_ratios, [1, 1, -1])  # [1, 1, K], scale-major
+        w = tf.reshape(sizes * sqrt_ratios, [1, 1, -1])
+        cy = (tf.range(height, dtype=tf.float32) + 0.5) * stride
+        cx = (tf.range(width, dtype=tf.float32) + 0.5) * stride
+        cy, cx = tf.meshgrid(cy, cx, indexing="ij")  # [H, W]
+        cy, cx = cy[..., None], cx[..., None]
+        shape = tf.broadcast_static_shape(cy.shape, h.shape)
+        level = corners(*(tf.broadcast_to(t, shape) for t in (cy, cx, h, w)))
+        levels.append(tf.reshape(level, [-1, 4]))
+    return tf.concat(levels, axis=0)
+
+
+def encode(boxes: tf.Tensor, anchors: tf.Tensor,
+           scale_factors: Sequence[float] = (10.0, 10.0, 5.0, 5.0)) -> tf.Tensor:
+    """Regression targets ``[ty, tx, th, tw]`` of boxes against anchors (shapes broadcast).
+
+    The TF OD API's FasterRcnnBoxCoder: ``ty = (y - ya) / ha * sy``, ``th = log(h / ha) * sh``.
+    Sizes are floored at 1e-8 so degenerate rows encode to finite (large) values, not -inf.
+    """
+    cy, cx, h, w = center_size(boxes)
+    cya, cxa, ha, wa = center_size(anchors)
+    ha, wa = tf.maximum(ha, _EPSILON), tf.maximum(wa, _EPSILON)
+    sy, sx, sh, sw = scale_factors
+    return tf.stack([(cy - cya) / ha * sy, (cx - cxa) / wa * sx,
+                     tf.math.log(tf.maximum(h, _EPSILON) / ha) * sh,
+                     tf.math.log(tf.maximum(w, _EPSILON) / wa) * sw], axis=-1)
+
+
+def decode(deltas: tf.Tensor, anchors: tf.Tensor,
+           scale_factors: Sequence[float] = (10.0, 10.0, 5.0, 5.0)) -> tf.Tensor:
+    """Inverse of :func:`encode`; log-sizes are clipped at ``DECODE_CLIP`` so exp() stays finite."""
+    cya, cxa, ha, wa = center_size(anchors)
+    sy, sx, sh, sw = scale_factors
+    ty, tx, th, tw = tf.unstack(deltas, axis=-1)
+    h = tf.exp(tf.minimum(th / sh, DECODE_CLIP)) * ha
+    w = tf.exp(tf.minimum(tw / sw, DECODE_CLIP)) * wa
+    return corners(ty / sy * ha + cya, tx / sx * wa + cxa, h, w)
+
+
+def match_anchors(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor,
+                  positive_iou: float = 0.5, negative_iou: float = 0.4,
+                  force_match_each_gt: bool = True) -> dict[str, tf.Tensor]:
+    """Assign each anchor ``[A, 4]`` to a ground-truth box of ``[B, M, 4]`` / ``[B, M]``.
+
+    An anchor is positive when its best IoU with a real gt (class >= 0) is >= ``positive_iou``,
+    negative (background) below ``negative_iou``, ignored in between. With
+    ``force_match_each_gt`` (the TF OD API's ``force_match_for_each_row``) each real gt's best
+    anchor is positive even below the threshold, so small or odd-shaped objects still get a
+    training signal; if two gts pick the same anchor the lower gt index wins. A gt with IoU 0
+    to every anchor is not forced.
+
+    Returns ``matched_gt_index [B, A]`` int32 (-1 unless positive), ``labels [B, A]`` int32
+    (class index if positive, -1 negative, -2 ignored) and ``matched_boxes [B, A, 4]`` (the gt
+    box if positive, else the anchor itself, which :func:`encode` maps to zero targets).
+    """
+    if negative_iou > positive_iou:
+        raise ValueError(f"negative_iou {negative_iou} > positive_iou {positive_iou}")
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    # One extra padded gt row keeps argmax well-defined when a batch has M = 0 boxes.
+    gt_boxes = tf.pad(tf.convert_to_tensor(gt_boxes, tf.float32), [[0, 0], [0, 1], [0, 0]],
+                      constant_values=-1.0)
+    gt_classes = tf.pad(tf.cast(gt_classes, tf.int32), [[0, 0], [0, 1]], constant_values=-1)
+    valid = gt_classes >= 0  # [B, M]
+    overlaps = tf.where(valid[..., None], iou(gt_boxes, anchors), -1.0)  # [B, M, A]
+
+    best_iou = tf.reduce_max(overlaps, axis=1)  # [B, A]
+    gt_index = tf.argmax(overlaps, axis=1, output_type=tf.int32)
+    positive = best_iou >= positive_iou
+    negative = best_iou < negative_iou
+    if force_match_each_gt:
+        num_anchors = tf.shape(anchors)[0]
+        best_anchor = tf.argmax(overlaps, axis=2, output_type=tf.int32)  # [B, M]
+        forcing = valid & (tf.reduce_max(overlaps, axis=2) > 0.0)
+        forced = tf.one_hot(best_anchor, num_anchors, dtype=tf.int32) * tf.cast(
+            forcing, tf.int32)[..., None]  # [B, M, A]
+        forced_mask = tf.reduce_max(forced, axis=1) > 0
+        gt_index = tf.where(forced_mask, tf.argmax(forced, axis=1, output_type=tf.int32),
+                            gt_index)
+        positive |= forced_mask
+
+    classes = tf.gather(gt_classes, gt_index, batch_dims=1)
+    labels = tf.where(positive, classes, tf.where(negative, -1, -2))
+    boxes = tf.where(positive[..., None], tf.gather(gt_boxes, gt_index, batch_dims=1),
+                     anchors[None])
+    return {"matched_gt_index": tf.where(positive, gt_index, -1), "labels": labels,
+            "matched_boxes": boxes}
+
+
+def batched_nms(boxes: tf.Tensor, scores: tf.Tensor, max_detections: int = 100,
+                iou_threshold: float = 0.5, score_threshold: float = 0.05,
+                max_per_class: int | None = None, clip_size: float | None = None
+                ) -> dict[str, tf.Tensor]:
+    """Per-class NMS over ``boxes [B, A, 4]`` and probabilities ``scores [B, A, C]``.
+
+    Boxes are clipped to ``[0, clip_size]`` first when given, so overlap is measured on the
+    visible part. Returns ``boxes [B, D, 4]`` (pixels), ``scores [B, D]``, ``classes [B, D]``
+    int32 and ``num_detections [B]`` int32 with ``D = max_detections``; rows past
+    ``num_detections`` have box 0, score 0 and class -1, so padding cannot pass for class 0.
+    ``combined_non_max_suppression`` has no XLA kernel: keep this out of ``jit_compile``.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    if clip_size is not None:
+        boxes = tf.clip_by_value(boxes, 0.0, float(clip_size))
+    nmsed_boxes, nmsed_scores, nmsed_classes, num = tf.image.combined_non_max_suppression(
+        boxes[:, :, None, :], tf.convert_to_tensor(scores, tf.float32),
+        max_output_size_per_class=max_per_class or max_detections,
+        max_total_size=max_detections, iou_threshold=iou_threshold,
+        score_threshold=score_threshold, clip_boxes=False)
+    num = tf.cast(num, tf.int32)
+    real = tf.range(max_detections)[None, :] < num[:, None]
+    classes = tf.where(real, tf.cast(nmsed_classes, tf.int32), -1)
+    return {"boxes": nmsed_boxes, "scores": nmsed_scores, "classes": classes,
+            "num_detections": num}
