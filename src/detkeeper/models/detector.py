@@ -1,0 +1,64 @@
+"""What every detector shares: input contract, decoding with NMS, prediction.
+
+A detector is a Keras 3 model. It takes float32 images ``[B, S, S, 3]`` with RGB values 0..255
+(the input pipeline's output), returns raw head outputs from ``call``, computes its loss from
+padded targets in ``compute_loss`` (so ``fit`` trains it), and ``predict`` returns decoded
+detections: ``boxes`` ``[B, N, 4]`` yxyx in input pixels, ``scores`` ``[B, N]``, ``classes``
+``[B, N]`` contiguous class indices (-1 for padding) and ``num_detections`` ``[B]``.
+Families implement :meth:`decode_boxes_and_scores`; everything after it is shared here.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from detkeeper.models import boxes
+
+
+def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
+    """Pipeline batch -> ``(images, {"boxes", "classes"})`` as ``fit`` and ``compute_loss`` take it."""
+    return batch["images"], {"boxes": batch["boxes"], "classes": batch["classes"]}
+
+
+class Detector(keras.Model):
+    """Base class: subclasses build layers and implement ``call``, ``compute_loss`` and
+    ``decode_boxes_and_scores(outputs) -> (boxes [B, A, 4] in input pixels, probabilities [B, A, C])``."""
+
+    def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
+                 iou_threshold: float = 0.5, max_detections: int = 100, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.max_detections = int(max_detections)
+
+    def compile(self, *args, jit_compile=False, **kwargs):
+        """As Keras' compile, but XLA stays off unless asked for: ``predict`` runs NMS
+        (``CombinedNonMaxSuppression`` has no XLA kernel), and on CPU XLA trains slower."""
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    def postprocess(self, outputs: dict) -> dict:
+        """Candidates -> the final detections, by class-aware NMS."""
+        candidate_boxes, scores = self.decode_boxes_and_scores(outputs)
+        return boxes.batched_nms(candidate_boxes, scores, max_detections=self.max_detections,
+                                 iou_threshold=self.iou_threshold, score_threshold=self.score_threshold,
+                                 clip_size=self.image_size)
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        if isinstance(images, dict):
+            images = images["images"]
+        return self.postprocess(self(images, training=False))
+
+    def detect(self, images: tf.Tensor) -> dict:
+        """Decoded detections for a batch, without Keras' predict loop (for evaluation and tests)."""
+        return self.postprocess(self(images, training=False))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, image_size=self.image_size,
+                      score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
+                      max_detections=self.max_detections)
+        return config

@@ -1,0 +1,64 @@
+"""One registry of detectors: a dict filled by plain imports of the family modules.
+
+A family module registers builders with :func:`register_model`; :func:`build_model` turns a
+``model`` config section into a Keras detector. Tests iterate :func:`list_models`, so every
+registered model goes through the same build / train / predict / checkpoint checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+from detkeeper.errors import ConfigError
+
+#: Modules whose import registers models; listed here so the registry fills without side effects
+#: at `import detkeeper`.
+_FAMILY_MODULES = ("detkeeper.models.retinanet",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Postprocess:
+    """Decoding settings shared by every detector: what `predict` keeps after NMS."""
+
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+
+
+ModelBuilder = Callable[..., object]  # (model_config, num_classes, postprocess) -> Detector
+_BUILDERS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`."""
+
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return add
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_BUILDERS)
+
+
+def build_model(model_config, num_classes: int, postprocess: Postprocess | None = None):
+    """The detector named by ``model_config.name`` for `num_classes` classes."""
+    _load_families()
+    if model_config.name not in _BUILDERS:
+        raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
+                          f"{', '.join(sorted(_BUILDERS))}")
+    if num_classes < 1:
+        raise ConfigError(f"a detector needs at least one class, got {num_classes}")
+    return _BUILDERS[model_config.name](model_config, num_classes, postprocess or Postprocess())

@@ -1,0 +1,120 @@
+"""RetinaNet (Lin et al. 2017): backbone -> FPN -> shared heads over anchors, focal loss.
+
+The TF OD API's most used kind of detector (SSD-FPN / RetinaNet). Anchors are matched to ground
+truth inside ``compute_loss`` (IoU >= 0.5 positive, < 0.4 background, in between ignored, and every
+object's best anchor forced positive), boxes are coded like the API's FasterRcnnBoxCoder.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from detkeeper.models import boxes
+from detkeeper.models.backbones import build_backbone
+from detkeeper.models.detector import Detector
+from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
+from detkeeper.models.registry import Postprocess, register_model
+from detkeeper.models.retinanet.fpn import FeaturePyramid
+from detkeeper.models.retinanet.head import RetinaNetHead
+
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+SCALES_PER_OCTAVE = 3
+ANCHOR_SIZE_MULTIPLE = 4.0
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class RetinaNet(Detector):
+    """Anchor-based single-stage detector with a feature pyramid and focal loss."""
+
+    def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
+                 head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
+                 box_loss_weight: float = 1.0, **kwargs) -> None:
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.backbone = backbone
+        self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
+        self.min_level, self.max_level = min_level, max_level
+        self.box_loss_weight = float(box_loss_weight)
+        self.fpn = FeaturePyramid(fpn_channels, min_level, max_level, name="fpn")
+        self.head = RetinaNetHead(num_classes, len(ASPECT_RATIOS) * SCALES_PER_OCTAVE, head_channels,
+                                  head_convs, name="head")
+        self.anchors = boxes.generate_anchors(
+            image_size, strides=tuple(2 ** level for level in range(min_level, max_level + 1)),
+            anchor_size_multiple=ANCHOR_SIZE_MULTIPLE, aspect_ratios=ASPECT_RATIOS,
+            scales_per_octave=SCALES_PER_OCTAVE)
+        self.class_loss_tracker = keras.metrics.Mean(name="class_loss")
+        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=training)
+        class_logits, box_deltas = self.head(self.fpn(features))
+        return {"class_logits": class_logits, "box_deltas": box_deltas}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        class_logits = tf.cast(y_pred["class_logits"], tf.float32)
+        box_deltas = tf.cast(y_pred["box_deltas"], tf.float32)
+        match = boxes.match_anchors(self.anchors, y["boxes"], y["classes"])
+        labels = match["labels"]
+        positive = tf.cast(labels >= 0, tf.float32)
+        not_ignored = tf.cast(labels >= -1, tf.float32)
+        num_positive = tf.maximum(tf.reduce_sum(positive), 1.0)
+
+        class_targets = tf.one_hot(tf.maximum(labels, 0), self.num_classes) * positive[..., None]
+        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits) * not_ignored[..., None])
+        class_loss = class_loss / num_positive
+
+        box_targets = boxes.encode(match["matched_boxes"], self.anchors)
+        box_loss = tf.reduce_sum(huber_loss(box_targets, box_deltas) * positive[..., None]) / num_positive
+
+        self.class_loss_tracker.update_state(class_loss)
+        self.box_loss_tracker.update_state(box_loss)
+        total = class_loss + self.box_loss_weight * box_loss
+        if self.losses:
+            total = total + tf.add_n(self.losses)
+        return total
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.class_loss_tracker, self.box_loss_tracker]
+
+    def decode_boxes_and_scores(self, outputs):
+        decoded = boxes.decode(tf.cast(outputs["box_deltas"], tf.float32), self.anchors)
+        return decoded, tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
+                "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
+                "box_loss_weight": self.box_loss_weight}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RetinaNet":
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def _build(model_config, num_classes: int, postprocess: Postprocess, *, channels: int, head_convs: int,
+           min_level: int, max_level: int) -> RetinaNet:
+    """A RetinaNet whose unset ``model.neck`` / ``model.head`` options take these defaults."""
+    neck, head = model_config.neck, model_config.head
+    backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
+    return RetinaNet(
+        backbone, num_classes, model_config.image_size,
+        fpn_channels=neck.channels or channels, head_channels=head.channels or channels,
+        head_convs=head.convs if head.convs is not None else head_convs,
+        min_level=neck.min_level or min_level, max_level=neck.max_level or max_level,
+        score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
+        max_detections=postprocess.max_detections, name=model_config.name)
+
+
+@register_model("retinanet_tiny")
+def retinanet_tiny(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
+    """Small and fast: 64-channel pyramid P3-P6 and two-conv heads; the demo's and the tests' model."""
+    return _build(model_config, num_classes, postprocess, channels=64, head_convs=2, min_level=3, max_level=6)
+
+
+@register_model("retinanet")
+def retinanet(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
+    """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv heads."""
+    return _build(model_config, num_classes, postprocess, channels=128, head_convs=4, min_level=3, max_level=7)
