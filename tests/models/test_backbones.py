@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import urllib.error
 from pathlib import Path
 
@@ -193,8 +194,13 @@ def _keras_cache_has(filename: str) -> bool:
 @pytest.mark.skipif(
     _keras_cache_has("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"),
     reason="the MobileNetV2 0.35 ImageNet weights are in the keras cache, so they would load")
-def test_imagenet_offline_is_a_config_error_with_the_way_out():
-    """The real keras download path; this machine has no network, so the fetch fails."""
+def test_imagenet_offline_is_a_config_error_with_the_way_out(monkeypatch: pytest.MonkeyPatch):
+    """The real keras download path with the network cut (as in CI), also on an online machine."""
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled by this test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(ConfigError, match="could not be fetched") as raised:
         build_backbone("mobilenetv2_035", weights="imagenet", image_size=96)
     assert "model.backbone.weights: none" in str(raised.value)
