@@ -15,7 +15,7 @@ from detkeeper.models.backbones import build_backbone
 from detkeeper.models.detector import Detector
 from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model
-from detkeeper.models.retinanet.fpn import FeaturePyramid
+from detkeeper.models.fpn import FeaturePyramid
 from detkeeper.models.retinanet.head import RetinaNetHead
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)

@@ -1,4 +1,4 @@
-"""Feature pyramid network (Lin et al. 2017) over a backbone's C3..C5."""
+"""Feature pyramid network (Lin et al. 2017) over a backbone's C3..C5, shared by the detector families."""
 
 from __future__ import annotations
 
