@@ -10,10 +10,14 @@ Families implement :meth:`decode_boxes_and_scores`; everything after it is share
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from detkeeper.models import boxes
+from detkeeper.models.backbones import build_backbone
 
 
 def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
@@ -62,3 +66,34 @@ class Detector(keras.Model):
                       score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
                       max_detections=self.max_detections)
         return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Detector":
+        config = copy.deepcopy(config)  # deserializing the backbone empties its nested config in place
+        if "backbone" in config:
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class PyramidDefaults:
+    """A registered model's architecture where ``model.neck`` / ``model.head`` leave a value unset."""
+
+    channels: int
+    head_convs: int
+    min_level: int
+    max_level: int
+
+
+def build_pyramid_detector(detector_class: type, model_config, num_classes: int, postprocess,
+                           defaults: PyramidDefaults) -> Detector:
+    """Backbone from ``model.backbone``, then `detector_class` with config values over `defaults`."""
+    neck, head = model_config.neck, model_config.head
+    backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
+    return detector_class(
+        backbone, num_classes, model_config.image_size,
+        fpn_channels=neck.channels or defaults.channels, head_channels=head.channels or defaults.channels,
+        head_convs=head.convs if head.convs is not None else defaults.head_convs,
+        min_level=neck.min_level or defaults.min_level, max_level=neck.max_level or defaults.max_level,
+        score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
+        max_detections=postprocess.max_detections, name=model_config.name)

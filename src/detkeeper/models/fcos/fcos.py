@@ -9,15 +9,13 @@ suits the location's pyramid level.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import keras
 import tensorflow as tf
 
 from detkeeper.models import boxes
-from detkeeper.models.backbones import build_backbone
-from detkeeper.models.detector import Detector
+from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
 from detkeeper.models.fcos.head import FCOSHead
 from detkeeper.models.fpn import FeaturePyramid
 from detkeeper.models.losses import sigmoid_focal_loss
@@ -197,34 +195,17 @@ class FCOS(Detector):
                 "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
                 "center_sampling_radius": self.center_sampling_radius, "box_loss_weight": self.box_loss_weight}
 
-    @classmethod
-    def from_config(cls, config: dict) -> "FCOS":
-        config = copy.deepcopy(config)  # deserializing the backbone empties its nested config in place
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
-
-
-def _build(model_config, num_classes: int, postprocess: Postprocess, *, channels: int, head_convs: int,
-           min_level: int, max_level: int) -> FCOS:
-    """An FCOS whose unset ``model.neck`` / ``model.head`` options take these defaults."""
-    neck, head = model_config.neck, model_config.head
-    backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
-    return FCOS(
-        backbone, num_classes, model_config.image_size,
-        fpn_channels=neck.channels or channels, head_channels=head.channels or channels,
-        head_convs=head.convs if head.convs is not None else head_convs,
-        min_level=neck.min_level or min_level, max_level=neck.max_level or max_level,
-        score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections, name=model_config.name)
 
 
 @register_model("fcos_tiny")
 def fcos_tiny(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """Small and fast: 64-channel pyramid P3-P6 and two-conv towers; for the tests and the demo."""
-    return _build(model_config, num_classes, postprocess, channels=64, head_convs=2, min_level=3, max_level=6)
+    return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,
+                                  PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6))
 
 
 @register_model("fcos")
 def fcos(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv towers."""
-    return _build(model_config, num_classes, postprocess, channels=128, head_convs=4, min_level=3, max_level=7)
+    return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,
+                                  PyramidDefaults(channels=128, head_convs=4, min_level=3, max_level=7))

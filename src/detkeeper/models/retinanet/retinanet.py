@@ -11,8 +11,7 @@ import keras
 import tensorflow as tf
 
 from detkeeper.models import boxes
-from detkeeper.models.backbones import build_backbone
-from detkeeper.models.detector import Detector
+from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
 from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model
 from detkeeper.models.fpn import FeaturePyramid
@@ -87,34 +86,17 @@ class RetinaNet(Detector):
                 "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
                 "box_loss_weight": self.box_loss_weight}
 
-    @classmethod
-    def from_config(cls, config: dict) -> "RetinaNet":
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
-
-
-def _build(model_config, num_classes: int, postprocess: Postprocess, *, channels: int, head_convs: int,
-           min_level: int, max_level: int) -> RetinaNet:
-    """A RetinaNet whose unset ``model.neck`` / ``model.head`` options take these defaults."""
-    neck, head = model_config.neck, model_config.head
-    backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
-    return RetinaNet(
-        backbone, num_classes, model_config.image_size,
-        fpn_channels=neck.channels or channels, head_channels=head.channels or channels,
-        head_convs=head.convs if head.convs is not None else head_convs,
-        min_level=neck.min_level or min_level, max_level=neck.max_level or max_level,
-        score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections, name=model_config.name)
 
 
 @register_model("retinanet_tiny")
 def retinanet_tiny(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
     """Small and fast: 64-channel pyramid P3-P6 and two-conv heads; the demo's and the tests' model."""
-    return _build(model_config, num_classes, postprocess, channels=64, head_convs=2, min_level=3, max_level=6)
+    return build_pyramid_detector(RetinaNet, model_config, num_classes, postprocess,
+                                  PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6))
 
 
 @register_model("retinanet")
 def retinanet(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
     """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv heads."""
-    return _build(model_config, num_classes, postprocess, channels=128, head_convs=4, min_level=3, max_level=7)
+    return build_pyramid_detector(RetinaNet, model_config, num_classes, postprocess,
+                                  PyramidDefaults(channels=128, head_convs=4, min_level=3, max_level=7))
