@@ -144,7 +144,7 @@ def run_check(args) -> int:
     for split in target.splits:
         readout = target.sources.readout(split)
         with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet) as update:
-            prepared = target.sources.prepare(split, progress=update)
+            prepared = target.sources.prepare(split, progress=update, log_problems=False)
         summaries.append(_summary(target.labels[split], prepared))
         any_errors |= prepared.report.has_errors
         if not args.json:
@@ -188,7 +188,7 @@ def run_convert(args) -> int:
     split = target.splits[0]
     readout = target.sources.readout(split)
     with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet) as update:
-        prepared = target.sources.prepare(split, progress=update)
+        prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)
     if args.to == "tfrecord":
         from detkeeper.data.tfrecord import write_tfrecords
@@ -200,12 +200,13 @@ def run_convert(args) -> int:
         from detkeeper.data.coco import write_coco
         written = [write_coco(prepared.records, prepared.label_map, out, images_dir=args.images)]
         label_map_path = prepared.label_map.write(out.parent / "label_map.pbtxt")
-    dropped = prepared.num_read - len(prepared.records)
+    dropped_images = prepared.num_read - len(prepared.records)
+    dropped_boxes = sum(1 for problem in prepared.report.problems if problem.scope == "box")
     print(f"wrote {len(prepared.records):,} images ({prepared.num_boxes:,} boxes) to "
           f"{len(written)} file(s): {', '.join(str(p) for p in written[:4])}{' ...' if len(written) > 4 else ''}")
     print(f"label map: {label_map_path}")
     if prepared.report.problems:
-        print(f"{dropped:,} image(s) dropped; problems:")
+        print(f"dropped {dropped_images:,} image(s) and {dropped_boxes:,} box(es); problems:")
         print("\n".join(prepared.report.summary_lines()))
     return 0
 

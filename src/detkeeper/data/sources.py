@@ -121,8 +121,12 @@ class DataSources:
             self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic)
         return self._readouts[split]
 
-    def prepare(self, split: str, progress: Callable[[int], None] | None = None) -> PreparedSplit:
-        """Read, check and apply ``data.bad_records`` to one split (once; later calls reuse it)."""
+    def prepare(self, split: str, progress: Callable[[int], None] | None = None,
+                log_problems: bool = True) -> PreparedSplit:
+        """Read, check and apply ``data.bad_records`` to one split (once; later calls reuse it).
+
+        Problems are logged unless the caller shows the report itself (`log_problems=False`).
+        """
         if split in self._prepared:
             return self._prepared[split]
         readout = self.readout(split)
@@ -136,7 +140,7 @@ class DataSources:
         if not records:
             raise DataError(f"{where}: no usable records ({len(readout.records)} read); "
                             "run `detkeeper data check` on it to see why")
-        if report.problems:
+        if report.problems and log_problems:
             logger.warning("%s: %d of %d records kept, %d problem(s):\n%s", where, len(records),
                            len(readout.records), len(report.problems), "\n".join(report.summary_lines()))
         self._prepared[split] = PreparedSplit(split, records, self.label_map, report, len(readout.records))
