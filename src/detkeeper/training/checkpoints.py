@@ -1,0 +1,201 @@
+"""Checkpoint files on disk: atomic saves, verified restores, TF's own state files kept working.
+
+Each save writes a ``tf.train.Checkpoint`` into ``checkpoints/.partial-<name>/``, hashes its
+files, renames the folder to ``checkpoints/<name>/`` and then commits it to the ledger. A crash
+at any moment leaves either a committed checkpoint or a folder the ledger does not list, which is
+reported and set aside, never loaded. TF's ``checkpoint`` state files are written too, so
+``tf.train.latest_checkpoint(run/checkpoints)`` gives the latest checkpoint and
+``tf.train.latest_checkpoint(run/checkpoints/best)`` the best one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping
+
+import tensorflow as tf
+
+from detkeeper.errors import DetkeeperError
+from detkeeper.files import atomic_write_text
+from detkeeper.training.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
+
+logger = logging.getLogger("detkeeper.training")
+
+LEDGER_NAME = "ledger.json"
+PARTIAL_PREFIX = ".partial-"
+SET_ASIDE_PREFIX = "unrecorded-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def hash_files(folder: Path) -> dict[str, FileDigest]:
+    digests = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            sha = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    sha.update(block)
+            digests[path.name] = FileDigest(path.stat().st_size, sha.hexdigest())
+    return digests
+
+
+def damage(folder: Path, entry: LedgerEntry) -> str | None:
+    """Why the files of `entry` cannot be trusted, or None when every size and sha256 matches."""
+    if not folder.is_dir():
+        return f"{folder} is missing"
+    for name, expected in entry.files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected.size:
+            return f"{path} has {path.stat().st_size} bytes, the ledger recorded {expected.size}"
+    actual = hash_files(folder)
+    for name, expected in entry.files.items():
+        if actual[name].sha256 != expected.sha256:
+            return f"{folder / name} does not match its sha256 in the ledger"
+    return None
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` folder of a run: save, retain, find and restore checkpoints.
+
+    `is_chief` false (a non-chief worker under tf.distribute) writes into a temporary folder that
+    is removed afterwards, the multi-worker pattern: every worker must take part in the save.
+    """
+
+    def __init__(self, directory: str | os.PathLike, policy: RetentionPolicy, *, is_chief: bool = True) -> None:
+        self.directory = Path(directory)
+        self.policy = policy
+        self.is_chief = is_chief
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ledger_path = self.directory / LEDGER_NAME
+        self.ledger = Ledger.read(self.ledger_path, policy) if self.ledger_path.exists() else Ledger(policy)
+        self.last_save_seconds = 0.0
+
+    # -- housekeeping ---------------------------------------------------------------------
+    def tidy(self) -> list[str]:
+        """Finish what an interrupted run left: prunes the ledger decided, partial and unrecorded
+        folders. Returns one message per thing done, for the log."""
+        messages = []
+        for name in list(self.ledger.pruned):
+            folder = self.directory / name
+            if folder.exists():
+                shutil.rmtree(folder)
+                messages.append(f"removed pruned checkpoint {name} (its removal was interrupted)")
+        self.ledger.mark_pruned_done(self.ledger.pruned)
+        recorded = {entry.name for entry in self.ledger.entries}
+        for folder in sorted(self.directory.iterdir()):
+            if not folder.is_dir() or folder.name == "best":
+                continue
+            if folder.name.startswith(PARTIAL_PREFIX):
+                shutil.rmtree(folder)
+                messages.append(f"removed {folder.name}: a save that was interrupted before it finished")
+            elif folder.name.startswith("step-") and folder.name not in recorded:
+                target = self.directory / f"{SET_ASIDE_PREFIX}{folder.name}-{int(time.time())}"
+                folder.rename(target)
+                messages.append(f"set aside {folder.name} as {target.name}: complete on disk but never "
+                                "committed to the ledger (the run was interrupted during the save)")
+        return messages
+
+    # -- saving ---------------------------------------------------------------------------
+    def save(self, checkpoint: tf.train.Checkpoint, *, step: int, epoch: int, metrics: Mapping[str, float],
+             ema: bool) -> LedgerEntry | None:
+        """Write `checkpoint` for `step`, commit it to the ledger, prune; returns the new entry."""
+        started = time.perf_counter()
+        name = checkpoint_name(step)
+        value = float(metrics.get(self.policy.monitor, math.nan))
+        if not self.is_chief:
+            scratch = self.directory.parent / f".worker-scratch-{os.getpid()}"
+            checkpoint.write(str(scratch / "ckpt"))
+            shutil.rmtree(scratch, ignore_errors=True)
+            return None
+        partial = self.directory / f"{PARTIAL_PREFIX}{name}"
+        if partial.exists():
+            shutil.rmtree(partial)
+        checkpoint.write(str(partial / "ckpt"))
+        files = hash_files(partial)
+        final = self.directory / name
+        if final.exists():  # the same step saved before a crash, never committed: set it aside
+            final.rename(self.directory / f"{SET_ASIDE_PREFIX}{name}-{int(time.time())}")
+        partial.rename(final)
+        entry = LedgerEntry(name=name, step=step, epoch=epoch, monitor_value=value,
+                            metrics={key: float(val) for key, val in metrics.items()}, ema=ema,
+                            files=files, created=time.time())
+        dropped = self.ledger.add(entry)
+        self._commit()
+        for old in dropped:
+            shutil.rmtree(self.directory / old.name, ignore_errors=True)
+        self.ledger.mark_pruned_done(old.name for old in dropped)
+        if dropped:
+            self.ledger.write(self.ledger_path)
+        self.last_save_seconds = time.perf_counter() - started
+        return entry
+
+    def set_status(self, **status) -> None:
+        """Record how the run ended (or that it is training) in the ledger."""
+        self.ledger.status = dict(status)
+        if self.is_chief:
+            self.ledger.write(self.ledger_path)
+
+    def _commit(self) -> None:
+        """Ledger first (the commit point), then TF's state files that point into it."""
+        self.ledger.write(self.ledger_path)
+        by_step = sorted(self.ledger.entries, key=lambda entry: entry.step)
+        if by_step:
+            write_state_file(self.directory, [f"{entry.name}/{entry.prefix}" for entry in by_step])
+        best = self.ledger.best
+        if best is not None:
+            write_state_file(self.directory / "best", [f"../{best.name}/{best.prefix}"])
+
+    # -- finding and restoring --------------------------------------------------------------
+    def path_of(self, entry: LedgerEntry) -> str:
+        return str(self.directory / entry.name / entry.prefix)
+
+    def latest_intact(self) -> tuple[LedgerEntry | None, list[str]]:
+        """The latest entry whose files match the ledger, and a message for each one skipped.
+
+        Damaged entries are reported and left on disk (never deleted, never loaded)."""
+        problems = []
+        for entry in sorted(self.ledger.entries, key=lambda item: item.step, reverse=True):
+            reason = damage(self.directory / entry.name, entry)
+            if reason is None:
+                return entry, problems
+            problems.append(f"checkpoint {entry.name} (step {entry.step}) is skipped: {reason}")
+        return None, problems
+
+    def resolve(self, which: str = "best") -> LedgerEntry:
+        """`best`, `latest`, or a step number -> a verified ledger entry; a clear error otherwise."""
+        entries = self.ledger.entries
+        if not entries:
+            raise DetkeeperError(f"{self.directory}: no checkpoints recorded in {LEDGER_NAME} yet")
+        if which == "best":
+            entry = self.ledger.best or self.ledger.latest
+        elif which == "latest":
+            entry = self.ledger.latest
+        elif str(which).isdigit():
+            entry = next((item for item in entries if item.step == int(which)), None)
+            if entry is None:
+                steps = ", ".join(str(item.step) for item in sorted(entries, key=lambda e: e.step))
+                raise DetkeeperError(f"{self.directory}: no kept checkpoint at step {which}; kept steps: {steps}")
+        else:
+            raise DetkeeperError(f"checkpoint {which!r}: expected best, latest or a step number")
+        reason = damage(self.directory / entry.name, entry)
+        if reason:
+            raise DetkeeperError(f"checkpoint {entry.name} cannot be trusted: {reason}")
+        return entry
+
+
+def write_state_file(directory: Path, paths: list[str]) -> None:
+    """TF's ``checkpoint`` text proto (CheckpointState), so ``tf.train.latest_checkpoint`` works."""
+    lines = [f'model_checkpoint_path: "{paths[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "{path}"' for path in paths]
+    atomic_write_text(directory / "checkpoint", "\n".join(lines) + "\n")

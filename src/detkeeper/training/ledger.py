@@ -1,0 +1,216 @@
+"""The checkpoint ledger: which checkpoints exist, what they scored, and which are kept.
+
+``checkpoints/ledger.json`` is the single source of truth about a run's checkpoints. It is
+rewritten atomically after every save, and that write is the commit point: a checkpoint folder
+the ledger does not list is an interrupted save, never a checkpoint to trust. Retention keeps the
+``keep_best`` entries with the best monitored value plus the ``keep_last`` most recent ones;
+only folders the ledger itself recorded are ever pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from detkeeper.errors import DetkeeperError
+from detkeeper.files import atomic_write_text
+
+LEDGER_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDigest:
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerEntry:
+    """One saved checkpoint: where it is, when it was taken, what it scored."""
+
+    name: str  # folder under checkpoints/, e.g. "step-000900"
+    step: int
+    epoch: int
+    monitor_value: float  # NaN when the metric was NaN or missing: never the best
+    metrics: dict[str, float]
+    ema: bool
+    files: dict[str, FileDigest]  # relative to the checkpoint folder
+    prefix: str = "ckpt"  # tf.train.Checkpoint prefix inside the folder
+    created: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return sum(digest.size for digest in self.files.values())
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["monitor_value"] = _json_number(self.monitor_value)
+        data["metrics"] = {key: _json_number(value) for key, value in self.metrics.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LedgerEntry":
+        return cls(
+            name=str(data["name"]), step=int(data["step"]), epoch=int(data["epoch"]),
+            monitor_value=_float(data["monitor_value"]),
+            metrics={key: _float(value) for key, value in data["metrics"].items()},
+            ema=bool(data["ema"]),
+            files={key: FileDigest(int(value["size"]), str(value["sha256"]))
+                   for key, value in data["files"].items()},
+            prefix=str(data.get("prefix", "ckpt")), created=float(data.get("created", 0.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionPolicy:
+    """What to keep: the best `keep_best` by `monitor` (`mode` max or min) and the latest `keep_last`."""
+
+    monitor: str
+    mode: str = "max"
+    keep_best: int = 3
+    keep_last: int = 2
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+
+    def sort_key(self, entry: LedgerEntry) -> tuple:
+        """Best first; NaN after every number; on a tie the earlier step wins (it got there first)."""
+        value = entry.monitor_value
+        if math.isnan(value):
+            return (1, 0.0, entry.step)
+        return (0, -value if self.mode == "max" else value, entry.step)
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best` by more than `min_delta` (NaN never does)."""
+        if math.isnan(value):
+            return False
+        if best is None or math.isnan(best):
+            return True
+        if self.mode == "max":
+            return value > best + self.min_delta
+        return value < best - self.min_delta
+
+
+@dataclasses.dataclass
+class Ledger:
+    """Kept entries, every evaluation's history, the best pointer and the run's status."""
+
+    policy: RetentionPolicy
+    entries: list[LedgerEntry] = dataclasses.field(default_factory=list)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    pruned: list[str] = dataclasses.field(default_factory=list)
+    best_name: str | None = None
+    status: dict[str, Any] = dataclasses.field(default_factory=lambda: {"state": "training"})
+
+    # -- queries ---------------------------------------------------------------------------
+    def by_name(self, name: str) -> LedgerEntry | None:
+        return next((entry for entry in self.entries if entry.name == name), None)
+
+    @property
+    def best(self) -> LedgerEntry | None:
+        return self.by_name(self.best_name) if self.best_name else None
+
+    @property
+    def latest(self) -> LedgerEntry | None:
+        return max(self.entries, key=lambda entry: entry.step, default=None)
+
+    def ranked(self) -> list[LedgerEntry]:
+        """Kept entries, best first."""
+        return sorted(self.entries, key=self.policy.sort_key)
+
+    def best_names(self) -> set[str]:
+        return {entry.name for entry in self.ranked()[: self.policy.keep_best]
+                if not math.isnan(entry.monitor_value)}
+
+    def last_names(self) -> set[str]:
+        by_step = sorted(self.entries, key=lambda entry: entry.step, reverse=True)
+        return {entry.name for entry in by_step[: self.policy.keep_last]}
+
+    # -- updates ---------------------------------------------------------------------------
+    def add(self, entry: LedgerEntry) -> list[LedgerEntry]:
+        """Record `entry` and apply retention; returns the entries to prune (already removed here).
+
+        An entry for a step already recorded replaces it (a rerun after a crash that happened after
+        the save but before training moved on writes the same step again).
+        """
+        self.entries = [kept for kept in self.entries if kept.step != entry.step]
+        self.history = [row for row in self.history if row["step"] != entry.step]
+        self.entries.append(entry)
+        self.history.append({"step": entry.step, "epoch": entry.epoch, "checkpoint": entry.name,
+                             "monitor_value": entry.monitor_value, "metrics": dict(entry.metrics)})
+        self.history.sort(key=lambda row: row["step"])
+        current_best = self.best
+        if current_best is None or self.policy.improves(entry.monitor_value, current_best.monitor_value):
+            self.best_name = entry.name if not math.isnan(entry.monitor_value) else self.best_name
+        keep = self.best_names() | self.last_names()
+        if self.best_name:
+            keep.add(self.best_name)  # with min_delta the pointer may lag the top of the ranking
+        dropped = [kept for kept in self.entries if kept.name not in keep]
+        self.entries = [kept for kept in self.entries if kept.name in keep]
+        self.pruned = sorted(set(self.pruned) | {dropped_entry.name for dropped_entry in dropped})
+        return dropped
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop entries whose files were found damaged (kept in `history`)."""
+        names = set(names)
+        self.entries = [entry for entry in self.entries if entry.name not in names]
+        if self.best_name in names:
+            best = next(iter(self.ranked()), None)
+            self.best_name = best.name if best and not math.isnan(best.monitor_value) else None
+
+    def mark_pruned_done(self, names: Iterable[str]) -> None:
+        self.pruned = sorted(set(self.pruned) - set(names))
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "policy": dataclasses.asdict(self.policy),
+            "best": self.best_name,
+            "status": self.status,
+            "checkpoints": [entry.to_json() for entry in self.ranked()],
+            "pruned": self.pruned,
+            "history": [{**row, "monitor_value": _json_number(row["monitor_value"]),
+                         "metrics": {key: _json_number(value) for key, value in row["metrics"].items()}}
+                        for row in self.history],
+            "updated": time.time(),
+        }
+
+    def write(self, path: str | Path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path, policy: RetentionPolicy | None = None) -> "Ledger":
+        """Load a ledger; `policy` (from the current config) wins over the stored one when given."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            stored = RetentionPolicy(**data["policy"])
+            entries = [LedgerEntry.from_json(item) for item in data["checkpoints"]]
+            history = [{**row, "monitor_value": _float(row["monitor_value"]),
+                        "metrics": {key: _float(value) for key, value in row["metrics"].items()}}
+                       for row in data.get("history", [])]
+            ledger = cls(policy=policy or stored, entries=entries, history=history,
+                         pruned=list(data.get("pruned", [])), best_name=data.get("best"),
+                         status=dict(data.get("status") or {"state": "training"}))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DetkeeperError(
+                f"{path}: the checkpoint ledger cannot be read ({type(error).__name__}: {error}). "
+                "It is only ever replaced atomically, so this file was changed by something else; "
+                "restore it or move the run directory's checkpoints/ folder aside.") from None
+        return ledger
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) or math.isinf(value) else float(value)
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
