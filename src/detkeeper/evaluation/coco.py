@@ -1,0 +1,323 @@
+"""COCO box evaluation from arrays, by the COCO API itself (faster-coco-eval or pycocotools).
+
+Batches of ground truth and detections (numpy arrays, lists or tf tensors, straight from a model
+and the input pipeline) are checked, kept as float64 arrays, and turned into the COCO ground-truth
+dict and results list in memory at :meth:`CocoEvaluator.result`. The numbers then come from the
+library's own ``evaluate`` / ``accumulate`` / ``summarize``: nothing of COCO's matching or
+averaging is re-implemented here, so they equal an evaluation from JSON files.
+
+Two details keep them equal to the last bit:
+
+* Image ids are ranked in their natural order (numbers numerically, strings lexicographically)
+  and renumbered 1..N in that order. COCO breaks score ties across images by image-id order, so a
+  renumbering that kept insertion order would change AP whenever scores tie.
+* All detections are passed, in the order given: COCO keeps the ``maxDets`` best per image and
+  category after a stable sort, so truncating here could only differ from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from detkeeper.data.label_map import LabelMap, LabelMapItem
+from detkeeper.errors import DataError
+from detkeeper.evaluation.results import EvaluationResult
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+ImageId = int | str
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The valid rows of one batch (padding dropped), flattened image by image."""
+
+    image: np.ndarray  # [n] int64, position of the image in insertion order
+    boxes: np.ndarray  # [n, 4] float64 yxyx
+    classes: np.ndarray  # [n] int64 category ids
+    extra: tuple[np.ndarray, ...]  # ground truth: (is_crowd, area); detections: (scores,)
+
+
+def _as_array(value: Any, key: str) -> np.ndarray:
+    """A numpy array from numpy, nested lists or anything with ``.numpy()`` (tf tensors)."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{key}: cannot be read as a rectangular array ({error})") from None
+
+
+def _numeric(value: Any, key: str, dtype: type | None = None) -> np.ndarray:
+    """`value` as a numeric array, cast to `dtype` when given (float64 keeps the reference's precision)."""
+    array = _as_array(value, key)
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{key}: expected numbers, got an array of dtype {array.dtype}")
+    return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def _integral(array: np.ndarray, key: str) -> np.ndarray:
+    """Class ids may arrive as floats (NMS returns them so); they must still be whole numbers."""
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            raise DataError(f"{key}: class ids must be whole numbers, got {array[bad][0].item()!r}")
+    return array.astype(np.int64)
+
+
+def _image_id(value: Any, key: str) -> ImageId:
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8")
+    if isinstance(value, (str, np.str_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise DataError(f"{key}: image ids must be integers or strings, got {value!r}")
+
+
+class CocoEvaluator:
+    """COCO box mAP over batches: ``update`` per batch, ``result`` at the end, ``reset`` to reuse.
+
+    ``categories`` (a :class:`LabelMap` or ``[{"id", "name"}, ...]``) are the classes COCO
+    averages over, by label-map id; every class id passed to ``update`` must be one of them.
+    ``max_detections`` is COCO's largest ``maxDets`` (its ``[1, 10, max_detections]``): what
+    ``mAP*`` and ``AR100`` use.
+    """
+
+    def __init__(self, categories: LabelMap | Sequence[Mapping[str, Any]], backend: str = "faster_coco_eval",
+                 max_detections: int = 100) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if int(max_detections) <= 10:
+            raise ValueError(f"max_detections must be above 10 (COCO's maxDets are 1, 10 and it); "
+                             f"got {max_detections}")
+        if not isinstance(categories, LabelMap):
+            categories = LabelMap([LabelMapItem(int(c["id"]), str(c["name"]), str(c["name"]))
+                                   for c in categories], source="categories")
+        self.label_map = categories
+        self.backend = backend
+        self.max_detections = int(max_detections)
+        self._class_ids = np.asarray(categories.ids, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image seen so far."""
+        self._image_ids: list[ImageId] = []
+        self._seen: set[ImageId] = set()
+        self._ground_truth: list[_Rows] = []
+        self._detections: list[_Rows] = []
+
+    @property
+    def num_images(self) -> int:
+        return len(self._image_ids)
+
+    # --- input ----------------------------------------------------------------------------------
+    def update(self, ground_truth: Mapping[str, Any], detections: Mapping[str, Any]) -> None:
+        """Add one batch. Boxes are yxyx absolute pixels of the original image; rows with class -1
+        or beyond ``num_boxes`` / ``num_detections`` are padding. Extra keys are ignored.
+
+        Ground truth: ``image_ids`` [B], ``boxes`` [B, M, 4], ``classes`` [B, M], optional
+        ``num_boxes`` [B], ``is_crowd`` [B, M], ``area`` [B, M] (COCO's annotation area, which
+        decides small/medium/large; the box area when absent). Detections: ``boxes`` [B, N, 4],
+        ``scores`` [B, N], ``classes`` [B, N] (label-map ids, not model indices), optional
+        ``num_detections`` [B]. Nothing is kept when the batch is refused.
+        """
+        image_ids = self._new_image_ids(ground_truth)
+        first = len(self._image_ids)
+        batch_size = len(image_ids)
+        gt = _batch(ground_truth, "ground_truth", "num_boxes", batch_size, ("is_crowd", "area"))
+        det = _batch(detections, "detections", "num_detections", batch_size, ("scores",))
+        gt_image, gt_boxes, gt_classes = self._rows(gt, "ground_truth", image_ids, first)
+        det_image, det_boxes, det_classes = self._rows(det, "detections", image_ids, first)
+        if gt["is_crowd"] is None:
+            crowd = np.zeros(gt_classes.shape, np.int64)
+        else:
+            crowd = (gt["is_crowd"][gt["valid"]] != 0).astype(np.int64)
+        if gt["area"] is None:
+            area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+        else:
+            area = gt["area"][gt["valid"]]
+            self._check_values(area, "ground_truth['area']", gt_image, first, image_ids,
+                               bad=~np.isfinite(area) | (area < 0), what="area must be finite and >= 0")
+        scores = det["scores"][det["valid"]]
+        self._check_values(scores, "detections['scores']", det_image, first, image_ids,
+                           bad=~np.isfinite(scores), what="scores must be finite")
+
+        self._image_ids.extend(image_ids)
+        self._seen.update(image_ids)
+        self._ground_truth.append(_Rows(gt_image, gt_boxes, gt_classes, (crowd, area)))
+        self._detections.append(_Rows(det_image, det_boxes, det_classes, (scores,)))
+
+    def _new_image_ids(self, ground_truth: Mapping[str, Any]) -> list[ImageId]:
+        if "image_ids" not in ground_truth:
+            raise DataError("ground_truth['image_ids'] is missing: every image needs an id")
+        array = _as_array(ground_truth["image_ids"], "ground_truth['image_ids']")
+        if array.ndim != 1:
+            raise DataError(f"ground_truth['image_ids']: expected shape [B], got {array.shape}")
+        image_ids = [_image_id(value, "ground_truth['image_ids']") for value in array.tolist()]
+        kinds = {type(i) for i in image_ids} | {type(i) for i in self._image_ids[:1]}
+        if len(kinds) > 1:
+            raise DataError("ground_truth['image_ids']: image ids mix integers and strings; use one kind")
+        in_batch: set[ImageId] = set()
+        for image_id in image_ids:
+            if image_id in self._seen or image_id in in_batch:
+                raise DataError(f"ground_truth['image_ids']: image id {image_id!r} was already seen; "
+                                "each image may be evaluated once (call reset() to start over)")
+            in_batch.add(image_id)
+        return image_ids
+
+    def _rows(self, batch: dict, name: str, image_ids: list[ImageId],
+              first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Valid rows of `batch`, checked: known classes, finite boxes with ymax >= ymin, xmax >= xmin."""
+        valid = batch["valid"]
+        image = np.broadcast_to(np.arange(len(image_ids))[:, None], valid.shape)[valid] + first
+        classes = batch["classes"][valid]
+        unknown = ~np.isin(classes, self._class_ids)
+        if unknown.any():
+            row = int(np.argmax(unknown))
+            raise DataError(f"{name}['classes']: class id {classes[row]} (image {image_ids[image[row] - first]!r}) "
+                            f"is not a category id (ids: {', '.join(map(str, self._class_ids))}); "
+                            "pass label-map ids, not model indices, and -1 for padding")
+        boxes = batch["boxes"][valid]
+        self._check_values(boxes, f"{name}['boxes']", image, first, image_ids,
+                           bad=~np.isfinite(boxes).all(axis=1), what="boxes must be finite")
+        self._check_values(boxes, f"{name}['boxes']", image, first, image_ids,
+                           bad=(boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
+                           what="negative size (ymax < ymin or xmax < xmin) in [ymin, xmin, ymax, xmax]")
+        return image, boxes, classes
+
+    @staticmethod
+    def _check_values(values: np.ndarray, key: str, image: np.ndarray, first: int,
+                      image_ids: list[ImageId], bad: np.ndarray, what: str) -> None:
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"{key}: {what}; got {values[row].tolist()} for image {image_ids[image[row] - first]!r}")
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def result(self) -> EvaluationResult:
+        """Evaluate every image seen since the last reset (an image with no boxes counts too)."""
+        if not self._image_ids:
+            raise DataError("COCO evaluation: no images to evaluate; call update() with a batch first")
+        order = sorted(range(len(self._image_ids)), key=self._image_ids.__getitem__)
+        coco_id = np.empty(len(order), np.int64)
+        coco_id[order] = np.arange(1, len(order) + 1)
+        dataset = {
+            "images": [{"id": i} for i in range(1, len(order) + 1)],
+            "categories": [{"id": item.id, "name": item.name} for item in self.label_map.items],
+            "annotations": _ground_truth_dicts(_concat(self._ground_truth, 2), coco_id),
+        }
+        detections = _detection_dicts(_concat(self._detections, 1), coco_id)
+        num_detections = len(detections)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation = _run_backend(self.backend, dataset, detections, self.max_detections)
+        return EvaluationResult.from_cocoeval(
+            evaluation, {item.id: item.name for item in self.label_map.items}, backend=self.backend, max_detections=self.max_detections,
+            num_images=len(order), num_detections=num_detections,
+            image_ids=tuple(self._image_ids[i] for i in order))
+
+
+def _batch(values: Mapping[str, Any], name: str, count_key: str, batch_size: int,
+           optional: tuple[str, ...]) -> dict:
+    """Arrays of one side of a batch, shapes checked against each other, plus its valid-row mask."""
+    for key in ("boxes", "classes", *(k for k in optional if k == "scores")):
+        if key not in values:
+            raise DataError(f"{name}['{key}'] is missing")
+    boxes = _numeric(values["boxes"], f"{name}['boxes']", np.float64)
+    if boxes.size == 0 and boxes.ndim in (2, 3):  # [[], []] from lists: no boxes at all
+        boxes = boxes.reshape(boxes.shape[0], 0, 4)
+    if boxes.ndim != 3 or boxes.shape[2] != 4:
+        raise DataError(f"{name}['boxes']: expected shape [B, M, 4] (ymin, xmin, ymax, xmax), got {boxes.shape}")
+    if boxes.shape[0] != batch_size:
+        raise DataError(f"batch sizes disagree: ground_truth['image_ids'] has {batch_size} images but "
+                        f"{name}['boxes'] has {boxes.shape[0]}")
+    rows = boxes.shape[:2]
+    batch: dict[str, Any] = {"boxes": boxes}
+    for key in ("classes", *optional):
+        if key not in values or values[key] is None:
+            batch[key] = None
+            continue
+        array = _numeric(values[key], f"{name}['{key}']", np.float64 if key in ("area", "scores") else None)
+        if array.size == 0 and rows[1] == 0:
+            array = array.reshape(rows)
+        if array.shape != rows:
+            raise DataError(f"{name}['{key}'] has shape {array.shape} but {name}['boxes'] has shape "
+                            f"{boxes.shape}; expected {list(rows)}")
+        batch[key] = array
+    batch["classes"] = _integral(batch["classes"], f"{name}['classes']")
+    valid = batch["classes"] != -1
+    if values.get(count_key) is not None:
+        counts = _integral(_numeric(values[count_key], f"{name}['{count_key}']"), f"{name}['{count_key}']")
+        if counts.shape != (batch_size,):
+            raise DataError(f"{name}['{count_key}'] has shape {counts.shape} but {name}['boxes'] has shape "
+                            f"{boxes.shape}; expected [{batch_size}]")
+        if (counts < 0).any() or (counts > rows[1]).any():
+            raise DataError(f"{name}['{count_key}']: counts must lie in 0..{rows[1]}, got {counts.tolist()}")
+        valid &= np.arange(rows[1])[None, :] < counts[:, None]
+    batch["valid"] = valid
+    return batch
+
+
+def _concat(parts: list[_Rows], num_extra: int) -> _Rows:
+    if not parts:
+        return _Rows(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64),
+                     tuple(np.zeros(0) for _ in range(num_extra)))
+    return _Rows(np.concatenate([p.image for p in parts]), np.concatenate([p.boxes for p in parts]),
+                 np.concatenate([p.classes for p in parts]),
+                 tuple(np.concatenate([p.extra[i] for p in parts]) for i in range(num_extra)))
+
+
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    """yxyx -> COCO's [x, y, width, height], in float64 as the reference computes it."""
+    return np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1).tolist()
+
+
+def _ground_truth_dicts(rows: _Rows, coco_id: np.ndarray) -> list[dict]:
+    crowd, area = rows.extra
+    return [{"id": ann_id, "image_id": image, "category_id": category, "bbox": bbox, "area": a, "iscrowd": c}
+            for ann_id, image, category, bbox, a, c in zip(
+                range(1, len(rows.classes) + 1), coco_id[rows.image].tolist(), rows.classes.tolist(),
+                _xywh(rows.boxes), area.tolist(), crowd.tolist())]
+
+
+def _detection_dicts(rows: _Rows, coco_id: np.ndarray) -> list[dict]:
+    (scores,) = rows.extra
+    return [{"image_id": image, "category_id": category, "bbox": bbox, "score": score}
+            for image, category, bbox, score in zip(
+                coco_id[rows.image].tolist(), rows.classes.tolist(), _xywh(rows.boxes), scores.tolist())]
+
+
+def _run_backend(backend: str, dataset: dict, detections: list[dict], max_detections: int):
+    """The library's own COCO objects, built from memory, evaluated, accumulated and summarized."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        def quiet(*args, **kwargs) -> None:
+            return None
+
+        coco_gt = COCO(dataset, print_function=quiet)
+        coco_dt = coco_gt.loadRes(detections)
+        evaluation = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        if detections:
+            coco_dt = coco_gt.loadRes(detections)
+        else:  # pycocotools' loadRes reads anns[0]; an empty result set is built as it would be
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
+            coco_dt.createIndex()
+        evaluation = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    evaluation.params.maxDets = [1, 10, max_detections]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation
