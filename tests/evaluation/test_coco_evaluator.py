@@ -181,7 +181,8 @@ def _one_image(image_id=5, gt_boxes=((10, 10, 50, 60),), gt_classes=(1,), det_bo
     (({"boxes": [[[0, 0, 1, 1]]], "classes": [[1]]}, _one_image()[1]), r"ground_truth\['image_ids'\] is missing"),
     ((_one_image()[0], {"boxes": [[[0, 0, 1, 1]]], "classes": [[1]]}), r"detections\['scores'\] is missing"),
     (({**_one_image()[0], "area": [[-1.0]]}, _one_image()[1]), r"ground_truth\['area'\]: area must be finite"),
-    ((_one_image()[0], {**_one_image()[1], "classes": [[1.5]]}), r"class ids must be whole numbers, got 1.5"),
+    ((_one_image()[0], {**_one_image()[1], "classes": [[1.5]]}),
+     r"detections\['classes'\]: expected whole numbers, got 1.5"),
     ((_one_image()[0], {**_one_image()[1], "num_detections": [2]}), r"num_detections'\]: counts must lie in 0..1"),
 ])
 def test_bad_input_is_refused_with_a_message_naming_it(batch, match):

@@ -62,11 +62,11 @@ def _numeric(value: Any, key: str, dtype: type | None = None) -> np.ndarray:
 
 
 def _integral(array: np.ndarray, key: str) -> np.ndarray:
-    """Class ids may arrive as floats (NMS returns them so); they must still be whole numbers."""
+    """Class ids and counts may arrive as floats (NMS returns them so); they must be whole numbers."""
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array) | (array != np.round(array))
         if bad.any():
-            raise DataError(f"{key}: class ids must be whole numbers, got {array[bad][0].item()!r}")
+            raise DataError(f"{key}: expected whole numbers, got {array[bad][0].item()!r}")
     return array.astype(np.int64)
 
 
@@ -128,12 +128,11 @@ class CocoEvaluator:
         ``num_detections`` [B]. Nothing is kept when the batch is refused.
         """
         image_ids = self._new_image_ids(ground_truth)
-        first = len(self._image_ids)
-        batch_size = len(image_ids)
-        gt = _batch(ground_truth, "ground_truth", "num_boxes", batch_size, ("is_crowd", "area"))
-        det = _batch(detections, "detections", "num_detections", batch_size, ("scores",))
-        gt_image, gt_boxes, gt_classes = self._rows(gt, "ground_truth", image_ids, first)
-        det_image, det_boxes, det_classes = self._rows(det, "detections", image_ids, first)
+        size = len(image_ids)
+        gt = _batch(ground_truth, "ground_truth", ("boxes", "classes"), ("is_crowd", "area"), "num_boxes", size)
+        det = _batch(detections, "detections", ("boxes", "classes", "scores"), (), "num_detections", size)
+        gt_image, gt_boxes, gt_classes = self._checked_rows(gt, "ground_truth", image_ids)
+        det_image, det_boxes, det_classes = self._checked_rows(det, "detections", image_ids)
         if gt["is_crowd"] is None:
             crowd = np.zeros(gt_classes.shape, np.int64)
         else:
@@ -142,16 +141,16 @@ class CocoEvaluator:
             area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
         else:
             area = gt["area"][gt["valid"]]
-            self._check_values(area, "ground_truth['area']", gt_image, first, image_ids,
-                               bad=~np.isfinite(area) | (area < 0), what="area must be finite and >= 0")
+            _refuse(area, ~np.isfinite(area) | (area < 0), "ground_truth['area']", "area must be finite and >= 0",
+                    gt_image, image_ids)
         scores = det["scores"][det["valid"]]
-        self._check_values(scores, "detections['scores']", det_image, first, image_ids,
-                           bad=~np.isfinite(scores), what="scores must be finite")
+        _refuse(scores, ~np.isfinite(scores), "detections['scores']", "scores must be finite", det_image, image_ids)
 
+        first = len(self._image_ids)
         self._image_ids.extend(image_ids)
         self._seen.update(image_ids)
-        self._ground_truth.append(_Rows(gt_image, gt_boxes, gt_classes, (crowd, area)))
-        self._detections.append(_Rows(det_image, det_boxes, det_classes, (scores,)))
+        self._ground_truth.append(_Rows(gt_image + first, gt_boxes, gt_classes, (crowd, area)))
+        self._detections.append(_Rows(det_image + first, det_boxes, det_classes, (scores,)))
 
     def _new_image_ids(self, ground_truth: Mapping[str, Any]) -> list[ImageId]:
         if "image_ids" not in ground_truth:
@@ -171,32 +170,24 @@ class CocoEvaluator:
             in_batch.add(image_id)
         return image_ids
 
-    def _rows(self, batch: dict, name: str, image_ids: list[ImageId],
-              first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Valid rows of `batch`, checked: known classes, finite boxes with ymax >= ymin, xmax >= xmin."""
+    def _checked_rows(self, batch: dict, name: str,
+                      image_ids: list[ImageId]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image index in the batch, boxes, classes) of the valid rows, checked: known classes,
+        finite boxes, ymax >= ymin and xmax >= xmin."""
         valid = batch["valid"]
-        image = np.broadcast_to(np.arange(len(image_ids))[:, None], valid.shape)[valid] + first
+        image = np.broadcast_to(np.arange(len(image_ids))[:, None], valid.shape)[valid]
         classes = batch["classes"][valid]
         unknown = ~np.isin(classes, self._class_ids)
         if unknown.any():
             row = int(np.argmax(unknown))
-            raise DataError(f"{name}['classes']: class id {classes[row]} (image {image_ids[image[row] - first]!r}) "
+            raise DataError(f"{name}['classes']: class id {classes[row]} (image {image_ids[image[row]]!r}) "
                             f"is not a category id (ids: {', '.join(map(str, self._class_ids))}); "
                             "pass label-map ids, not model indices, and -1 for padding")
         boxes = batch["boxes"][valid]
-        self._check_values(boxes, f"{name}['boxes']", image, first, image_ids,
-                           bad=~np.isfinite(boxes).all(axis=1), what="boxes must be finite")
-        self._check_values(boxes, f"{name}['boxes']", image, first, image_ids,
-                           bad=(boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
-                           what="negative size (ymax < ymin or xmax < xmin) in [ymin, xmin, ymax, xmax]")
+        _refuse(boxes, ~np.isfinite(boxes).all(axis=1), f"{name}['boxes']", "boxes must be finite", image, image_ids)
+        _refuse(boxes, (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]), f"{name}['boxes']",
+                "negative size (ymax < ymin or xmax < xmin) in [ymin, xmin, ymax, xmax]", image, image_ids)
         return image, boxes, classes
-
-    @staticmethod
-    def _check_values(values: np.ndarray, key: str, image: np.ndarray, first: int,
-                      image_ids: list[ImageId], bad: np.ndarray, what: str) -> None:
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(f"{key}: {what}; got {values[row].tolist()} for image {image_ids[image[row] - first]!r}")
 
     # --- evaluation -----------------------------------------------------------------------------
     def result(self) -> EvaluationResult:
@@ -216,16 +207,25 @@ class CocoEvaluator:
         with contextlib.redirect_stdout(io.StringIO()):
             evaluation = _run_backend(self.backend, dataset, detections, self.max_detections)
         return EvaluationResult.from_cocoeval(
-            evaluation, {item.id: item.name for item in self.label_map.items}, backend=self.backend, max_detections=self.max_detections,
-            num_images=len(order), num_detections=num_detections,
+            evaluation, {item.id: item.name for item in self.label_map.items}, backend=self.backend,
+            max_detections=self.max_detections, num_images=len(order), num_detections=num_detections,
             image_ids=tuple(self._image_ids[i] for i in order))
 
 
-def _batch(values: Mapping[str, Any], name: str, count_key: str, batch_size: int,
-           optional: tuple[str, ...]) -> dict:
-    """Arrays of one side of a batch, shapes checked against each other, plus its valid-row mask."""
-    for key in ("boxes", "classes", *(k for k in optional if k == "scores")):
-        if key not in values:
+def _refuse(values: np.ndarray, bad: np.ndarray, key: str, what: str, image: np.ndarray,
+            image_ids: list[ImageId]) -> None:
+    """DataError naming the first bad row's value and image, if any row is bad."""
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{key}: {what}; got {values[row].tolist()} for image {image_ids[image[row]]!r}")
+
+
+def _batch(values: Mapping[str, Any], name: str, required: tuple[str, ...], optional: tuple[str, ...],
+           count_key: str, batch_size: int) -> dict:
+    """One side of a batch as arrays (None for absent optional keys), shapes checked against
+    ``boxes``, and ``valid``: the rows that are not padding."""
+    for key in required:
+        if values.get(key) is None:
             raise DataError(f"{name}['{key}'] is missing")
     boxes = _numeric(values["boxes"], f"{name}['boxes']", np.float64)
     if boxes.size == 0 and boxes.ndim in (2, 3):  # [[], []] from lists: no boxes at all
@@ -237,8 +237,8 @@ def _batch(values: Mapping[str, Any], name: str, count_key: str, batch_size: int
                         f"{name}['boxes'] has {boxes.shape[0]}")
     rows = boxes.shape[:2]
     batch: dict[str, Any] = {"boxes": boxes}
-    for key in ("classes", *optional):
-        if key not in values or values[key] is None:
+    for key in (*required[1:], *optional):
+        if values.get(key) is None:
             batch[key] = None
             continue
         array = _numeric(values[key], f"{name}['{key}']", np.float64 if key in ("area", "scores") else None)
