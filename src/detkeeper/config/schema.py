@@ -81,6 +81,9 @@ class ModelConfig:
     )
     neck: NeckConfig = setting(default_factory=NeckConfig, help="Feature pyramid options.")
     head: HeadConfig = setting(default_factory=HeadConfig, help="Prediction head options.")
+    preset: str | None = setting(
+        None, help="keras-hub preset to build from (hub_* models only; needs network on first use)."
+    )
     custom_objects_module: str | None = setting(
         None, help="Importable module that registers extra Keras-serializable layers, if any."
     )
@@ -91,6 +94,11 @@ class ModelConfig:
             problems.append("name: expected a non-empty model name, got ''")
         if self.image_size % 32:
             problems.append(f"image_size: expected a multiple of 32, got {self.image_size}")
+        if self.preset is not None and not self.name.startswith("hub_"):
+            problems.append(f"preset: only keras-hub models (hub_*) build from a preset (name is "
+                            f"{self.name!r}); expected null, got {self.preset!r}")
+        if self.preset == "":
+            problems.append("preset: expected a keras-hub preset name, handle or directory, got ''")
         module = self.custom_objects_module
         if module is not None and not _MODULE_NAME.match(module):
             problems.append(f"custom_objects_module: expected a dotted module name, got {module!r}")

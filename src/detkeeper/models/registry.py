@@ -15,7 +15,7 @@ from detkeeper.errors import ConfigError
 
 #: Modules whose import registers models; listed here so the registry fills without side effects
 #: at `import detkeeper`.
-_FAMILY_MODULES = ("detkeeper.models.retinanet", "detkeeper.models.fcos")
+_FAMILY_MODULES = ("detkeeper.models.retinanet", "detkeeper.models.fcos", "detkeeper.models.hub")
 
 
 @dataclasses.dataclass(frozen=True)
