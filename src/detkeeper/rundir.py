@@ -6,14 +6,23 @@ Layout (later stages add to it; every reader goes through this class)::
       config.yaml        the resolved config (absolute paths): the run is reproducible from it
       label_map.pbtxt    the classes, TF OD API format, 1-based ids
       train_batch.png    a training batch as the pipeline makes it, boxes drawn (demo, data show)
+      train.log          the training log (appended on every resume)
+      logs/              TensorBoard: train/ (losses, learning rate), validation/ (stats, pictures)
+      checkpoints/       ledger.json (the source of truth), step-NNNNNNN/ folders, TF `checkpoint`
+                         state file (latest) and best/checkpoint (the best), both for
+                         tf.train.latest_checkpoint
+      .lock              held by the one process training in this directory
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.errors import DetkeeperError
 
 
 class RunDirectory:
@@ -33,6 +42,43 @@ class RunDirectory:
     @property
     def train_batch_path(self) -> Path:
         return self.path / "train_batch.png"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs_path(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def log_file_path(self) -> Path:
+        return self.path / "train.log"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the run directory: a second ``train`` on it refuses instead of both
+        writing. The OS drops the lock when the holder dies, so a killed run never blocks a rerun."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise DetkeeperError(
+                    f"{self.path} is in use by {holder}; two runs writing one directory would mix their "
+                    "checkpoints. Wait for it to finish, stop it, or choose another run_dir.") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def write_config(self, config) -> Path:
         from detkeeper.config import save_config

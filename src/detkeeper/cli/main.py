@@ -15,19 +15,22 @@ examples:
   detkeeper demo                                   built-in dataset: generate, check, show a batch
   detkeeper data check path/to/VOC2012             count every problem in a dataset
   detkeeper data convert path/to/VOC --split train --to tfrecord --out records/train
+  detkeeper train demo                             train, keeping the best checkpoints by mAP
+  detkeeper checkpoints runs/demo                  the kept checkpoints, best first
   detkeeper config show demo --set train.steps=500 print a resolved config
 
 Run `detkeeper COMMAND --help` for each command's options and examples."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from detkeeper.cli import config_commands, data_commands, demo
+    from detkeeper.cli import config_commands, data_commands, demo, train_commands
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="TensorFlow object detection that keeps the best model. Available now: run configs, "
                     "dataset checks and conversion (VOC, COCO, TF OD API TFRecords), the built-in "
-                    "dataset and the tf.data input pipeline. Training, evaluation and export are next.")
+                    "dataset, and training with COCO mAP evaluation, best-k checkpoints, early stopping "
+                    "and exact resume. Export is next.")
     parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.register(commands, common)
     data_commands.register(commands, common)
+    train_commands.register(commands, common)
     config_commands.register(commands, common)
     return parser
 
@@ -48,6 +52,7 @@ def configure_logging(debug: bool, quiet: bool) -> None:
         # reach us as Python exceptions.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.WARNING)  # per-save "Sharding callback" lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,8 @@ def config_to_dict(config: Any) -> Any:
         }
     if isinstance(config, (list, tuple)):
         return [config_to_dict(item) for item in config]
+    if isinstance(config, dict):
+        return {name: config_to_dict(value) for name, value in config.items()}
     return config
 
 

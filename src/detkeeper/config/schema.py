@@ -290,9 +290,30 @@ class EvaluationConfig:
         0.5, help="IoU above which non-maximum suppression merges boxes.", gt=0, le=1
     )
     max_detections: int = setting(100, help="Most detections kept per image.", ge=1)
+    weighted_monitors: dict[str, dict[str, float]] = setting(
+        default_factory=dict,
+        help=(
+            "Extra metrics as weighted sums of COCO stats, logged as val_<name>, e.g. "
+            "{score: {mAP50: 0.1, mAP: 0.9}} then monitor: val_score. Stats: mAP, mAP50, mAP75, "
+            "mAP_small, mAP_medium, mAP_large, AR1, AR10, AR100, AR_small, AR_medium, AR_large, "
+            "latency_ms."
+        ),
+    )
 
     def validate(self) -> list[str]:
-        return [] if self.monitor else ["monitor: expected a metric name, got ''"]
+        from detkeeper.evaluation.results import STAT_NAMES
+
+        problems = [] if self.monitor else ["monitor: expected a metric name, got ''"]
+        known = set(STAT_NAMES) | {"latency_ms"}
+        for name, weights in self.weighted_monitors.items():
+            if not name.isidentifier():
+                problems.append(f"weighted_monitors.{name}: expected a name made of letters, digits and _")
+            if not weights:
+                problems.append(f"weighted_monitors.{name}: expected at least one stat with a weight, got {{}}")
+            for stat in sorted(set(weights) - known):
+                problems.append(f"weighted_monitors.{name}.{stat}: unknown stat; expected one of "
+                                f"{', '.join(sorted(known))}")
+        return problems
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,8 @@ def _describe_plain(tp: Any) -> str:
         return f"a list of {len(args)} items"
     if dataclasses.is_dataclass(tp):
         return "a mapping of settings"
+    if origin is dict:
+        return f"a mapping of names to {_describe_plain(args[1]) if args else 'values'}"
     return getattr(tp, "__name__", repr(tp))
 
 
@@ -168,6 +170,8 @@ def _convert(tp: Any, value: Any, key: KeyPath, problems: list[Problem]) -> Any:
         raise _Mismatch
     if origin in (list, tuple):
         return _convert_sequence(tp, value, key, problems)
+    if origin is dict:
+        return _convert_mapping(tp, value, key, problems)
     if tp in _ACCEPTED:
         # bool is a subclass of int: `steps: true` must not read as 1.
         if isinstance(value, _ACCEPTED[tp]) and (tp is bool or not isinstance(value, bool)):
@@ -195,6 +199,23 @@ def _convert_sequence(tp: Any, value: Any, key: KeyPath, problems: list[Problem]
                 Problem(key + (index,), f"expected {describe(item_type)}, got {_short_repr(item)}")
             )
     return tuple(items) if origin is tuple else items
+
+
+def _convert_mapping(tp: Any, value: Any, key: KeyPath, problems: list[Problem]) -> dict:
+    """``dict[str, V]``: string keys, each value converted as V and reported at its own key."""
+    if not isinstance(value, Mapping):
+        raise _Mismatch
+    value_type = get_args(tp)[1]
+    converted = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            problems.append(Problem(key, f"expected non-empty string keys, got {_short_repr(name)}"))
+            continue
+        try:
+            converted[name] = _convert(value_type, item, key + (name,), problems)
+        except _Mismatch:
+            problems.append(Problem(key + (name,), f"expected {describe(value_type)}, got {_short_repr(item)}"))
+    return converted
 
 
 def _convert_dataclass(cls: type, data: Mapping, key: KeyPath, problems: list[Problem]) -> Any:

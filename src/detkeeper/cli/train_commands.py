@@ -1,0 +1,156 @@
+"""`detkeeper train` and `detkeeper checkpoints`: run training, list what it kept."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+from detkeeper.cli.console import table
+from detkeeper.training.progress import Reporter
+
+TRAIN_EXAMPLES = """\
+examples:
+  detkeeper train demo                                  the built-in dataset, demo preset
+  detkeeper train my_run.yaml                           rerun the same command to resume after a crash
+  detkeeper train my_run.yaml --set train.steps=5000 --set evaluation.every_steps=250"""
+
+CHECKPOINTS_EXAMPLES = """\
+examples:
+  detkeeper checkpoints runs/demo
+  detkeeper checkpoints runs/demo --json | jq '.checkpoints[0]'"""
+
+
+def register(commands, common) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    train = commands.add_parser(
+        "train", parents=[common], formatter_class=fmt, epilog=TRAIN_EXAMPLES,
+        help="train a detector, keeping the best checkpoints by validation mAP",
+        description="Train the model a config describes. COCO mAP is evaluated on data.val every "
+                    "evaluation.every_steps steps; the checkpoint.keep_best best and keep_last latest "
+                    "checkpoints are kept in RUN_DIR/checkpoints (ledger.json lists them); training stops "
+                    "early when the monitored metric stops improving. Rerunning the same command resumes.")
+    train.add_argument("config", help="YAML file or preset name")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. train.steps=500 (repeatable)")
+    train.add_argument("--run-dir", help="run directory (default: the config's run_dir)")
+    train.set_defaults(handler=run_train)
+
+    checkpoints = commands.add_parser(
+        "checkpoints", parents=[common], formatter_class=fmt, epilog=CHECKPOINTS_EXAMPLES,
+        help="list a run's kept checkpoints, best first",
+        description="Show the checkpoint ledger of a run directory: every kept checkpoint with its step, "
+                    "validation stats and why it is kept (best, latest), best first.")
+    checkpoints.add_argument("run_dir", help="a run directory (holding checkpoints/ledger.json)")
+    checkpoints.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    checkpoints.set_defaults(handler=run_checkpoints, uses_tensorflow=False)
+
+
+class BarReporter(Reporter):
+    """tqdm bars on stderr: one for training steps (loss, images/s), one per validation pass."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar = self._eval_bar = None
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        from tqdm import tqdm
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+                         disable=True if self.quiet else None, dynamic_ncols=True)
+
+    def step(self, step: int, logs: dict, images_per_second: float) -> None:
+        if self._bar is None:
+            return
+        self._close_eval()
+        self._bar.update(step - self._bar.n)
+        loss = logs.get("loss")
+        if loss is not None and step % 5 == 0:
+            self._bar.set_postfix_str(f"loss {float(loss):.4f}  {images_per_second:.1f} img/s", refresh=False)
+
+    def evaluating(self, total_images: int) -> None:
+        from tqdm import tqdm
+        self._close_eval()
+        self._eval_bar = tqdm(total=total_images, desc="evaluate", unit="img", file=sys.stderr, leave=False,
+                              disable=True if self.quiet else None, dynamic_ncols=True)
+
+    def evaluated_images(self, count: int) -> None:
+        if self._eval_bar is not None:
+            self._eval_bar.update(count)
+
+    def _close_eval(self) -> None:
+        if self._eval_bar is not None:
+            self._eval_bar.close()
+            self._eval_bar = None
+
+    def close(self) -> None:
+        self._close_eval()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _TqdmHandler(logging.Handler):
+    """Training's messages as plain lines printed above the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+        prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        tqdm.write(prefix + record.getMessage(), file=sys.stdout if record.levelno <= logging.INFO else sys.stderr)
+
+
+def run_train(args) -> int:
+    from detkeeper.config import load_config
+    from detkeeper.training.trainer import train
+
+    overrides = list(args.set) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    config = load_config(args.config, overrides)
+    training_logger = logging.getLogger("detkeeper.training")
+    handler = _TqdmHandler(level=logging.WARNING if args.quiet else logging.INFO)
+    training_logger.addHandler(handler)
+    propagate, training_logger.propagate = training_logger.propagate, False  # printed once, plainly
+    try:
+        result = train(config, reporter=BarReporter(args.quiet))
+    finally:
+        training_logger.removeHandler(handler)
+        training_logger.propagate = propagate
+    print(f"\nrun directory: {result.run_dir}")
+    print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
+    print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
+    return 0
+
+
+def run_checkpoints(args) -> int:
+    from pathlib import Path
+
+    from detkeeper.errors import DetkeeperError
+    from detkeeper.training.ledger import Ledger
+
+    path = Path(args.run_dir) / "checkpoints" / "ledger.json"
+    if not path.exists():
+        raise DetkeeperError(f"{args.run_dir}: no checkpoint ledger at {path}; is this a run directory "
+                             "that has trained past its first evaluation?")
+    ledger = Ledger.read(path)
+    if args.json:
+        print(json.dumps(ledger.to_json(), indent=2))
+        return 0
+    best, last = ledger.best_names(), ledger.last_names()
+    monitor = ledger.policy.monitor
+    stats = [key for key in ("val_mAP", "val_mAP50", "val_mAP75") if key != monitor]
+    rows = []
+    for entry in ledger.ranked():
+        kept = [word for word, names in (("best", best), ("latest", last)) if entry.name in names]
+        marker = "*" if entry.name == ledger.best_name else ""
+        rows.append([f"{marker}{entry.name}", entry.step, _number(entry.monitor_value),
+                     *[_number(entry.metrics.get(key, math.nan)) for key in stats],
+                     "yes" if entry.ema else "no", f"{entry.size / 1e6:.1f} MB", "+".join(kept)])
+    print(table(rows, ["checkpoint", "step", monitor, *stats, "ema", "size", "kept as"]))
+    status = ledger.status.get("state", "training")
+    print(f"\n{len(rows)} kept ({ledger.policy.keep_best} best by {monitor}, {ledger.policy.mode}; "
+          f"{ledger.policy.keep_last} latest); * marks the best; run status: {status.replace('_', ' ')}")
+    return 0
+
+
+def _number(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -1,0 +1,103 @@
+"""COCO mAP inside Keras: a callback that writes ``val_mAP`` and friends into ``logs``.
+
+Callbacks talk through Keras' ``logs`` dict, so whatever runs after this one in the same
+``fit`` (detkeeper's checkpointer, Keras' own ``EarlyStopping`` or ``ModelCheckpoint``) can
+monitor ``val_mAP``, ``val_mAP50``, ..., ``val_latency_ms`` and any custom monitor.
+
+Custom monitors: a weighted sum of stats (``weighted_monitor({"mAP50": 0.1, "mAP": 0.9})``) or any
+function of the stats registered with :func:`register_monitor`; each appears as ``val_<name>``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import keras
+
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.record import DetectionRecord
+from detkeeper.evaluation.results import STAT_NAMES
+from detkeeper.evaluation.runner import ValidationPass, compiled_detect, run_validation
+
+Monitor = Callable[[Mapping[str, float]], float]
+_MONITORS: dict[str, Monitor] = {}
+
+
+def register_monitor(name: str, function: Monitor) -> Monitor:
+    """Make ``val_<name>`` available to every evaluation: `function` gets the stats
+    (``{"mAP": ..., "mAP50": ..., "latency_ms": ...}``, without the prefix) and returns a float."""
+    if not name.isidentifier():
+        raise ValueError(f"monitor name must be an identifier, got {name!r}")
+    _MONITORS[name] = function
+    return function
+
+
+def weighted_monitor(weights: Mapping[str, float]) -> Monitor:
+    """``sum(weight * stat)``, e.g. ``{"mAP50": 0.1, "mAP": 0.9}``; unknown stat names fail at once."""
+    known = set(STAT_NAMES) | {"latency_ms"}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"weighted monitor: unknown stats {unknown}; known: {sorted(known)}")
+    return lambda stats: math.fsum(float(weight) * stats[name] for name, weight in weights.items())
+
+
+def registered_monitors() -> dict[str, Monitor]:
+    return dict(_MONITORS)
+
+
+class CocoEvaluationCallback(keras.callbacks.Callback):
+    """Every `every_epochs` epochs, COCO-evaluate the model on `dataset` and add the stats to logs.
+
+    `dataset` is a detkeeper evaluation dataset (:func:`detkeeper.data.pipeline.evaluation_dataset`).
+    Pass the split's records as `ground_truth` for exact COCO numbers (every box, crowd flags);
+    without them the batch's own padded boxes are used. With `weight_average`
+    (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated.
+    """
+
+    def __init__(self, dataset, label_map: LabelMap, *, ground_truth: Sequence[DetectionRecord] | None = None,
+                 every_epochs: int = 1, prefix: str = "val_", backend: str = "faster_coco_eval",
+                 max_detections: int = 100, weight_average=None,
+                 monitors: Mapping[str, Monitor] | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        if every_epochs < 1:
+            raise ValueError(f"every_epochs must be >= 1, got {every_epochs}")
+        self.dataset, self.label_map, self.ground_truth = dataset, label_map, ground_truth
+        self.every_epochs, self.prefix, self.backend = every_epochs, prefix, backend
+        self.max_detections = max_detections
+        self.weight_average = weight_average
+        self.monitors = dict(monitors or {})
+        self.on_progress = on_progress
+        self.last: ValidationPass | None = None
+        self._detect = None
+
+    def evaluate(self) -> ValidationPass:
+        """One validation pass now (EMA weights when configured); also kept as ``self.last``."""
+        if self._detect is None:
+            self._detect = compiled_detect(self.model)
+        if self.weight_average is not None:
+            with self.weight_average.swapped_in(self.model):
+                self.last = self._run()
+        else:
+            self.last = self._run()
+        return self.last
+
+    def _run(self) -> ValidationPass:
+        return run_validation(self._detect, self.dataset, self.label_map, ground_truth=self.ground_truth,
+                              backend=self.backend, max_detections=self.max_detections,
+                              progress=self.on_progress)
+
+    def stats(self, validation: ValidationPass) -> dict[str, float]:
+        """Stats without prefix, custom monitors included."""
+        stats = {**validation.result.stats, "latency_ms": validation.latency_ms}
+        for name, function in {**_MONITORS, **self.monitors}.items():
+            stats[name] = float(function(stats))
+        return stats
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every_epochs and not self.model.stop_training:
+            return
+        stats = self.stats(self.evaluate())
+        if logs is not None:
+            logs.update({f"{self.prefix}{name}": value for name, value in stats.items()})

@@ -1,0 +1,275 @@
+"""``detkeeper train``: Keras ``fit`` with the callbacks that keep the best model, resumable.
+
+One "epoch" of ``fit`` is one evaluation interval (``evaluation.every_steps`` steps). At each
+interval's end the callbacks run in this order: COCO evaluation -> early stopping -> checkpoint
+(ledger, best-k) -> the evaluation line -> TensorBoard. Everything a rerun needs is in the
+checkpoint (model, optimizer and its step, EMA, early-stopping state) or follows from the step
+(data order, learning rate), so rerunning the same command continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import keras
+import tensorflow as tf
+
+from detkeeper.config.schema import RunConfig
+from detkeeper.errors import ConfigError
+from detkeeper.rundir import RunDirectory
+from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
+from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
+from detkeeper.training.ledger import LedgerEntry
+from detkeeper.training.progress import ProgressCallback, Reporter
+
+logger = logging.getLogger("detkeeper.training")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How a ``train`` call ended, and where its outputs are."""
+
+    run_dir: Path
+    status: str  # finished | stopped_early | already_finished | already_stopped
+    step: int
+    best: LedgerEntry | None
+    save_seconds: tuple[float, ...] = ()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "ledger.json"
+
+
+def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), *,
+          reporter: Reporter | None = None) -> TrainResult:
+    """Train (or resume) the run `config` describes; returns when it finished or stopped early."""
+    if not isinstance(config, RunConfig):
+        from detkeeper.config import load_config
+        config = load_config(config, overrides)
+    run = RunDirectory(config.run_dir)
+    with run.lock(), _log_to_file(run.log_file_path):
+        return _Training(config, run, reporter or Reporter()).run()
+
+
+@contextlib.contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """Copy detkeeper's log records into the run's ``train.log`` while training."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("detkeeper")
+    previous_level = root.level
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
+
+
+class _Training:
+    """One train call's objects, built in dependency order."""
+
+    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter) -> None:
+        self.config, self.rundir, self.reporter = config, run, reporter
+
+    def run(self) -> TrainResult:
+        config = self.config
+        from detkeeper.data.sources import DataSources
+        if config.data.val is None:
+            raise ConfigError("data.val: training keeps the best checkpoints by validation mAP, so it needs "
+                              "a validation split; set data.val.format and data.val.path")
+        sources = DataSources(config.data)
+        train_split, val_split = sources.prepare("train"), sources.prepare("val")
+        label_map = sources.label_map
+        self.rundir.write_config(config)
+        self.rundir.write_label_map(label_map)
+
+        keras.utils.set_random_seed(config.train.seed)
+        tf.config.experimental.enable_op_determinism()
+        if config.train.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        model, weight_average = self._build_model(label_map.num_classes, val_split.records, label_map)
+        state = EarlyStoppingState()
+        checkpointer = BestCheckpoints(
+            self.rundir.checkpoints_path, config.evaluation.monitor, mode=config.checkpoint.mode,
+            keep_best=config.checkpoint.keep_best, keep_last=config.checkpoint.keep_last,
+            min_delta=config.checkpoint.min_delta, weight_average=weight_average,
+            extra={"early_stopping": state})
+        for message in checkpointer.store.tidy():
+            logger.warning(message)
+
+        start = checkpointer.restore(model, "latest")
+        for problem in checkpointer.problems:
+            logger.warning(problem)
+        start_step = start.step if start else 0
+        finished = self._already_done(checkpointer, state, start_step)
+        if finished is not None:
+            return finished
+        if start:
+            logger.info("resuming %s from %s (step %d of %d)", self.rundir.path, start.name, start.step,
+                        config.train.steps)
+        self._fit(model, weight_average, state, checkpointer, train_split.records, val_split.records,
+                  label_map, start_step)
+        return self._finish(model, checkpointer, state)
+
+    # -- building ---------------------------------------------------------------------------
+    def _build_model(self, num_classes: int, val_records, label_map):
+        from detkeeper.data.pipeline import evaluation_dataset
+        from detkeeper.models import build_model
+        from detkeeper.models.registry import Postprocess
+        from detkeeper.training.ema import WeightAverage
+        from detkeeper.training.optimizers import build_optimizer
+
+        config = self.config
+        evaluation = config.evaluation
+        model = build_model(config.model, num_classes, Postprocess(
+            evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
+        model.compile(optimizer=build_optimizer(config.train))
+        sample = next(iter(evaluation_dataset(val_records[:4], label_map, image_size=config.model.image_size,
+                                              batch_size=4, max_boxes=config.data.max_boxes)))
+        model(sample["images"][:1], training=False)  # create the variables, so a checkpoint can fill them
+        model.optimizer.build(model.trainable_variables)
+        self.sample_batch = sample
+        weight_average = WeightAverage(model, config.train.ema_decay) if config.train.ema_decay else None
+        return model, weight_average
+
+    def _already_done(self, checkpointer: BestCheckpoints, state: EarlyStoppingState,
+                      start_step: int) -> TrainResult | None:
+        best = checkpointer.ledger.best
+        if state.stopped:
+            logger.info("%s stopped early at step %d (no improvement of %s for %d evaluations); best: %s. "
+                        "Not training again: use a new run_dir, or raise early_stopping.patience and remove "
+                        "the run's checkpoints to start over.", self.rundir.path, int(state.stopped_step.numpy()),
+                        self.config.evaluation.monitor, self.config.early_stopping.patience, _describe(best))
+            return TrainResult(self.rundir.path, "already_stopped", start_step, best)
+        if start_step >= self.config.train.steps:
+            logger.info("%s already trained to step %d (train.steps is %d); best: %s", self.rundir.path,
+                        start_step, self.config.train.steps, _describe(best))
+            return TrainResult(self.rundir.path, "already_finished", start_step, best)
+        return None
+
+    # -- training ---------------------------------------------------------------------------
+    def _fit(self, model, weight_average, state, checkpointer, train_records, val_records, label_map,
+             start_step: int) -> None:
+        from detkeeper.data.pipeline import Augmentation, evaluation_dataset, training_dataset
+        from detkeeper.evaluation.callback import CocoEvaluationCallback, weighted_monitor
+        from detkeeper.models.detector import fit_inputs
+        from detkeeper.training.ema import EmaCallback
+        from detkeeper.training.optimizers import learning_rate_at
+        from detkeeper.training.tensorboard import TensorBoardLogger
+
+        config = self.config
+        every, total = config.evaluation.every_steps, config.train.steps
+        train_data = training_dataset(
+            train_records, label_map, image_size=config.model.image_size, batch_size=config.train.batch_size,
+            max_boxes=config.data.max_boxes, augmentation=Augmentation.from_config(config.data.augment),
+            seed=config.train.seed, start_step=start_step).map(fit_inputs)
+        val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
+                                      batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
+        monitors = {name: weighted_monitor(weights) for name, weights in config.evaluation.weighted_monitors.items()}
+        early_stopping = None
+        if config.early_stopping.enabled:
+            settings = config.early_stopping
+            early_stopping = EarlyStopping(config.evaluation.monitor, mode=config.checkpoint.mode,
+                                           patience=settings.patience, min_delta=settings.min_delta,
+                                           start_from=settings.start_from, baseline=settings.baseline, state=state)
+        callbacks = [
+            StopOnNonFiniteLoss(lambda: f"Kept checkpoints are intact; best: {_describe(checkpointer.ledger.best)}."),
+            *([EmaCallback(weight_average)] if weight_average is not None else []),
+            _StopAtStep(total),
+            ProgressCallback(self.reporter, config.train.batch_size, total),
+            _AnnounceEvaluation(self.reporter, len(val_records)),
+            CocoEvaluationCallback(val_data, label_map, ground_truth=val_records, weight_average=weight_average,
+                                   max_detections=config.evaluation.max_detections, monitors=monitors,
+                                   on_progress=self.reporter.evaluated_images),
+            *([early_stopping] if early_stopping else []),
+            checkpointer,
+            _EvaluationLine(config.evaluation.monitor, checkpointer, early_stopping),
+            TensorBoardLogger(self.rundir.logs_path, learning_rate=lambda: learning_rate_at(model.optimizer),
+                              sample_batch=self.sample_batch, label_map=label_map, weight_average=weight_average),
+        ]
+        try:
+            model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
+                      steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
+        finally:
+            self.reporter.close()
+
+    def _finish(self, model, checkpointer: BestCheckpoints, state: EarlyStoppingState) -> TrainResult:
+        step = int(model.optimizer.iterations.numpy())
+        best = checkpointer.ledger.best
+        status = "stopped_early" if state.stopped else "finished"
+        checkpointer.store.set_status(state=status, step=step, best=best.name if best else None)
+        saves = checkpointer.save_seconds
+        if saves:
+            logger.info("checkpoint saves: %d, training blocked %.2f s per save on average", len(saves),
+                        sum(saves) / len(saves))
+        if best is not None:
+            checkpointer.restore(model, str(best.step))
+        ending = "stopped early" if state.stopped else "finished"
+        logger.info("training %s at step %d; best: %s (restored into the model)", ending, step, _describe(best))
+        return TrainResult(self.rundir.path, status, step, best, tuple(saves))
+
+
+def _describe(entry: LedgerEntry | None) -> str:
+    if entry is None:
+        return "none yet"
+    value = "nan" if math.isnan(entry.monitor_value) else f"{entry.monitor_value:.4f}"
+    return f"step {entry.step} ({value})"
+
+
+class _StopAtStep(keras.callbacks.Callback):
+    """End training at exactly `steps` even when it is not a multiple of the evaluation interval;
+    the interval's end-of-epoch callbacks (evaluation, checkpoint) still run."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if int(self.model.optimizer.iterations.numpy()) >= self.steps:
+            self.model.stop_training = True
+
+
+class _AnnounceEvaluation(keras.callbacks.Callback):
+    def __init__(self, reporter: Reporter, num_images: int) -> None:
+        super().__init__()
+        self.reporter, self.num_images = reporter, num_images
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        self.reporter.evaluating(self.num_images)
+
+
+class _EvaluationLine(keras.callbacks.Callback):
+    """``step 1200  val_mAP 0.412 (best 0.431 @ step 900)  mAP50 0.80  patience 2/5  saved 0.21 s``."""
+
+    def __init__(self, monitor: str, checkpointer: BestCheckpoints, early_stopping: EarlyStopping | None) -> None:
+        super().__init__()
+        self.monitor, self.checkpointer, self.early_stopping = monitor, checkpointer, early_stopping
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        best = self.checkpointer.ledger.best
+        best_text = "none yet" if best is None else f"{best.monitor_value:.4f} @ step {best.step}"
+        parts = [f"step {step}", f"{self.monitor} {float(logs[self.monitor]):.4f} (best {best_text})"]
+        for key in ("val_mAP", "val_mAP50"):
+            if key != self.monitor and key in logs:
+                parts.append(f"{key[4:]} {float(logs[key]):.3f}")
+        if "loss" in logs:
+            parts.append(f"loss {float(logs['loss']):.4f}")
+        if self.early_stopping is not None:
+            parts.append(self.early_stopping.describe())
+        if self.checkpointer.save_seconds:
+            parts.append(f"saved in {self.checkpointer.save_seconds[-1]:.2f} s")
+        logger.info("  ".join(parts))
