@@ -138,3 +138,11 @@ def test_demo_generates_checks_and_draws(tmp_path, monkeypatch, capsys):
     assert "train    16 images" in out and "no problems" in out
     code, out, _ = run(capsys, "config", "show", str(run_dir / "config.yaml"))
     assert code == 0 and "num_train: 16" in out
+
+
+def test_building_the_parser_does_not_import_tensorflow():
+    """TensorFlow's start-up chatter is muted only when the CLI itself imports it, after parsing."""
+    code = ("import sys; from detkeeper.cli.main import build_parser; build_parser(); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

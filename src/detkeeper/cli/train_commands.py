@@ -9,7 +9,6 @@ import math
 import sys
 
 from detkeeper.cli.console import table
-from detkeeper.training.progress import Reporter
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -48,8 +47,11 @@ def register(commands, common) -> None:
     checkpoints.set_defaults(handler=run_checkpoints, uses_tensorflow=False)
 
 
-class BarReporter(Reporter):
-    """tqdm bars on stderr: one for training steps (loss, images/s), one per validation pass."""
+class BarReporter:
+    """tqdm bars on stderr: one for training steps (loss, images/s), one per validation pass.
+
+    Implements :class:`detkeeper.training.progress.Reporter` without importing it: that module
+    imports Keras, and the command line imports TensorFlow only once, quietly, after parsing."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
