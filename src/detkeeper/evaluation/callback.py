@@ -11,6 +11,7 @@ function of the stats registered with :func:`register_monitor`; each appears as 
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Mapping, Sequence
 
 import keras
@@ -70,10 +71,12 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.monitors = dict(monitors or {})
         self.on_progress = on_progress
         self.last: ValidationPass | None = None
+        self.seconds: list[float] = []  # wall time of each validation pass, for the training benchmark
         self._detect = None
 
     def evaluate(self) -> ValidationPass:
         """One validation pass now (EMA weights when configured); also kept as ``self.last``."""
+        started = time.perf_counter()
         if self._detect is None:
             self._detect = compiled_detect(self.model)
         if self.weight_average is not None:
@@ -81,6 +84,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
                 self.last = self._run()
         else:
             self.last = self._run()
+        self.seconds.append(time.perf_counter() - started)
         return self.last
 
     def _run(self) -> ValidationPass:

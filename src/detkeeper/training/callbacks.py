@@ -50,6 +50,7 @@ class BestCheckpoints(keras.callbacks.Callback):
         self.extra = dict(extra or {})
         self.save_seconds: list[float] = []
         self.last_entry: LedgerEntry | None = None
+        self.problems: list[str] = []  # damaged checkpoints the last restore("latest") skipped
 
     @property
     def ledger(self):
@@ -75,7 +76,7 @@ class BestCheckpoints(keras.callbacks.Callback):
 
     def restore(self, model: keras.Model, which: str = "latest") -> LedgerEntry | None:
         """Restore `model` (built, compiled, optimizer built) from a kept checkpoint; None when there
-        is none. ``latest`` skips (and reports through the returned problems) damaged ones."""
+        is none. ``latest`` skips damaged ones and lists them in ``self.problems``."""
         if which == "latest":
             entry, problems = self.store.latest_intact()
             self.problems = problems

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -39,7 +40,9 @@ class TrainResult:
     status: str  # finished | stopped_early | already_finished | already_stopped
     step: int
     best: LedgerEntry | None
-    save_seconds: tuple[float, ...] = ()
+    save_seconds: tuple[float, ...] = ()  # training blocked by each checkpoint save
+    evaluation_seconds: tuple[float, ...] = ()  # each validation pass
+    fit_seconds: float = 0.0  # wall time of this call's training loop, evaluations and saves included
 
     @property
     def ledger_path(self) -> Path:
@@ -182,25 +185,29 @@ class _Training:
             early_stopping = EarlyStopping(config.evaluation.monitor, mode=config.checkpoint.mode,
                                            patience=settings.patience, min_delta=settings.min_delta,
                                            start_from=settings.start_from, baseline=settings.baseline, state=state)
+        self.evaluation = CocoEvaluationCallback(
+            val_data, label_map, ground_truth=val_records, weight_average=weight_average,
+            max_detections=config.evaluation.max_detections, monitors=monitors,
+            on_progress=self.reporter.evaluated_images)
         callbacks = [
             StopOnNonFiniteLoss(lambda: f"Kept checkpoints are intact; best: {_describe(checkpointer.ledger.best)}."),
             *([EmaCallback(weight_average)] if weight_average is not None else []),
             _StopAtStep(total),
             ProgressCallback(self.reporter, config.train.batch_size, total),
             _AnnounceEvaluation(self.reporter, len(val_records)),
-            CocoEvaluationCallback(val_data, label_map, ground_truth=val_records, weight_average=weight_average,
-                                   max_detections=config.evaluation.max_detections, monitors=monitors,
-                                   on_progress=self.reporter.evaluated_images),
+            self.evaluation,
             *([early_stopping] if early_stopping else []),
             checkpointer,
             _EvaluationLine(config.evaluation.monitor, checkpointer, early_stopping),
             TensorBoardLogger(self.rundir.logs_path, learning_rate=lambda: learning_rate_at(model.optimizer),
                               sample_batch=self.sample_batch, label_map=label_map, weight_average=weight_average),
         ]
+        started = time.perf_counter()
         try:
             model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
                       steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
         finally:
+            self.fit_seconds = time.perf_counter() - started
             self.reporter.close()
 
     def _finish(self, model, checkpointer: BestCheckpoints, state: EarlyStoppingState) -> TrainResult:
@@ -216,7 +223,8 @@ class _Training:
             checkpointer.restore(model, str(best.step))
         ending = "stopped early" if state.stopped else "finished"
         logger.info("training %s at step %d; best: %s (restored into the model)", ending, step, _describe(best))
-        return TrainResult(self.rundir.path, status, step, best, tuple(saves))
+        return TrainResult(self.rundir.path, status, step, best, tuple(saves),
+                           tuple(self.evaluation.seconds), self.fit_seconds)
 
 
 def _describe(entry: LedgerEntry | None) -> str:
