@@ -24,6 +24,7 @@ Run `detkeeper COMMAND --help` for each command's options and examples."""
 
 def build_parser() -> argparse.ArgumentParser:
     from detkeeper.cli import config_commands, data_commands, demo, train_commands
+    from detkeeper.cli import evaluate_command
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(commands, common)
     data_commands.register(commands, common)
     train_commands.register(commands, common)
+    evaluate_command.register(commands, common)
     config_commands.register(commands, common)
     return parser
 

@@ -1,0 +1,441 @@
+"""``detkeeper evaluate``: COCO-evaluate a kept checkpoint on a split or a dataset, and write it all down.
+
+    report = evaluate("runs/cells")                                  # best checkpoint, data.val
+    report = evaluate("runs/cells", "test", checkpoint="latest")     # another configured split
+    report = evaluate("runs/cells/checkpoints/step-0001200/ckpt", "/data/other_voc", split="val")
+
+What the model is comes from the run directory (``config.yaml``, ``label_map.pbtxt``); which
+weights, from its checkpoint ledger (sha256-verified, as training restores them). Only the model
+(and the EMA averages when the run kept them, which training evaluated) is read from the
+checkpoint: TF matches it through the checkpoint's object graph, so the optimizer's copy of the
+weights and the early-stopping state are not needed, and every model variable must be found.
+The evaluation pass is the one training runs (:func:`run_validation`, same batch size, same
+post-processing), so a checkpoint evaluated on ``data.val`` scores the ``val_mAP`` the ledger
+recorded for it.
+
+Outputs, into ``RUN/eval/<checkpoint>-<split or dataset>/`` unless told otherwise, each written
+atomically: ``metrics.json``, ``detections.json`` (COCO results format) and ``pr_curves/*.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
+from detkeeper.errors import DataError, DetkeeperError
+from detkeeper.evaluation.results import EvaluationResult
+from detkeeper.files import atomic_write_text
+from detkeeper.rundir import RunDirectory
+
+logger = logging.getLogger("detkeeper.evaluation")
+
+CONFIG_SPLITS = ("train", "val", "test")
+SAVED_MODEL_FILE = "saved_model.pb"
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+
+#: How ``detections.json`` names images (also written into ``metrics.json``).
+IMAGE_ID_CONVENTION = (
+    "image_id is the dataset's own image id: a COCO JSON's image id, a VOC file stem, a TFRecord's "
+    "image/source_id; written as a JSON integer when every id is a canonical integer (as in COCO), "
+    "else as a string")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationReport:
+    """What one evaluation measured and where it wrote it."""
+
+    result: EvaluationResult
+    latency_ms: float  # detector time per image (first batch, which traces, left out)
+    num_images: int
+    run_dir: Path
+    checkpoint: Any  # LedgerEntry
+    data: str  # how the evaluated data is named in messages
+    out_dir: Path
+    metrics_path: Path
+    detections_path: Path
+    plot_paths: tuple[Path, ...]
+    metrics: dict  # what metrics.json holds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    records: list[DetectionRecord]
+    description: str
+    name: str  # for the default output folder
+    split: str | None  # the config split evaluated, None for a dataset path
+    format: str
+    num_read: int
+    problems: dict
+
+
+def evaluate(model_source: str | os.PathLike, data: str | os.PathLike | None = None, split: str | None = None, *,
+             checkpoint: str | int | None = None, out_dir: str | os.PathLike | None = None,
+             backend: str = "faster_coco_eval", progress: Callable[[int], None] | None = None,
+             label_map: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+             batch_size: int | None = None) -> EvaluationReport:
+    """COCO-evaluate a model on a split of its run's config or on a dataset; write the results.
+
+    `model_source`: a run directory, a checkpoint in it (``RUN/checkpoints/step-NNNNNNN/ckpt`` or
+    its folder), or an exported SavedModel (not yet: arrives with ``detkeeper export``).
+    `checkpoint` (run directories only): ``best`` (default), ``latest`` or a step number.
+    `data`: None or ``train``/``val``/``test`` for a split of the run's config (`split`, ``val``
+    by default), else a dataset path: VOC root (`split` picks ``ImageSets/Main/<split>.txt``), COCO
+    JSON (`images`: its image folder) or TFRecords (`label_map` when they carry no class names).
+    A dataset's classes are matched to the model's by name. `progress` is called with the number
+    of images after each batch. See :class:`PreparedEvaluation` to know the image count first.
+    """
+    prepared = prepare_evaluation(model_source, data, split, checkpoint=checkpoint, label_map=label_map,
+                                  images=images, batch_size=batch_size)
+    return prepared.run(out_dir=out_dir, backend=backend, progress=progress)
+
+
+def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike | None = None,
+                       split: str | None = None, *, checkpoint: str | int | None = None,
+                       label_map: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                       batch_size: int | None = None) -> "PreparedEvaluation":
+    """The model restored and the data read and checked, ready to :meth:`~PreparedEvaluation.run`
+    (arguments as for :func:`evaluate`)."""
+    run, which = resolve_model_source(model_source, checkpoint)
+    config_split = data is None or (isinstance(data, str) and data in CONFIG_SPLITS)
+    if config_split:
+        split_name = str(data) if data is not None else (split or "val")
+        if data is not None and split is not None and split != split_name:
+            raise DetkeeperError(f"--data {data} names a split of the run's config; --split {split} contradicts it")
+        config = _run_config(run, keep_split=split_name)
+    else:
+        config = _run_config(run, keep_split=None)
+    model_label_map = LabelMap.read(run.label_map_path)
+    store, entry = _checkpoint_entry(run, which)
+    if config_split:
+        loaded = _config_split(config, run, split_name)
+    else:
+        loaded = _dataset(os.fspath(data), split, model_label_map, config.data.max_boxes, label_map, images)
+    model = _restore_model(config, model_label_map, store.path_of(entry), entry.ema)
+    return PreparedEvaluation(rundir=run, config=config, label_map=model_label_map, entry=entry, model=model,
+                              data=loaded, batch_size=batch_size or config.train.batch_size,
+                              model_source=os.fspath(model_source))
+
+
+# -- the model ----------------------------------------------------------------------------------
+def resolve_model_source(path: str | os.PathLike, checkpoint: str | int | None = None) -> tuple[RunDirectory, str]:
+    """What `path` is: the run directory it belongs to and which checkpoint (best/latest/step).
+
+    The one place that tells model sources apart: run directory, checkpoint, SavedModel."""
+    source = Path(path)
+    if source.name == SAVED_MODEL_FILE or (source / SAVED_MODEL_FILE).is_file():
+        raise DetkeeperError(f"{path}: an exported SavedModel; evaluating SavedModel exports arrives with "
+                             "`detkeeper export`. Evaluate the run directory it was exported from, or one of "
+                             "its checkpoints, meanwhile.")
+    folder = source if source.is_dir() else source.parent
+    step = _STEP_FOLDER.fullmatch(folder.name)
+    if step and folder.is_dir() and (folder.parent / "ledger.json").is_file():
+        if checkpoint is not None and str(checkpoint) != str(int(step.group(1))):
+            raise DetkeeperError(f"{path} is the checkpoint of step {int(step.group(1))}; --checkpoint "
+                                 f"{checkpoint} contradicts it (give a run directory to choose by --checkpoint)")
+        return RunDirectory(folder.parent.parent), str(int(step.group(1)))
+    if source.is_dir() and (source / "ledger.json").is_file() and not (source / "config.yaml").is_file():
+        source = source.parent  # RUN/checkpoints
+    if source.is_dir() and (source / "config.yaml").is_file():
+        return RunDirectory(source), str(checkpoint) if checkpoint is not None else "best"
+    if not source.exists() and not Path(f"{source}.index").is_file():
+        raise DetkeeperError(f"{path}: no such run directory, checkpoint or SavedModel")
+    raise DetkeeperError(f"{path}: not a run directory (config.yaml inside), a checkpoint of one "
+                         "(RUN/checkpoints/step-NNNNNNN/ckpt, listed in its ledger.json) or an exported "
+                         f"SavedModel ({SAVED_MODEL_FILE} inside)")
+
+
+def _run_config(run: RunDirectory, keep_split: str | None):
+    """The run's resolved config, without what evaluation never reads: the other splits (so a moved
+    training set does not block evaluating the test set) and the backbone's initial weights (the
+    checkpoint replaces every weight; no ImageNet download)."""
+    from detkeeper.config import load_config
+
+    for needed in (run.config_path, run.label_map_path):
+        if not needed.is_file():
+            raise DetkeeperError(f"{run.path}: no {needed.name}; is this a run directory that training has "
+                                 "started?")
+    if keep_split is not None:
+        from detkeeper.config.yamlio import parse_yaml
+
+        raw = parse_yaml(run.config_path.read_text(encoding="utf-8"), str(run.config_path))
+        data = raw.get("data") if isinstance(raw, dict) else None
+        configured = [name for name in CONFIG_SPLITS if isinstance(data, dict) and data.get(name)]
+        if keep_split not in configured:
+            raise DataError(f"{run.config_path}: the run's config sets no data.{keep_split} (it sets "
+                            f"{', '.join(f'data.{name}' for name in configured) or 'no split'}); give --data "
+                            "a dataset path to evaluate other data")
+    overrides = ["model.backbone.weights=none", "data.label_map=null"]
+    overrides += [f"data.{name}=null" for name in CONFIG_SPLITS if name != keep_split]
+    return load_config(run.config_path, overrides)
+
+
+def _checkpoint_entry(run: RunDirectory, which: str):
+    from detkeeper.training.checkpoints import LEDGER_NAME, CheckpointStore
+    from detkeeper.training.ledger import Ledger
+
+    ledger_path = run.checkpoints_path / LEDGER_NAME
+    if not ledger_path.is_file():
+        raise DetkeeperError(f"{run.path}: no checkpoint ledger at {ledger_path}; has this run trained past "
+                             "its first evaluation?")
+    store = CheckpointStore(run.checkpoints_path, Ledger.read(ledger_path).policy)
+    return store, store.resolve(which)
+
+
+def _restore_model(config, label_map: LabelMap, checkpoint_path: str, ema: bool):
+    """The run's detector with the checkpoint's weights (its EMA averages when it kept them)."""
+    import keras
+    import tensorflow as tf
+
+    from detkeeper.models import build_model
+    from detkeeper.models.registry import Postprocess
+
+    evaluation = config.evaluation
+    previous = keras.mixed_precision.global_policy()
+    if config.train.mixed_precision:  # layers take the policy when built: build as training did
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(config.model, label_map.num_classes, Postprocess(
+            evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    size = config.model.image_size
+    model(tf.zeros([1, size, size, 3]), training=False)  # create the variables the checkpoint fills
+    objects = {"model": model}
+    if ema:
+        from detkeeper.training.ema import WeightAverage
+        objects["ema"] = WeightAverage(model, config.train.ema_decay or 0.5)  # decay unused: only read
+    try:
+        status = tf.train.Checkpoint(**objects).read(checkpoint_path).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as error:  # a variable missing, or one of another shape
+        raise DetkeeperError(f"{checkpoint_path}: the checkpoint does not fit the model the run's config "
+                             f"describes ({str(error).splitlines()[0][:300]})") from None
+    except tf.errors.OpError as error:  # e.g. pruned by a training run since it was verified
+        raise DetkeeperError(f"{checkpoint_path}: cannot be read ({error.message})") from None
+    saved = _model_variables_in_checkpoint(checkpoint_path)
+    if saved != len(model.weights):  # every variable of ours was filled; none of the checkpoint's may be left
+        raise DetkeeperError(f"{checkpoint_path}: the checkpoint holds {saved} model variables, the model the "
+                             f"run's config describes has {len(model.weights)}: the config or the code of a "
+                             "custom layer changed since training")
+    if ema:
+        objects["ema"].copy_to(model)
+    return model
+
+
+def _model_variables_in_checkpoint(path: str) -> int:
+    """Variables a checkpoint holds for its ``model``: those reachable from it in the checkpoint's
+    object graph, not through the optimizer Keras tracks on a compiled model.
+
+    ``assert_existing_objects_matched`` only proves that each of our variables found a value; a
+    model with fewer layers than the one saved (Keras keys layers by position) passes it silently."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    root = next(ref.node_id for ref in graph.nodes[0].children if ref.local_name == "model")
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(ref.node_id for ref in graph.nodes[node].children
+                         if not (node == root and ref.local_name == "optimizer"))
+    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
+               for node in seen)
+
+
+# -- the data -----------------------------------------------------------------------------------
+def _config_split(config, run: RunDirectory, split: str) -> _Data:
+    from detkeeper.data.sources import DataSources
+
+    data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
+    sources = DataSources(data_config)
+    prepared = sources.prepare(split)
+    return _Data(prepared.records, sources.describe(split), split, split, sources.source(split).format,
+                 prepared.num_read, prepared.report.counts())
+
+
+def _dataset(path: str, split: str | None, model_label_map: LabelMap, max_boxes: int,
+             label_map: str | os.PathLike | None, images: str | os.PathLike | None) -> _Data:
+    """A dataset path read as ``detkeeper data check`` reads it, classes mapped onto the model's."""
+    from detkeeper.cli.console import detect_format
+    from detkeeper.config.schema import DataConfig, SourceConfig
+    from detkeeper.data.sources import DataSources
+
+    fmt = detect_format(path)
+    if split is not None and fmt != "voc":
+        raise DataError(f"{path}: --split picks ImageSets/Main/<split>.txt of a VOC dataset; a {fmt} dataset "
+                        "has no splits (give the file of the split)")
+    if images is not None and fmt != "coco":
+        raise DataError(f"{path}: --images is the image folder of a COCO JSON; this is a {fmt} dataset")
+    source = SourceConfig(format=fmt, path=path, split=split,
+                          images=os.fspath(images) if images is not None else None)
+    description = path + (f" (split {split})" if split else "")
+    data_config = DataConfig(train=source, label_map=os.fspath(label_map) if label_map else None,
+                             bad_records="skip", max_boxes=max_boxes)
+    sources = DataSources(data_config, display_names={"train": description})
+    prepared = sources.prepare("train")
+    records = _map_classes(prepared.records, prepared.label_map, model_label_map, description)
+    stem = Path(path.split(",")[0].rstrip("/")).name
+    stem = stem[:-len(".json")] if stem.endswith(".json") else stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem + (f"-{split}" if split else "")).strip("_.") or "dataset"
+    return _Data(records, description, name, None, fmt, prepared.num_read, prepared.report.counts())
+
+
+def _map_classes(records: list[DetectionRecord], dataset_map: LabelMap, model_map: LabelMap,
+                 where: str) -> list[DetectionRecord]:
+    """Records with class ids of the model's label map, matched by class name."""
+    used = sorted({int(class_id) for record in records for class_id in record.class_ids})
+    model_id = {class_id: model_map.id_of_name(dataset_map.item_of_id(class_id).name) for class_id in used}
+    unknown = [dataset_map.item_of_id(class_id).name for class_id in used if model_id[class_id] is None]
+    if unknown:
+        raise DataError(f"{where}: the model does not know the class(es) {', '.join(map(repr, unknown))}; "
+                        f"its classes ({model_map.source}) are {', '.join(map(repr, model_map.names))}. "
+                        "Classes are matched by name: evaluate on data with the model's classes, or rename "
+                        "them in the annotations (or the label map given with --label-map).")
+    if all(model_id[class_id] == class_id for class_id in used):
+        return records
+    return [dataclasses.replace(record, class_ids=np.array([model_id[int(c)] for c in record.class_ids], np.int64))
+            for record in records]
+
+
+# -- running and writing --------------------------------------------------------------------------
+@dataclasses.dataclass
+class PreparedEvaluation:
+    """A restored model and checked data; :meth:`run` evaluates and writes the outputs."""
+
+    rundir: RunDirectory
+    config: Any
+    label_map: LabelMap
+    entry: Any  # LedgerEntry
+    model: Any
+    data: _Data
+    batch_size: int
+    model_source: str
+
+    @property
+    def num_images(self) -> int:
+        return len(self.data.records)
+
+    def default_out_dir(self) -> Path:
+        return self.rundir.path / "eval" / f"{self.entry.name}-{self.data.name}"
+
+    def run(self, out_dir: str | os.PathLike | None = None, backend: str = "faster_coco_eval",
+            progress: Callable[[int], None] | None = None) -> EvaluationReport:
+        from detkeeper.data.pipeline import evaluation_dataset
+        from detkeeper.evaluation.coco import BACKENDS
+        from detkeeper.evaluation.plots import save_precision_recall_plots
+        from detkeeper.evaluation.runner import compiled_detect, run_validation
+
+        if backend not in BACKENDS:
+            raise DetkeeperError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.batch_size < 1:
+            raise DetkeeperError(f"batch size must be at least 1, got {self.batch_size}")
+        config = self.config
+        dataset = evaluation_dataset(self.data.records, self.label_map, image_size=config.model.image_size,
+                                     batch_size=self.batch_size, max_boxes=config.data.max_boxes)
+        recorder = _Recorder(compiled_detect(self.model))
+        started = time.perf_counter()
+        validation = run_validation(recorder.detect, recorder.watch(dataset), self.label_map,
+                                    ground_truth=self.data.records, backend=backend,
+                                    max_detections=config.evaluation.max_detections, progress=progress)
+        seconds = time.perf_counter() - started
+        out = Path(out_dir) if out_dir is not None else self.default_out_dir()
+        detections_path = atomic_write_text(out / "detections.json",
+                                            json.dumps(recorder.coco_results(self.label_map)) + "\n")
+        plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
+        metrics = self._metrics(validation, seconds, out, detections_path, plots)
+        metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        logger.debug("evaluated %s of %s on %s: mAP %.4f; results in %s", self.entry.name, self.rundir.path,
+                    self.data.description, validation.result.stats["mAP"], out)
+        return EvaluationReport(result=validation.result, latency_ms=validation.latency_ms,
+                                num_images=validation.num_images, run_dir=self.rundir.path, checkpoint=self.entry,
+                                data=self.data.description, out_dir=out, metrics_path=metrics_path,
+                                detections_path=detections_path, plot_paths=plots, metrics=metrics)
+
+    def _metrics(self, validation, seconds: float, out: Path, detections_path: Path, plots) -> dict:
+        from detkeeper import __version__
+
+        result, entry, data = validation.result, self.entry, self.data
+        return {
+            "detkeeper_version": __version__,
+            "model": {"source": self.model_source, "run_dir": str(self.rundir.path), "name": self.config.model.name,
+                      "image_size": self.config.model.image_size},
+            "checkpoint": {"name": entry.name, "step": entry.step, "ema": entry.ema,
+                           "path": str(self.rundir.checkpoints_path / entry.name / entry.prefix),
+                           "recorded_in_ledger": {key: _json_float(value) for key, value in entry.metrics.items()}},
+            "data": {"description": data.description, "format": data.format, "config_split": data.split,
+                     "num_images": validation.num_images, "records_read": data.num_read,
+                     "problems": data.problems},
+            "num_images": validation.num_images,
+            "latency_ms": validation.latency_ms,
+            "seconds": seconds,
+            "batch_size": self.batch_size,
+            **result.to_json_dict(),
+            "tf_od_api": result.tf_od_api_metrics(include_per_class=True),
+            "files": {"detections": os.path.relpath(detections_path, out),
+                      "detections_image_ids": IMAGE_ID_CONVENTION,
+                      "detections_category_ids": "label-map ids (label_map.pbtxt of the run)",
+                      "detections_bbox": "[x, y, width, height] in original-image pixels",
+                      "pr_curves": [os.path.relpath(path, out) for path in plots]},
+        }
+
+
+class _Recorder:
+    """Keeps what a validation pass sees (each batch's image ids, scales and sizes, and the raw
+    detections), so the detections can be written in original-image pixels afterwards."""
+
+    def __init__(self, detect) -> None:
+        self._detect = detect
+        self.batches: list[dict] = []
+        self.outputs: list[dict] = []
+
+    def detect(self, images):
+        outputs = self._detect(images)
+        self.outputs.append({key: np.asarray(value) for key, value in outputs.items()})
+        return outputs
+
+    def watch(self, dataset) -> Iterator[dict]:
+        for batch in dataset:
+            self.batches.append({key: batch[key].numpy() for key in ("image_ids", "image_scales", "image_sizes")})
+            yield batch
+
+    def coco_results(self, label_map: LabelMap) -> list[dict]:
+        """COCO results format: image_id, category_id (label-map id), bbox xywh, score."""
+        from detkeeper.evaluation.runner import _original_detections  # the pass's own mapping to pixels
+
+        image_ids = [value.decode("utf-8") for batch in self.batches for value in batch["image_ids"]]
+        as_int = all(_CANONICAL_INT.fullmatch(value) for value in image_ids)
+        results, position = [], 0
+        for batch, raw in zip(self.batches, self.outputs):
+            detections = _original_detections(raw, label_map, batch["image_scales"], batch["image_sizes"])
+            for row in range(len(batch["image_ids"])):
+                image_id = image_ids[position]
+                position += 1
+                count = int(detections["num_detections"][row])
+                classes = detections["classes"][row, :count]
+                keep = classes >= 0
+                boxes = yxyx_to_xywh(detections["boxes"][row, :count][keep])
+                for category, box, score in zip(classes[keep].tolist(), boxes.tolist(),
+                                                detections["scores"][row, :count][keep].tolist()):
+                    results.append({"image_id": int(image_id) if as_int else image_id, "category_id": category,
+                                    "bbox": box, "score": score})
+        return results
+
+
+_CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")  # data.coco's rule for ids written as integers
+
+
+def _json_float(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
