@@ -234,3 +234,16 @@ def test_learning_rate_at_a_float_rate():
     optimizer = keras.optimizers.SGD(learning_rate=0.25)
     assert learning_rate_at(optimizer) == 0.25
     assert learning_rate_at(keras.optimizers.LossScaleOptimizer(optimizer)) == 0.25
+
+
+def test_a_step_skipped_by_loss_scaling_still_counts():
+    """Steps are batches: evaluation points, checkpoint names and the resumed data order depend on it."""
+    from detkeeper.training.optimizers import StepCountingLossScaleOptimizer
+
+    variable = keras.Variable([1.0, 2.0])
+    optimizer = StepCountingLossScaleOptimizer(keras.optimizers.SGD(0.1))
+    optimizer.apply([tf.constant([np.inf, 0.0])], [variable])  # skipped: the scale halves
+    np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
+    optimizer.apply([tf.constant([1.0, 1.0]) * optimizer.dynamic_scale], [variable])
+    assert int(optimizer.iterations.numpy()) == 2
+    np.testing.assert_allclose(variable.numpy(), [0.9, 1.9], rtol=1e-6)

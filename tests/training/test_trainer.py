@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import pytest
 import tensorflow as tf
 
@@ -118,3 +119,20 @@ def test_training_needs_a_validation_split(shapes_dataset, tmp_path):
     with pytest.raises(DetkeeperError, match="data.val: training keeps the best checkpoints"):
         train(config, ["data.val=null"])
 
+
+
+def test_ema_and_mixed_precision_runs_save_their_averages_and_resume(shapes_dataset, tmp_path):
+    config = write_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run",
+                          train={"batch_size": 4, "steps": 20, "ema_decay": 0.9, "mixed_precision": True,
+                                 "schedule": {"name": "constant", "warmup_steps": 0}},
+                          evaluation={"every_steps": 10})
+    first = train(config, ["train.steps=10"])
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the caller's policy is back
+    resumed = train(config)
+    assert (first.step, resumed.step, resumed.status) == (10, 20, "finished")
+    ledger = json.loads(resumed.ledger_path.read_text())
+    assert [entry["ema"] for entry in ledger["checkpoints"]] == [True, True]
+    reader = tf.train.load_checkpoint(str(resumed.run_dir / "checkpoints" / "step-0000020" / "ckpt"))
+    names = reader.get_variable_to_shape_map()
+    assert any(name.startswith("ema/") for name in names)
+    assert "from step-0000010 (step 10 of 20)" in (resumed.run_dir / "train.log").read_text()

@@ -152,8 +152,25 @@ def build_optimizer(train_config: TrainConfig, total_steps: int | None = None) -
     else:
         raise ConfigError(f"train.optimizer.name: expected sgd, adam or adamw, got {settings.name!r}")
     if train_config.mixed_precision:
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = StepCountingLossScaleOptimizer(optimizer)
     return optimizer
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, except that a step skipped for non-finite gradients still
+    counts in ``iterations``.
+
+    detkeeper's step is ``optimizer.iterations``: it places evaluations, names checkpoints,
+    positions the learning-rate schedule and, on resume, the data order. Keras' optimizer counts
+    only applied updates, so every skipped step (several while the loss scale settles) would shift
+    a resumed run's data by a batch. Counting every batch is also what the TF OD API's global step
+    does.
+    """
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)
 
 
 def learning_rate_at(optimizer: keras.optimizers.Optimizer) -> float:

@@ -56,8 +56,20 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
         from detkeeper.config import load_config
         config = load_config(config, overrides)
     run = RunDirectory(config.run_dir)
-    with run.lock(), _log_to_file(run.log_file_path):
+    with run.lock(), _log_to_file(run.log_file_path), _dtype_policy(config.train.mixed_precision):
         return _Training(config, run, reporter or Reporter()).run()
+
+
+@contextlib.contextmanager
+def _dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """``mixed_float16`` while this run builds and trains its model; the caller's policy after."""
+    previous = keras.mixed_precision.dtype_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextlib.contextmanager
@@ -98,8 +110,6 @@ class _Training:
 
         keras.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
-        if config.train.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
         model, weight_average = self._build_model(label_map.num_classes, val_split.records, label_map)
         state = EarlyStoppingState()
         checkpointer = BestCheckpoints(
