@@ -136,3 +136,13 @@ def test_ema_and_mixed_precision_runs_save_their_averages_and_resume(shapes_data
     names = reader.get_variable_to_shape_map()
     assert any(name.startswith("ema/") for name in names)
     assert "from step-0000010 (step 10 of 20)" in (resumed.run_dir / "train.log").read_text()
+
+
+def test_resuming_with_a_different_model_is_a_clear_error(reference_run, tmp_path):
+    import shutil
+
+    config, result = reference_run
+    copy = tmp_path / "run"
+    shutil.copytree(result.run_dir, copy)
+    with pytest.raises(DetkeeperError, match="does not fit the model and optimizer the config describes"):
+        train(config, [f"run_dir={copy}", "train.steps=140", "model.head.convs=1"])

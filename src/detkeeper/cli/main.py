@@ -17,6 +17,7 @@ examples:
   detkeeper data convert path/to/VOC --split train --to tfrecord --out records/train
   detkeeper train demo                             train, keeping the best checkpoints by mAP
   detkeeper checkpoints runs/demo                  the kept checkpoints, best first
+  detkeeper evaluate --model runs/demo --split test COCO mAP of the best checkpoint on a split
   detkeeper config show demo --set train.steps=500 print a resolved config
 
 Run `detkeeper COMMAND --help` for each command's options and examples."""
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TensorFlow object detection that keeps the best model. Available now: run configs, "
                     "dataset checks and conversion (VOC, COCO, TF OD API TFRecords), the built-in "
                     "dataset, and training with COCO mAP evaluation, best-k checkpoints, early stopping "
-                    "and exact resume. Export is next.")
+                    "and exact resume, and COCO evaluation of checkpoints. Export is next.")
     parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("detkeeper: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `detkeeper ... | head` closed our stdout: stop quietly, as Unix tools do, and keep
+        # Python from complaining again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -84,8 +84,17 @@ class BestCheckpoints(keras.callbacks.Callback):
                 return None
         else:
             entry = self.store.resolve(which)
-        status = self.checkpoint(model).read(self.store.path_of(entry))
-        status.assert_existing_objects_matched()
+        path = self.store.path_of(entry)
+        try:
+            # Consumed, not just matched: a model with fewer layers than the saved one (Keras keys
+            # layers by position) would otherwise restore a silent subset.
+            self.checkpoint(model).read(path).assert_consumed()
+        except (AssertionError, ValueError) as error:
+            raise DetkeeperError(
+                f"{path} does not fit the model and optimizer the config describes: the config (model, "
+                f"train.optimizer, train.ema_decay) or a custom layer's code changed since it was saved. "
+                f"Use the original config, or a new run_dir to start over. "
+                f"({str(error).splitlines()[0][:300]})") from None
         return entry
 
 
