@@ -1,17 +1,12 @@
-"""Terminal output shared by the commands: progress bars, tables, target resolution."""
+"""Terminal output shared by the commands: quiet TensorFlow import, progress bars, tables."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
-
-from detkeeper.errors import DataError
-
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
 
 
 def import_tensorflow_quietly() -> None:
@@ -63,21 +58,3 @@ def is_config_target(target: str) -> bool:
     if target.endswith((".yaml", ".yml")):
         return True
     return not Path(target).exists() and target in list_presets()
-
-
-def detect_format(path: str) -> str:
-    """Guess a dataset's format from its path: VOC folder, COCO JSON, or TFRecord files/globs."""
-    candidate = Path(path)
-    if candidate.is_dir():
-        if (candidate / "Annotations").is_dir():
-            return "voc"
-        raise DataError(f"{path}: a folder, but not a Pascal VOC dataset (no Annotations/ inside); "
-                        "give a VOC root, a COCO instances JSON, or TFRecord files")
-    if candidate.suffix == ".json":
-        return "coco"
-    first = path.split(",")[0]
-    if first.endswith(TFRECORD_SUFFIXES) or ".tfrecord" in first or glob.has_magic(first):
-        return "tfrecord"
-    if not candidate.exists():
-        raise DataError(f"{path}: no such file or folder")
-    raise DataError(f"{path}: cannot tell the dataset format from the name; pass --format voc|coco|tfrecord")

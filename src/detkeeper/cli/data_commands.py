@@ -8,7 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from detkeeper.cli.console import detect_format, is_config_target, progress, table
+from detkeeper.cli.console import is_config_target, progress, table
+from detkeeper.data.sources import detect_format
 from detkeeper.errors import DataError
 
 CHECK_EXAMPLES = """\

@@ -10,6 +10,7 @@ found in the first configured split), checks the records against their images, a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from detkeeper.errors import DataError
 logger = logging.getLogger("detkeeper.data")
 
 SPLITS = ("train", "val", "test")
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
 
 
 @dataclasses.dataclass
@@ -145,3 +147,21 @@ class DataSources:
                            len(readout.records), len(report.problems), "\n".join(report.summary_lines()))
         self._prepared[split] = PreparedSplit(split, records, self.label_map, report, len(readout.records))
         return self._prepared[split]
+
+
+def detect_format(path: str) -> str:
+    """Guess a dataset's format from its path: VOC folder, COCO JSON, or TFRecord files/globs."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        if (candidate / "Annotations").is_dir():
+            return "voc"
+        raise DataError(f"{path}: a folder, but not a Pascal VOC dataset (no Annotations/ inside); "
+                        "give a VOC root, a COCO instances JSON, or TFRecord files")
+    if candidate.suffix == ".json":
+        return "coco"
+    first = path.split(",")[0]
+    if first.endswith(TFRECORD_SUFFIXES) or ".tfrecord" in first or glob.has_magic(first):
+        return "tfrecord"
+    if not candidate.exists():
+        raise DataError(f"{path}: no such file or folder")
+    raise DataError(f"{path}: cannot tell the dataset format from the name; pass --format voc|coco|tfrecord")

@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -269,7 +269,7 @@ def _config_split(config, run: RunDirectory, split: str) -> _Data:
 def _dataset(path: str, split: str | None, model_label_map: LabelMap, max_boxes: int,
              label_map: str | os.PathLike | None, images: str | os.PathLike | None) -> _Data:
     """A dataset path read as ``detkeeper data check`` reads it, classes mapped onto the model's."""
-    from detkeeper.cli.console import detect_format
+    from detkeeper.data.sources import detect_format
     from detkeeper.config.schema import DataConfig, SourceConfig
     from detkeeper.data.sources import DataSources
 
@@ -345,15 +345,16 @@ class PreparedEvaluation:
         config = self.config
         dataset = evaluation_dataset(self.data.records, self.label_map, image_size=config.model.image_size,
                                      batch_size=self.batch_size, max_boxes=config.data.max_boxes)
-        recorder = _Recorder(compiled_detect(self.model))
+        results = _CocoResults()
         started = time.perf_counter()
-        validation = run_validation(recorder.detect, recorder.watch(dataset), self.label_map,
+        validation = run_validation(compiled_detect(self.model), dataset, self.label_map,
                                     ground_truth=self.data.records, backend=backend,
-                                    max_detections=config.evaluation.max_detections, progress=progress)
+                                    max_detections=config.evaluation.max_detections, progress=progress,
+                                    on_batch=results.add)
         seconds = time.perf_counter() - started
         out = Path(out_dir) if out_dir is not None else self.default_out_dir()
         detections_path = atomic_write_text(out / "detections.json",
-                                            json.dumps(recorder.coco_results(self.label_map)) + "\n")
+                                            json.dumps(results.as_json([r.image_id for r in self.data.records])) + "\n")
         plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
         metrics = self._metrics(validation, seconds, out, detections_path, plots)
         metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -392,46 +393,27 @@ class PreparedEvaluation:
         }
 
 
-class _Recorder:
-    """Keeps what a validation pass sees (each batch's image ids, scales and sizes, and the raw
-    detections), so the detections can be written in original-image pixels afterwards."""
+class _CocoResults:
+    """Collects a validation pass's detections in COCO results format: image_id, category_id
+    (label-map id), bbox xywh in original-image pixels, score."""
 
-    def __init__(self, detect) -> None:
-        self._detect = detect
-        self.batches: list[dict] = []
-        self.outputs: list[dict] = []
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, list[float], float]] = []
 
-    def detect(self, images):
-        outputs = self._detect(images)
-        self.outputs.append({key: np.asarray(value) for key, value in outputs.items()})
-        return outputs
+    def add(self, image_ids: list[str], detections: dict) -> None:
+        for row, image_id in enumerate(image_ids):
+            count = int(detections["num_detections"][row])
+            classes = detections["classes"][row, :count]
+            keep = classes >= 0
+            boxes = yxyx_to_xywh(detections["boxes"][row, :count][keep])
+            for category, box, score in zip(classes[keep].tolist(), boxes.tolist(),
+                                            detections["scores"][row, :count][keep].tolist()):
+                self.rows.append((image_id, category, box, score))
 
-    def watch(self, dataset) -> Iterator[dict]:
-        for batch in dataset:
-            self.batches.append({key: batch[key].numpy() for key in ("image_ids", "image_scales", "image_sizes")})
-            yield batch
-
-    def coco_results(self, label_map: LabelMap) -> list[dict]:
-        """COCO results format: image_id, category_id (label-map id), bbox xywh, score."""
-        from detkeeper.evaluation.runner import _original_detections  # the pass's own mapping to pixels
-
-        image_ids = [value.decode("utf-8") for batch in self.batches for value in batch["image_ids"]]
+    def as_json(self, image_ids: list[str]) -> list[dict]:
         as_int = all(_CANONICAL_INT.fullmatch(value) for value in image_ids)
-        results, position = [], 0
-        for batch, raw in zip(self.batches, self.outputs):
-            detections = _original_detections(raw, label_map, batch["image_scales"], batch["image_sizes"])
-            for row in range(len(batch["image_ids"])):
-                image_id = image_ids[position]
-                position += 1
-                count = int(detections["num_detections"][row])
-                classes = detections["classes"][row, :count]
-                keep = classes >= 0
-                boxes = yxyx_to_xywh(detections["boxes"][row, :count][keep])
-                for category, box, score in zip(classes[keep].tolist(), boxes.tolist(),
-                                                detections["scores"][row, :count][keep].tolist()):
-                    results.append({"image_id": int(image_id) if as_int else image_id, "category_id": category,
-                                    "bbox": box, "score": score})
-        return results
+        return [{"image_id": int(image_id) if as_int else image_id, "category_id": category, "bbox": box,
+                 "score": score} for image_id, category, box, score in self.rows]
 
 
 _CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")  # data.coco's rule for ids written as integers

@@ -42,11 +42,13 @@ def compiled_detect(model) -> Detect:
 
 def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap, *,
                    ground_truth: Sequence[DetectionRecord] | None = None, backend: str = "faster_coco_eval",
-                   max_detections: int = 100, progress: Callable[[int], None] | None = None) -> ValidationPass:
+                   max_detections: int = 100, progress: Callable[[int], None] | None = None,
+                   on_batch: Callable[[list[str], dict], None] | None = None) -> ValidationPass:
     """Detections of `detect` over `dataset` (a detkeeper evaluation dataset) scored by COCO.
 
     `detect` maps images to ``{"boxes" (model pixels, yxyx), "scores", "classes" (contiguous
-    indices, -1 padding), "num_detections"}``, i.e. :meth:`Detector.detect`.
+    indices, -1 padding), "num_detections"}``, i.e. :meth:`Detector.detect`. `on_batch` receives
+    each batch's image ids and its detections as scored: original-image pixels, label-map ids.
     """
     evaluator = CocoEvaluator(label_map, backend=backend, max_detections=max_detections)
     records = {record.image_id: record for record in ground_truth} if ground_truth is not None else None
@@ -58,10 +60,13 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
         timings.append((time.perf_counter() - started, len(detections["scores"])))
         image_ids = [value.decode("utf-8") for value in batch["image_ids"].numpy()]
         scales, sizes = batch["image_scales"].numpy(), batch["image_sizes"].numpy()
+        original = _original_detections(detections, label_map, scales, sizes)
         evaluator.update(
             _records_ground_truth(records, image_ids) if records is not None
             else _batch_ground_truth(batch, label_map, image_ids, scales),
-            _original_detections(detections, label_map, scales, sizes))
+            original)
+        if on_batch is not None:
+            on_batch(image_ids, original)
         if progress is not None:
             progress(len(image_ids))
     return ValidationPass(result=evaluator.result(), latency_ms=_latency_ms(timings),
