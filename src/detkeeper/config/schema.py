@@ -64,6 +64,19 @@ class HeadConfig:
 
     channels: int | None = setting(None, help="Channels of the head's hidden convolutions.", ge=8)
     convs: int | None = setting(None, help="Hidden 3x3 convolutions before each output.", ge=0, le=8)
+    block: str | None = setting(
+        None,
+        help=(
+            "Registered Keras layer used for each conv of the head towers, as 'package>ClassName' "
+            "(see keras.saving.register_keras_serializable); built with (filters, name=...)."
+        ),
+    )
+
+    def validate(self) -> list[str]:
+        package, _, class_name = (self.block or "").rpartition(">")
+        if self.block is not None and not (package and class_name):
+            return [f"block: expected a registered layer name 'package>ClassName', got {self.block!r}"]
+        return []
 
 
 @dataclass(frozen=True)

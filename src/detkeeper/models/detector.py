@@ -27,21 +27,34 @@ def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
 
 class Detector(keras.Model):
     """Base class: subclasses build layers and implement ``call``, ``compute_loss`` and
-    ``decode_boxes_and_scores(outputs) -> (boxes [B, A, 4] in input pixels, probabilities [B, A, C])``."""
+    ``decode_boxes_and_scores(outputs) -> (boxes [B, A, 4] in input pixels, probabilities [B, A, C])``.
+
+    ``custom_objects_module`` (``model.custom_objects_module``) is only recorded in the config, so
+    a ``.keras`` archive says which module to import before loading it
+    (:func:`detkeeper.models.archive.load_keras_archive`)."""
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
-                 iou_threshold: float = 0.5, max_detections: int = 100, **kwargs) -> None:
+                 iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
+        self.custom_objects_module = custom_objects_module
 
     def compile(self, *args, jit_compile=False, **kwargs):
         """As Keras' compile, but XLA stays off unless asked for: ``predict`` runs NMS
         (``CombinedNonMaxSuppression`` has no XLA kernel), and on CPU XLA trains slower."""
         super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config: dict) -> None:
+        """As Keras' own, which skips models that override ``compile``: a loaded ``.keras`` archive
+        comes back compiled, with its optimizer's slots, so training can go on from it."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def postprocess(self, outputs: dict) -> dict:
         """Candidates -> the final detections, by class-aware NMS."""
@@ -64,8 +77,19 @@ class Detector(keras.Model):
         config = super().get_config()
         config.update(num_classes=self.num_classes, image_size=self.image_size,
                       score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
-                      max_detections=self.max_detections)
+                      max_detections=self.max_detections, custom_objects_module=self.custom_objects_module)
         return config
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        """TensorFlow's object graph, for ``tf.train.Checkpoint``: Keras 3 leaves layers and weights
+        held in lists and dicts (head towers, the FPN's levels, a user's block) out of it, so a
+        checkpoint would silently skip them (keras-team/keras#18398 was fixed for SavedModel only).
+        Each gets a named dependency first, e.g. ``head/class_tower[0]``, ``fpn/lateral[3]``."""
+        if save_type == "checkpoint":
+            for layer in self._flatten_layers(include_self=True, recursive=True):
+                for attribute in getattr(layer, "_tracked", ()):
+                    _track_collection(layer, attribute, getattr(layer, attribute, None))
+        return super()._trackable_children(save_type, **kwargs)
 
     @classmethod
     def from_config(cls, config: dict) -> "Detector":
@@ -73,6 +97,22 @@ class Detector(keras.Model):
         if "backbone" in config:
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+def _track_collection(owner, name: str, value) -> None:
+    """Make every layer or variable in the (nested) list or dict `value` a TF dependency of `owner`."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return
+    for key, item in items:
+        child = f"{name}[{key}]"
+        if isinstance(item, (keras.layers.Layer, keras.Variable)):
+            owner._track_trackable(item, name=child, overwrite=True)
+        else:
+            _track_collection(owner, child, item)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +127,8 @@ class PyramidDefaults:
 
 def build_pyramid_detector(detector_class: type, model_config, num_classes: int, postprocess,
                            defaults: PyramidDefaults) -> Detector:
-    """Backbone from ``model.backbone``, then `detector_class` with config values over `defaults`."""
+    """Backbone from ``model.backbone``, then `detector_class` with config values over `defaults`
+    (`detector_class` takes ``head_block``, the registered layer of ``model.head.block``)."""
     neck, head = model_config.neck, model_config.head
     backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
     return detector_class(
@@ -96,4 +137,5 @@ def build_pyramid_detector(detector_class: type, model_config, num_classes: int,
         head_convs=head.convs if head.convs is not None else defaults.head_convs,
         min_level=neck.min_level or defaults.min_level, max_level=neck.max_level or defaults.max_level,
         score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections, name=model_config.name)
+        max_detections=postprocess.max_detections, head_block=head.block,
+        custom_objects_module=model_config.custom_objects_module, name=model_config.name)

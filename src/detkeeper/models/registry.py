@@ -54,8 +54,15 @@ def list_models() -> list[str]:
 
 
 def build_model(model_config, num_classes: int, postprocess: Postprocess | None = None):
-    """The detector named by ``model_config.name`` for `num_classes` classes."""
+    """The detector named by ``model_config.name`` for `num_classes` classes.
+
+    ``model.custom_objects_module`` is imported first, so it can register Keras layers (for
+    ``model.head.block``) and whole models (with :func:`register_model`) that the name refers to.
+    """
+    from detkeeper.models.custom import import_custom_objects  # here: it imports Keras, this module does not
+
     _load_families()
+    import_custom_objects(model_config.custom_objects_module)
     if model_config.name not in _BUILDERS:
         raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
                           f"{', '.join(sorted(_BUILDERS))}")

@@ -122,15 +122,17 @@ class FCOS(Detector):
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
                  head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
-                 center_sampling_radius: float = 1.5, box_loss_weight: float = 1.0, **kwargs) -> None:
+                 center_sampling_radius: float = 1.5, box_loss_weight: float = 1.0, head_block: str | None = None,
+                 **kwargs) -> None:
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
         self.backbone = backbone
         self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
+        self.head_block = head_block
         self.min_level, self.max_level = min_level, max_level
         self.center_sampling_radius = float(center_sampling_radius)
         self.box_loss_weight = float(box_loss_weight)
         self.fpn = FeaturePyramid(fpn_channels, min_level, max_level, name="fpn")
-        self.head = FCOSHead(num_classes, head_channels, head_convs, min_level, max_level, name="head")
+        self.head = FCOSHead(num_classes, head_channels, head_convs, min_level, max_level, head_block, name="head")
         self.centers, self.location_strides, self.size_ranges = locations(image_size, min_level, max_level)
         self.class_loss_tracker = keras.metrics.Mean(name="class_loss")
         self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
@@ -193,7 +195,8 @@ class FCOS(Detector):
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
                 "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
-                "center_sampling_radius": self.center_sampling_radius, "box_loss_weight": self.box_loss_weight}
+                "center_sampling_radius": self.center_sampling_radius, "box_loss_weight": self.box_loss_weight,
+                "head_block": self.head_block}
 
 
 

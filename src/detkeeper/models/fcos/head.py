@@ -8,21 +8,23 @@ import keras
 from keras import ops
 
 from detkeeper.models.boxes import DECODE_CLIP
+from detkeeper.models.custom import tower_layer
 
 #: Initial foreground probability of every location (Lin et al. 2017, section 4.1), as in RetinaNet:
 #: without it the many background locations swamp the first steps of training.
 PRIOR_PROBABILITY = 0.01
 
 
-def _tower(channels: int, convs: int, prefix: str) -> list:
+def _tower(channels: int, convs: int, prefix: str, block: str | None = None) -> list:
     """3x3 conv -> GroupNorm -> ReLU blocks: FCOS normalizes its towers with GN because it is
-    independent of the batch size and can be shared across pyramid levels (BN statistics could not)."""
+    independent of the batch size and can be shared across pyramid levels (BN statistics could not).
+    A custom `block` (a registered Keras layer, see :func:`detkeeper.models.custom.tower_layer`)
+    replaces only the conv; GroupNorm and ReLU still follow it."""
     normal = keras.initializers.RandomNormal(stddev=0.01)
     groups = math.gcd(channels, 32)  # 32 groups where the channel count allows, fewer otherwise
     blocks = []
     for i in range(convs):
-        blocks += [keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=normal,
-                                       name=f"{prefix}_conv{i}"),
+        blocks += [tower_layer(block, channels, f"{prefix}_conv{i}", use_bias=False, kernel_initializer=normal),
                    keras.layers.GroupNormalization(groups, name=f"{prefix}_norm{i}"),
                    keras.layers.ReLU(name=f"{prefix}_relu{i}")]
     return blocks
@@ -42,13 +44,13 @@ class FCOSHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, channels: int, convs: int, min_level: int, max_level: int,
-                 **kwargs) -> None:
+                 block: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.num_classes, self.channels, self.convs = num_classes, channels, convs
+        self.num_classes, self.channels, self.convs, self.block = num_classes, channels, convs, block
         self.min_level, self.max_level = min_level, max_level
         normal = keras.initializers.RandomNormal(stddev=0.01)
-        self.class_tower = _tower(channels, convs, "class")
-        self.box_tower = _tower(channels, convs, "box")
+        self.class_tower = _tower(channels, convs, "class", block)
+        self.box_tower = _tower(channels, convs, "box", block)
         prior_bias = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
         self.class_output = keras.layers.Conv2D(num_classes, 3, padding="same", kernel_initializer=normal,
                                                 bias_initializer=keras.initializers.Constant(prior_bias),
@@ -82,4 +84,5 @@ class FCOSHead(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,
-                "convs": self.convs, "min_level": self.min_level, "max_level": self.max_level}
+                "convs": self.convs, "min_level": self.min_level, "max_level": self.max_level,
+                "block": self.block}

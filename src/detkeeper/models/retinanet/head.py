@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from detkeeper.models.custom import tower_layer
+
 #: Initial foreground probability of every anchor (Lin et al. 2017, section 4.1): without it the
 #: many background anchors swamp the first steps of training.
 PRIOR_PROBABILITY = 0.01
@@ -16,18 +18,21 @@ class RetinaNetHead(keras.layers.Layer):
     """Per level ``[B, H, W, F]`` -> class logits ``[B, H*W*K, C]`` and box deltas ``[B, H*W*K, 4]``.
 
     Rows come out in (y, x, anchor) order, the order of :func:`detkeeper.models.boxes.generate_anchors`
-    within a level; levels are concatenated finest first.
+    within a level; levels are concatenated finest first. Each tower is `convs` 3x3 conv + ReLU
+    layers, or `convs` of the registered Keras layer `block` (see
+    :func:`detkeeper.models.custom.tower_layer`).
     """
 
-    def __init__(self, num_classes: int, anchors_per_location: int, channels: int, convs: int, **kwargs) -> None:
+    def __init__(self, num_classes: int, anchors_per_location: int, channels: int, convs: int,
+                 block: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes, self.anchors_per_location = num_classes, anchors_per_location
-        self.channels, self.convs = channels, convs
+        self.channels, self.convs, self.block = channels, convs, block
         normal = keras.initializers.RandomNormal(stddev=0.01)
-        self.class_tower = [keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                                kernel_initializer=normal, name=f"class_conv{i}") for i in range(convs)]
-        self.box_tower = [keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                              kernel_initializer=normal, name=f"box_conv{i}") for i in range(convs)]
+        # A custom `block` replaces conv + ReLU: it brings its own activation.
+        conv = {"activation": "relu", "kernel_initializer": normal}
+        self.class_tower = [tower_layer(block, channels, f"class_conv{i}", **conv) for i in range(convs)]
+        self.box_tower = [tower_layer(block, channels, f"box_conv{i}", **conv) for i in range(convs)]
         prior_bias = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
         self.class_output = keras.layers.Conv2D(
             anchors_per_location * num_classes, 3, padding="same", kernel_initializer=normal,
@@ -50,4 +55,5 @@ class RetinaNetHead(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes,
-                "anchors_per_location": self.anchors_per_location, "channels": self.channels, "convs": self.convs}
+                "anchors_per_location": self.anchors_per_location, "channels": self.channels,
+                "convs": self.convs, "block": self.block}

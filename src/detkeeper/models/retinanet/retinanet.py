@@ -28,15 +28,16 @@ class RetinaNet(Detector):
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
                  head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
-                 box_loss_weight: float = 1.0, **kwargs) -> None:
+                 box_loss_weight: float = 1.0, head_block: str | None = None, **kwargs) -> None:
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
         self.backbone = backbone
         self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
+        self.head_block = head_block
         self.min_level, self.max_level = min_level, max_level
         self.box_loss_weight = float(box_loss_weight)
         self.fpn = FeaturePyramid(fpn_channels, min_level, max_level, name="fpn")
         self.head = RetinaNetHead(num_classes, len(ASPECT_RATIOS) * SCALES_PER_OCTAVE, head_channels,
-                                  head_convs, name="head")
+                                  head_convs, head_block, name="head")
         self.anchors = boxes.generate_anchors(
             image_size, strides=tuple(2 ** level for level in range(min_level, max_level + 1)),
             anchor_size_multiple=ANCHOR_SIZE_MULTIPLE, aspect_ratios=ASPECT_RATIOS,
@@ -84,7 +85,7 @@ class RetinaNet(Detector):
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
                 "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
-                "box_loss_weight": self.box_loss_weight}
+                "box_loss_weight": self.box_loss_weight, "head_block": self.head_block}
 
 
 
