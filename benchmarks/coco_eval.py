@@ -12,10 +12,11 @@ same run. All four print the same mAP.
 
 Then the evaluation's share of a validation pass of the demo model: the registry's
 ``retinanet_tiny`` (demo preset: 256 px, tiny backbone, random weights, 4 classes) runs
-``detect`` (tf.function, after warm-up) on synthetic 256x256 images at batch 8, and its
-detections are evaluated against synthetic ground truth. Random weights score every anchor near
-the focal-loss prior (0.01), below the default 0.05 threshold, so NMS keeps all candidates
-(``score_threshold=0``): 100 detections per image, the most the evaluator can be given.
+``detect`` (tf.function, after warm-up) on synthetic 256x256 images at batch 8 (the count rounded
+up to whole batches), and its detections are evaluated against synthetic ground truth. Random
+weights score every anchor near the focal-loss prior (0.01), below the default 0.05 threshold, so
+NMS keeps all candidates (``score_threshold=0``): 100 detections per image, the most the
+evaluator is given with the default ``max_detections``.
 
 Usage: .venv/bin/python benchmarks/coco_eval.py [--sizes 500,5000,20000] [--model-images 100] [--repeats 3]
 """

@@ -137,7 +137,6 @@ def _pycocotools_direct(images: list[Image], classes: tuple[int, ...]):
                            "categories": [{"id": c, "name": f"c{c}"} for c in classes]}
         coco_gt.createIndex()
         evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
-        evaluation.params.imgIds = sorted(i.image_id for i in images)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
