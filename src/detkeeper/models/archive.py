@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +24,7 @@ from typing import Iterator
 import keras
 
 from detkeeper.errors import ConfigError, DetkeeperError
-from detkeeper.files import _fsync_directory
+from detkeeper.files import atomic_path
 from detkeeper.models.custom import import_custom_objects
 from detkeeper.models.registry import list_models
 
@@ -40,18 +39,8 @@ def save_keras_archive(model: keras.Model, path: str | os.PathLike) -> Path:
         raise DetkeeperError(f"{path}: a Keras archive's file name must end in .keras")
     if not model.built:
         raise ValueError(f"model {model.name!r} has no weights yet: call it on a batch before saving it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
-    os.close(fd)
-    try:
-        keras.saving.save_model(model, tmp_name, overwrite=True)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path, suffix=".tmp.keras") as tmp:
+        keras.saving.save_model(model, tmp, overwrite=True)
     return path
 
 
