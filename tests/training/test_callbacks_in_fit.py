@@ -36,7 +36,7 @@ def test_map_reaches_keras_early_stopping_and_the_best_checkpointer(data, tmp_pa
     evaluation = CocoEvaluationCallback(val, label_map, ground_truth=records,
                                         monitors={"blend": weighted_monitor({"mAP50": 0.1, "mAP": 0.9})})
     state = EarlyStoppingState()
-    history = model.fit(train, epochs=3, steps_per_epoch=2, verbose=0, callbacks=[
+    history = model.fit(train, epochs=3, steps_per_epoch=2, verbose=0, shuffle=False, callbacks=[
         evaluation,
         keras.callbacks.EarlyStopping(monitor="val_mAP", mode="max", patience=10),
         EarlyStopping("val_blend", patience=10, state=state),
@@ -58,7 +58,7 @@ def test_evaluating_every_other_epoch_leaves_the_others_alone(data):
     train, val, records, label_map = data
     model = build_model(ModelConfig(image_size=64, backbone=BackboneConfig("tiny", "none")), label_map.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(train, epochs=4, steps_per_epoch=1, verbose=0,
+    history = model.fit(train, epochs=4, steps_per_epoch=1, verbose=0, shuffle=False,
                         callbacks=[CocoEvaluationCallback(val, label_map, every_epochs=2)])
     assert len(history.history["loss"]) == 4
     assert len(history.history["val_mAP"]) == 2  # epochs 2 and 4 only
