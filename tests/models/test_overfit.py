@@ -6,14 +6,16 @@ checkpoints) on 8 training images evaluated on themselves, without augmentation,
 - retinanet_tiny and fcos_tiny, 128 px, Adam 3e-3 (constant after 20 warmup steps): over seeds
   0-2, val mAP50 0.94-1.0 by step 80 and 0.98-1.0 by step 120 (fcos_tiny: 1.0 from step 60-80);
   120 steps leave a margin. FCOS needs no settings of its own. About 20 s each on 2 cores (40 s
-  when other jobs load them); targets padded to 10 boxes, not 100, which halves the step.
+  when other jobs load them); targets are padded to 10 boxes, not 100, which makes the tiny
+  models' steps up to 1.8x faster (benchmarks/RESULTS.md, training step).
 - hub_retinanet (keras-hub's RetinaNet on its tiny ResNet): 256 px, pyramid P3-P5 and two-conv
-  heads (keras-hub's 256-wide P3-P7 four-conv default is 2x slower), Adam 1e-3 (at 3e-3 mAP50
-  fell from 0.33 to 0.15 between steps 25 and 50). Seeds 0-2: mAP50 0.86-0.90 at step 30 and
-  0.963 at step 60, about 80 s. Not at 128 px: keras-hub's label encoder makes an anchor positive
-  only at IoU >= 0.5 and forces no match, so shapes much smaller than its 32 px P3 anchors get no
-  positive anchor at all. At 128 px (shapes 10-58 px) training loss fell to 1e-5 while mAP50
-  stayed at 0.65 (AR small 0.43); at 256 px only the smallest few are missed (the 0.963 ceiling).
+  heads (about 1 s per step here; keras-hub's P3-P7 four-conv default took 1.9 s at 256 px in
+  benchmarks/train_step.py), Adam 1e-3 (at 3e-3 mAP50 fell from 0.33 to 0.15 between steps 25
+  and 50). Seeds 0-2: mAP50 0.86-0.90 at step 30 and 0.963 at step 60, about 80 s. Not at 128 px:
+  keras-hub's label encoder makes an anchor positive only at IoU >= 0.5 and forces no match, so
+  shapes much smaller than its 32 px P3 anchors get no positive anchor at all. At 128 px (shapes
+  10-58 px) training loss fell to 1e-5 while mAP50 stayed at 0.65 (AR small 0.43); at 256 px only
+  the smallest few are missed (the 0.963 ceiling).
 """
 
 from __future__ import annotations
