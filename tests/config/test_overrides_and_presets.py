@@ -76,8 +76,8 @@ def test_presets_are_listed_and_each_loads(in_tmp_cwd: Path) -> None:
     assert demo.data.train.format == "synthetic"
     assert demo.data.test.split == "test"
     assert demo.data.train.path == str(in_tmp_cwd / "runs" / "demo" / "shapes")
-    assert (demo.model.image_size, demo.train.steps) == (256, 1500)
-    assert demo.evaluation.every_steps == 250
+    assert (demo.model.image_size, demo.train.steps) == (256, 800)
+    assert demo.evaluation.every_steps == 100
     model_only = load_config("resnet50_fpn_640")
     assert model_only.data.train is None
     assert model_only.model.backbone.name == "resnet50"

@@ -146,3 +146,15 @@ def test_resuming_with_a_different_model_is_a_clear_error(reference_run, tmp_pat
     shutil.copytree(result.run_dir, copy)
     with pytest.raises(DetkeeperError, match="does not fit the model and optimizer the config describes"):
         train(config, [f"run_dir={copy}", "train.steps=140", "model.head.convs=1"])
+
+
+def test_the_train_command_logs_each_evaluation_once_and_into_train_log(shapes_dataset, tmp_path, capsys):
+    config = write_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run",
+                          train={"batch_size": 4, "steps": 10, "schedule": {"name": "constant", "warmup_steps": 0}},
+                          evaluation={"every_steps": 10})
+    assert main(["train", str(config), "--quiet"]) == 0
+    assert main(["train", str(config)]) == 0  # already finished: says so
+    out, err = capsys.readouterr()
+    assert out.count("already trained to step 10") == 1 and "detkeeper.training" not in err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 10  val_mAP" in log and "already trained to step 10" in log

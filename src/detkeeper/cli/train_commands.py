@@ -102,6 +102,17 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(prefix + record.getMessage(), file=sys.stdout if record.levelno <= logging.INFO else sys.stderr)
 
 
+class _SkipLogger(logging.Filter):
+    """Drops the records of one logger (and its children)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.skipped = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == self.skipped or record.name.startswith(self.skipped + "."))
+
+
 def run_train(args) -> int:
     from detkeeper.config import load_config
     from detkeeper.training.trainer import train
@@ -111,12 +122,17 @@ def run_train(args) -> int:
     training_logger = logging.getLogger("detkeeper.training")
     handler = _TqdmHandler(level=logging.WARNING if args.quiet else logging.INFO)
     training_logger.addHandler(handler)
-    propagate, training_logger.propagate = training_logger.propagate, False  # printed once, plainly
+    # Printed once, plainly, by the handler above: the root handlers skip these records, while they
+    # still propagate to the run's train.log handler on the `detkeeper` logger.
+    skip_training = _SkipLogger("detkeeper.training")
+    for root_handler in logging.getLogger().handlers:
+        root_handler.addFilter(skip_training)
     try:
         result = train(config, reporter=BarReporter(args.quiet))
     finally:
         training_logger.removeHandler(handler)
-        training_logger.propagate = propagate
+        for root_handler in logging.getLogger().handlers:
+            root_handler.removeFilter(skip_training)
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
     print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
