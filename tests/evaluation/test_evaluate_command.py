@@ -161,7 +161,7 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(run, tmp_path, capsys, ca
     if case == "saved_model":
         (tmp_path / "export").mkdir()
         (tmp_path / "export" / "saved_model.pb").write_bytes(b"")
-        argv[2], expected = str(tmp_path / "export"), "arrives with `detkeeper export`"
+        argv[2], expected = str(tmp_path / "export"), "an exported SavedModel"
     elif case == "step":
         argv += ["--checkpoint", "999"]
         expected = "no kept checkpoint at step 999; kept steps: 3, 6"
@@ -187,10 +187,10 @@ def test_a_config_that_no_longer_fits_the_checkpoint_is_refused(run, tmp_path):
     with pytest.raises(DetkeeperError, match="does not fit the model"):  # the EMA list's shapes
         evaluate(copy)
     from detkeeper.config import load_config
-    from detkeeper.evaluation.evaluate import _restore_model
+    from detkeeper.model_source import restore_model
 
     with pytest.raises(DetkeeperError, match=r"holds \d+ model variables, .* has \d+"):  # without EMA
-        _restore_model(load_config(config), LabelMap.read(copy / "label_map.pbtxt"),
+        restore_model(load_config(config), LabelMap.read(copy / "label_map.pbtxt"),
                        str(copy / "checkpoints" / "step-0000003" / "ckpt"), ema=False)
 
 
@@ -201,7 +201,7 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
     import tensorflow as tf
 
     from detkeeper.config import load_config
-    from detkeeper.evaluation.evaluate import _restore_model
+    from detkeeper.model_source import restore_model
     from detkeeper.models import build_model
     from detkeeper.training.early_stopping import EarlyStoppingState
     from detkeeper.training.ema import WeightAverage
@@ -218,7 +218,7 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
     average = WeightAverage(full, 0.9)
     tf.train.Checkpoint(model=full, optimizer=full.optimizer, ema=average,
                         early_stopping=EarlyStoppingState()).read(path).assert_consumed()
-    raw = _restore_model(config, label_map, path, ema=False)
+    raw = restore_model(config, label_map, path, ema=False)
     assert len(raw.weights) == len(full.weights)
     for mine, theirs in zip(raw.weights, full.weights):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))

@@ -35,13 +35,11 @@ from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
 from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.evaluation.results import EvaluationResult
 from detkeeper.files import atomic_write_text
+from detkeeper.model_source import CONFIG_SPLITS
 from detkeeper.rundir import RunDirectory
 
 logger = logging.getLogger("detkeeper.evaluation")
 
-CONFIG_SPLITS = ("train", "val", "test")
-SAVED_MODEL_FILE = "saved_model.pb"
-_STEP_FOLDER = re.compile(r"step-(\d+)")
 
 #: How ``detections.json`` names images (also written into ``metrics.json``).
 IMAGE_ID_CONVENTION = (
@@ -105,154 +103,24 @@ def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike 
                        batch_size: int | None = None) -> "PreparedEvaluation":
     """The model restored and the data read and checked, ready to :meth:`~PreparedEvaluation.run`
     (arguments as for :func:`evaluate`)."""
+    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
+
     run, which = resolve_model_source(model_source, checkpoint)
     config_split = data is None or (isinstance(data, str) and data in CONFIG_SPLITS)
+    split_name = None
     if config_split:
         split_name = str(data) if data is not None else (split or "val")
         if data is not None and split is not None and split != split_name:
             raise DetkeeperError(f"--data {data} names a split of the run's config; --split {split} contradicts it")
-        config = _run_config(run, keep_split=split_name)
-    else:
-        config = _run_config(run, keep_split=None)
-    model_label_map = LabelMap.read(run.label_map_path)
-    store, entry = _checkpoint_entry(run, which)
+    restored = restore_run_checkpoint(run, which, keep_split=split_name)
+    config, model_label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
     if config_split:
         loaded = _config_split(config, run, split_name)
     else:
         loaded = _dataset(os.fspath(data), split, model_label_map, config.data.max_boxes, label_map, images)
-    model = _restore_model(config, model_label_map, store.path_of(entry), entry.ema)
     return PreparedEvaluation(rundir=run, config=config, label_map=model_label_map, entry=entry, model=model,
                               data=loaded, batch_size=batch_size or config.train.batch_size,
                               model_source=os.fspath(model_source))
-
-
-# -- the model ----------------------------------------------------------------------------------
-def resolve_model_source(path: str | os.PathLike, checkpoint: str | int | None = None) -> tuple[RunDirectory, str]:
-    """What `path` is: the run directory it belongs to and which checkpoint (best/latest/step).
-
-    The one place that tells model sources apart: run directory, checkpoint, SavedModel."""
-    source = Path(path)
-    if source.name == SAVED_MODEL_FILE or (source / SAVED_MODEL_FILE).is_file():
-        raise DetkeeperError(f"{path}: an exported SavedModel; evaluating SavedModel exports arrives with "
-                             "`detkeeper export`. Evaluate the run directory it was exported from, or one of "
-                             "its checkpoints, meanwhile.")
-    folder = source if source.is_dir() else source.parent
-    step = _STEP_FOLDER.fullmatch(folder.name)
-    if step and folder.is_dir() and (folder.parent / "ledger.json").is_file():
-        if checkpoint is not None and str(checkpoint) != str(int(step.group(1))):
-            raise DetkeeperError(f"{path} is the checkpoint of step {int(step.group(1))}; --checkpoint "
-                                 f"{checkpoint} contradicts it (give a run directory to choose by --checkpoint)")
-        return RunDirectory(folder.parent.parent), str(int(step.group(1)))
-    if source.is_dir() and (source / "ledger.json").is_file() and not (source / "config.yaml").is_file():
-        source = source.parent  # RUN/checkpoints
-    if source.is_dir() and (source / "config.yaml").is_file():
-        return RunDirectory(source), str(checkpoint) if checkpoint is not None else "best"
-    if not source.exists() and not Path(f"{source}.index").is_file():
-        raise DetkeeperError(f"{path}: no such run directory, checkpoint or SavedModel")
-    raise DetkeeperError(f"{path}: not a run directory (config.yaml inside), a checkpoint of one "
-                         "(RUN/checkpoints/step-NNNNNNN/ckpt, listed in its ledger.json) or an exported "
-                         f"SavedModel ({SAVED_MODEL_FILE} inside)")
-
-
-def _run_config(run: RunDirectory, keep_split: str | None):
-    """The run's resolved config, without what evaluation never reads: the other splits (so a moved
-    training set does not block evaluating the test set) and the backbone's initial weights (the
-    checkpoint replaces every weight; no ImageNet download)."""
-    from detkeeper.config import load_config
-
-    for needed in (run.config_path, run.label_map_path):
-        if not needed.is_file():
-            raise DetkeeperError(f"{run.path}: no {needed.name}; is this a run directory that training has "
-                                 "started?")
-    if keep_split is not None:
-        from detkeeper.config.yamlio import parse_yaml
-
-        raw = parse_yaml(run.config_path.read_text(encoding="utf-8"), str(run.config_path))
-        data = raw.get("data") if isinstance(raw, dict) else None
-        configured = [name for name in CONFIG_SPLITS if isinstance(data, dict) and data.get(name)]
-        if keep_split not in configured:
-            raise DataError(f"{run.config_path}: the run's config sets no data.{keep_split} (it sets "
-                            f"{', '.join(f'data.{name}' for name in configured) or 'no split'}); give --data "
-                            "a dataset path to evaluate other data")
-    overrides = ["model.backbone.weights=none", "data.label_map=null"]
-    overrides += [f"data.{name}=null" for name in CONFIG_SPLITS if name != keep_split]
-    return load_config(run.config_path, overrides)
-
-
-def _checkpoint_entry(run: RunDirectory, which: str):
-    from detkeeper.training.checkpoints import LEDGER_NAME, CheckpointStore
-    from detkeeper.training.ledger import Ledger
-
-    ledger_path = run.checkpoints_path / LEDGER_NAME
-    if not ledger_path.is_file():
-        raise DetkeeperError(f"{run.path}: no checkpoint ledger at {ledger_path}; has this run trained past "
-                             "its first evaluation?")
-    store = CheckpointStore(run.checkpoints_path, Ledger.read(ledger_path).policy)
-    return store, store.resolve(which)
-
-
-def _restore_model(config, label_map: LabelMap, checkpoint_path: str, ema: bool):
-    """The run's detector with the checkpoint's weights (its EMA averages when it kept them)."""
-    import keras
-    import tensorflow as tf
-
-    from detkeeper.models import build_model
-    from detkeeper.models.registry import Postprocess
-
-    evaluation = config.evaluation
-    previous = keras.mixed_precision.global_policy()
-    if config.train.mixed_precision:  # layers take the policy when built: build as training did
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = build_model(config.model, label_map.num_classes, Postprocess(
-            evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    size = config.model.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)  # create the variables the checkpoint fills
-    objects = {"model": model}
-    if ema:
-        from detkeeper.training.ema import WeightAverage
-        objects["ema"] = WeightAverage(model, config.train.ema_decay or 0.5)  # decay unused: only read
-    try:
-        status = tf.train.Checkpoint(**objects).read(checkpoint_path).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as error:  # a variable missing, or one of another shape
-        raise DetkeeperError(f"{checkpoint_path}: the checkpoint does not fit the model the run's config "
-                             f"describes ({str(error).splitlines()[0][:300]})") from None
-    except tf.errors.OpError as error:  # e.g. pruned by a training run since it was verified
-        raise DetkeeperError(f"{checkpoint_path}: cannot be read ({error.message})") from None
-    saved = _model_variables_in_checkpoint(checkpoint_path)
-    if saved != len(model.weights):  # every variable of ours was filled; none of the checkpoint's may be left
-        raise DetkeeperError(f"{checkpoint_path}: the checkpoint holds {saved} model variables, the model the "
-                             f"run's config describes has {len(model.weights)}: the config or the code of a "
-                             "custom layer changed since training")
-    if ema:
-        objects["ema"].copy_to(model)
-    return model
-
-
-def _model_variables_in_checkpoint(path: str) -> int:
-    """Variables a checkpoint holds for its ``model``: those reachable from it in the checkpoint's
-    object graph, not through the optimizer Keras tracks on a compiled model.
-
-    ``assert_existing_objects_matched`` only proves that each of our variables found a value; a
-    model with fewer layers than the one saved (Keras keys layers by position) passes it silently."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    root = next(ref.node_id for ref in graph.nodes[0].children if ref.local_name == "model")
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(ref.node_id for ref in graph.nodes[node].children
-                         if not (node == root and ref.local_name == "optimizer"))
-    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
-               for node in seen)
 
 
 # -- the data -----------------------------------------------------------------------------------
