@@ -60,9 +60,9 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
         timings.append((time.perf_counter() - started, len(detections["scores"])))
         image_ids = [value.decode("utf-8") for value in batch["image_ids"].numpy()]
         scales, sizes = batch["image_scales"].numpy(), batch["image_sizes"].numpy()
-        original = _original_detections(detections, label_map, scales, sizes)
+        original = original_detections(detections, label_map, scales, sizes)
         evaluator.update(
-            _records_ground_truth(records, image_ids) if records is not None
+            records_ground_truth(records, image_ids) if records is not None
             else _batch_ground_truth(batch, label_map, image_ids, scales),
             original)
         if on_batch is not None:
@@ -73,7 +73,8 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
                           num_images=evaluator.num_images)
 
 
-def _original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:
+def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:
+    """Detections in model pixels and class indices -> original-image pixels and label-map ids."""
     boxes = detections["boxes"] / np.tile(scales, 2)[:, None, :]
     limits = np.tile(sizes, 2)[:, None, :].astype(np.float32)
     boxes = np.clip(boxes, 0.0, limits)
@@ -94,7 +95,8 @@ def _batch_ground_truth(batch: dict, label_map: LabelMap, image_ids: list[str], 
     return {"image_ids": image_ids, "boxes": boxes, "classes": ids, "num_boxes": batch["num_boxes"].numpy()}
 
 
-def _records_ground_truth(records: Mapping[str, DetectionRecord], image_ids: Iterable[str]) -> dict:
+def records_ground_truth(records: Mapping[str, DetectionRecord], image_ids: Iterable[str]) -> dict:
+    """The evaluator's ground truth for `image_ids`, straight from the records (crowd flags kept)."""
     chosen = [records[image_id] for image_id in image_ids]
     width = max([record.num_boxes for record in chosen] + [1])
     boxes = np.full([len(chosen), width, 4], -1.0)

@@ -1,0 +1,227 @@
+"""``detkeeper export``: a kept checkpoint -> a verified, self-describing export directory.
+
+    result = export_model("runs/cells")                       # best checkpoint -> runs/cells/exports/step-…
+    result = export_model("runs/cells", checkpoint="latest", out="exports/cells", score_threshold=0.3)
+
+Layout of an export (like the TF OD API exporter's output directory)::
+
+    OUT/
+      saved_model/       tf.saved_model.load(OUT/saved_model)(uint8 images); assets/ holds
+                         label_map.pbtxt, config.yaml and metadata.json
+      model.keras        the detector as a Keras archive, to continue in Python
+      label_map.pbtxt, config.yaml, metadata.json   the same files, for people and tools
+      verification.json  what verification compared and found (written last)
+
+Everything is written into a hidden ``.partial-`` folder beside OUT, verified (see
+:mod:`detkeeper.export.verify`), and only then renamed to OUT: a crash or a failed verification
+never leaves a folder that looks like a finished export, and an existing export is replaced only
+by a verified one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+from detkeeper.errors import DetkeeperError
+from detkeeper.files import atomic_write_text, fsync_directory
+from detkeeper.rundir import RunDirectory
+
+logger = logging.getLogger("detkeeper.export")
+
+PARTIAL_PREFIX = ".partial-"
+VERIFICATION_FILE = "verification.json"
+METADATA_FILE = "metadata.json"
+BOX_CONVENTION = "detection_boxes: [ymin, xmin, ymax, xmax] normalized to the original image (0..1)"
+CLASS_CONVENTION = ("detection_classes: label-map ids (1-based, as in label_map.pbtxt and the TF OD API); "
+                    "the model's contiguous class index is id position in the label map")
+
+
+class ExportVerificationFailed(DetkeeperError):
+    """The exported SavedModel does not answer as the checkpoint does; nothing was published."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    saved_model_dir: Path
+    keras_path: Path
+    metadata: dict
+    verification: object  # detkeeper.export.verify.Verification
+    seconds: dict  # "save", "keras", "verify"
+
+
+def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = None,
+                 out: str | os.PathLike | None = None, score_threshold: float | None = None,
+                 iou_threshold: float | None = None, max_detections: int | None = None,
+                 verify_images: int = 8, overwrite: bool = False) -> ExportResult:
+    """Export checkpoint `checkpoint` (``best`` by default, ``latest`` or a step) of the run
+    `source` (or a checkpoint path in it) to `out` (default ``RUN/exports/<checkpoint>``).
+
+    The thresholds default to the run's ``evaluation`` section. Verification runs on the first
+    `verify_images` images of the run's validation split (else test, else train)."""
+    import time
+
+    from detkeeper.export.serving import DetectionModule, ServingSettings
+    from detkeeper.export.verify import verify_saved_model
+    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
+    from detkeeper.models.archive import save_keras_archive
+
+    if verify_images < 1:
+        raise DetkeeperError(f"verification images: expected at least 1, got {verify_images}")
+    run, which = resolve_model_source(source, checkpoint)
+    split = _verification_split(run)
+    restored = restore_run_checkpoint(run, which, keep_split=split)
+    config, label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
+    evaluation = config.evaluation
+    settings = ServingSettings(
+        score_threshold=evaluation.score_threshold if score_threshold is None else float(score_threshold),
+        iou_threshold=evaluation.iou_threshold if iou_threshold is None else float(iou_threshold),
+        max_detections=evaluation.max_detections if max_detections is None else int(max_detections))
+    settings.validate()
+    model.score_threshold, model.iou_threshold, model.max_detections = (
+        settings.score_threshold, settings.iou_threshold, settings.max_detections)  # the reference uses them too
+    records = _verification_records(config, run, split, verify_images)
+
+    out_dir = Path(out) if out is not None else run.path / "exports" / entry.name
+    if out_dir.exists() and not overwrite:
+        raise DetkeeperError(f"{out_dir} already exists; choose another --out, or --overwrite to replace it "
+                             "(the old export stays until the new one is verified)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f"{PARTIAL_PREFIX}{out_dir.name}"
+    if staging.exists():  # left by an export that was killed
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        metadata = _metadata(config, run, entry, settings, restored.checkpoint_path, split, len(records))
+        metadata_json = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+        assets = {"label_map.pbtxt": label_map.write(staging / "label_map.pbtxt"),
+                  "config.yaml": atomic_write_text(staging / "config.yaml", run.config_path.read_text("utf-8")),
+                  METADATA_FILE: atomic_write_text(staging / METADATA_FILE, metadata_json)}
+        module = DetectionModule(model, label_map, settings, metadata_json,
+                                 {name: os.fspath(path) for name, path in assets.items()})
+        seconds = {}
+        started = time.perf_counter()
+        _save_saved_model(module, staging / "saved_model")
+        seconds["save"] = time.perf_counter() - started
+        started = time.perf_counter()
+        save_keras_archive(model, staging / "model.keras")
+        seconds["keras"] = time.perf_counter() - started
+        started = time.perf_counter()
+        verification = verify_saved_model(staging / "saved_model", model, label_map, records,
+                                          max_boxes=config.data.max_boxes, metadata_json=metadata_json)
+        seconds["verify"] = time.perf_counter() - started
+        report = {**verification.to_json_dict(), "verified_at": _now()}
+        if not verification.passed:
+            failed = out_dir.parent / f"{out_dir.name}.verification-failed.json"
+            atomic_write_text(failed, json.dumps(report, indent=2) + "\n")
+            raise ExportVerificationFailed(
+                f"the export of {entry.name} of {run.path} does not answer as the checkpoint does, so it was "
+                f"not published: {'; '.join(verification.problems[:3])}. Full report: {failed}")
+        atomic_write_text(staging / VERIFICATION_FILE, json.dumps(report, indent=2) + "\n")
+        _publish(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    logger.info("exported %s (step %d) of %s to %s; %s", entry.name, entry.step, run.path, out_dir,
+                verification.summary())
+    return ExportResult(out_dir=out_dir, saved_model_dir=out_dir / "saved_model", keras_path=out_dir / "model.keras",
+                        metadata=metadata, verification=verification, seconds=seconds)
+
+
+def _save_saved_model(module, path: Path) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
+    except OSError as error:  # e.g. the disk is full: the staging folder is removed, nothing published
+        raise DetkeeperError(f"{path}: cannot write the SavedModel ({error})") from None
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Rename the verified staging folder to `out_dir`; an export already there is replaced only now."""
+    replaced = None
+    if out_dir.exists():
+        replaced = out_dir.parent / f"{PARTIAL_PREFIX}replaced-{out_dir.name}"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.replace(out_dir, replaced)
+    os.replace(staging, out_dir)
+    fsync_directory(out_dir.parent)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def _verification_split(run: RunDirectory) -> str | None:
+    """The first of val, test, train that the run's config sets (its images verify the export)."""
+    from detkeeper.config.yamlio import parse_yaml
+
+    raw = parse_yaml(run.config_path.read_text(encoding="utf-8"), str(run.config_path)) \
+        if run.config_path.is_file() else None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    return next((name for name in ("val", "test", "train") if isinstance(data, dict) and data.get(name)), None)
+
+
+def _verification_records(config, run: RunDirectory, split: str | None, count: int):
+    """Up to `count` images of `split` (ground truth included, for the mAP check)."""
+    from detkeeper.data.sources import DataSources
+
+    if split is None:
+        raise DetkeeperError(f"{run.config_path}: the run's config sets no data split, so there are no images "
+                             "to verify the export on")
+    data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
+    try:
+        records = DataSources(data_config).prepare(split).records
+    except DetkeeperError as error:
+        raise DetkeeperError(f"cannot read the images that verify the export (data.{split} of "
+                             f"{run.config_path}): {error}") from None
+    return list(records[:count])
+
+
+def _metadata(config, run: RunDirectory, entry, settings, checkpoint_path: str, split, num_images: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from detkeeper import __version__
+    from detkeeper.data.label_map import LabelMap
+    from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES
+
+    label_map = LabelMap.read(run.label_map_path)
+    return {
+        "format": "detkeeper-export/1",
+        "model": {"name": config.model.name, "input_size": config.model.image_size,
+                  "num_classes": label_map.num_classes,
+                  "custom_objects_module": config.model.custom_objects_module},
+        "preprocessing": "uint8 RGB; resized keeping the aspect ratio so the long side is input_size, padded "
+                         "bottom-right with zeros (the evaluation pipeline's resize), inside the graph",
+        "box_convention": BOX_CONVENTION,
+        "class_id_offset": 1,
+        "class_convention": CLASS_CONVENTION,
+        "classes": {str(item.id): item.display_name for item in label_map.items},
+        "thresholds": dataclasses.asdict(settings),
+        "signatures": list(SIGNATURES),
+        "outputs": list(OUTPUT_KEYS),
+        "source": {"run_dir": str(run.path), "checkpoint": entry.name, "checkpoint_path": checkpoint_path,
+                   "step": entry.step, "epoch": entry.epoch, "ema": entry.ema, "monitor": config.evaluation.monitor,
+                   "monitored_value": _finite_or_none(entry.monitor_value),
+                   "validation": {key: _finite_or_none(value) for key, value in entry.metrics.items()
+                                  if key.startswith("val_")}},
+        "verification_images": {"split": split, "count": num_images},
+        "versions": {"detkeeper": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
+        "created": _now(),
+    }
+
+
+def _finite_or_none(value) -> float | None:
+    """JSON has no NaN: a metric that was NaN is written as null."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

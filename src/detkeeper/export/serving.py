@@ -1,0 +1,140 @@
+"""The serving module: what an exported SavedModel is, as the TF Object Detection API shapes it.
+
+``tf.saved_model.load(path)(uint8_images)`` returns ``detection_boxes`` float32 ``[B, N, 4]``
+(ymin, xmin, ymax, xmax) normalized to each original image, ``detection_scores`` ``[B, N]``,
+``detection_classes`` ``[B, N]`` holding label-map ids (float32, 1-based, as the TF OD API
+returns them; 0 in padding rows) and ``num_detections`` ``[B]`` (float32). Preprocessing (the
+evaluation pipeline's own aspect-preserving resize and padding) and NMS are in the graph, so the
+SavedModel needs nothing but TensorFlow.
+
+Signatures (each takes ``input_tensor``, as TF OD API exports do):
+``serving_default`` uint8 ``[B, H, W, 3]`` (any size and batch), ``encoded_image_string_tensor``
+string ``[B]`` (JPEG/PNG/BMP/GIF bytes, each its own size), ``tf_example`` string ``[B]``
+(serialized ``tf.train.Example`` with ``image/encoded``), and ``metadata`` (no input: the
+``metadata.json`` and ``label_map.pbtxt`` texts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from detkeeper.data import augment
+from detkeeper.data.label_map import LabelMap
+from detkeeper.models import boxes as box_ops
+
+OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+SIGNATURES = ("serving_default", "encoded_image_string_tensor", "tf_example", "metadata")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSettings:
+    """Post-processing recorded in the export (defaults: the run's ``evaluation`` section)."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+    def validate(self) -> None:
+        from detkeeper.errors import DetkeeperError
+
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise DetkeeperError(f"score threshold: expected 0 <= value < 1, got {self.score_threshold}")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise DetkeeperError(f"IoU threshold: expected 0 < value <= 1, got {self.iou_threshold}")
+        if self.max_detections < 1:
+            raise DetkeeperError(f"max detections: expected at least 1, got {self.max_detections}")
+
+
+class DetectionModule(tf.Module):
+    """A detector with its preprocessing, NMS and label map, ready for ``tf.saved_model.save``.
+
+    ``self.model`` is the Keras detector, so the SavedModel's ``variables/`` read as a checkpoint
+    with the same ``model/...`` keys as training checkpoints (fine-tuning from an export uses it).
+    `asset_paths` maps asset names (``label_map.pbtxt``, ``config.yaml``, ``metadata.json``) to
+    files copied into the SavedModel's ``assets/``."""
+
+    def __init__(self, model, label_map: LabelMap, settings: ServingSettings, metadata_json: str,
+                 asset_paths: dict[str, str] | None = None) -> None:
+        super().__init__(name="detkeeper_detection_module")
+        self.model = model
+        self.image_size = int(model.image_size)
+        self.settings = settings
+        self.label_ids = tf.constant([0.0] + [float(i) for i in label_map.ids], tf.float32)  # index + 1 -> id
+        self.metadata_text = tf.constant(metadata_json)
+        self.label_map_text = tf.constant(label_map.to_pbtxt())
+        self.assets = {name.replace(".", "_"): tf.saved_model.Asset(path)
+                       for name, path in (asset_paths or {}).items()}
+
+    # -- the graph -------------------------------------------------------------------------------
+    def _preprocess_one(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One uint8 ``[H, W, 3]`` image -> model canvas, ``[fy, fx]`` factors, ``[H, W]``."""
+        image = tf.cast(image, tf.float32)
+        size = tf.shape(image)[:2]
+        canvas, _, _, factors = augment.resize_for_model(image, tf.zeros([0, 4]), self.image_size)
+        canvas = tf.ensure_shape(canvas, [self.image_size, self.image_size, 3])
+        return canvas, factors, tf.cast(size, tf.float32)
+
+    def _detect(self, canvases: tf.Tensor, factors: tf.Tensor, sizes: tf.Tensor) -> dict:
+        outputs = self.model(canvases, training=False)
+        candidate_boxes, probabilities = self.model.decode_boxes_and_scores(outputs)
+        found = box_ops.batched_nms(candidate_boxes, probabilities, max_detections=self.settings.max_detections,
+                                    iou_threshold=self.settings.iou_threshold,
+                                    score_threshold=self.settings.score_threshold, clip_size=self.image_size)
+        limits = tf.tile(sizes, [1, 2])[:, None, :]
+        original = tf.clip_by_value(found["boxes"] / tf.tile(factors, [1, 2])[:, None, :], 0.0, limits)
+        real = found["classes"] >= 0
+        normalized = tf.where(real[..., None], original / tf.maximum(limits, 1.0), 0.0)
+        return {
+            "detection_boxes": normalized,
+            "detection_scores": tf.where(real, found["scores"], 0.0),
+            "detection_classes": tf.gather(self.label_ids, tf.where(real, found["classes"] + 1, 0)),
+            "num_detections": tf.cast(found["num_detections"], tf.float32),
+        }
+
+    def _detect_images(self, images: tf.Tensor) -> dict:
+        """Images of one size ``[B, H, W, 3]`` uint8."""
+        canvases, factors, sizes = tf.map_fn(
+            self._preprocess_one, images, fn_output_signature=(
+                tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
+                tf.TensorSpec([2], tf.float32), tf.TensorSpec([2], tf.float32)))
+        return self._detect(canvases, factors, sizes)
+
+    def _detect_encoded(self, encoded: tf.Tensor) -> dict:
+        """Encoded images ``[B]``, each decoded and resized on its own (sizes may differ)."""
+        def preprocess(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            return self._preprocess_one(tf.ensure_shape(image, [None, None, 3]))
+
+        canvases, factors, sizes = tf.map_fn(
+            preprocess, encoded, fn_output_signature=(
+                tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
+                tf.TensorSpec([2], tf.float32), tf.TensorSpec([2], tf.float32)))
+        return self._detect(canvases, factors, sizes)
+
+    # -- the endpoints -------------------------------------------------------------------------
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
+    def __call__(self, input_tensor):
+        return self._detect_images(input_tensor)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    def detect_encoded_images(self, input_tensor):
+        return self._detect_encoded(input_tensor)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    def detect_tf_examples(self, input_tensor):
+        features = tf.io.parse_example(input_tensor, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+        return self._detect_encoded(features["image/encoded"])
+
+    @tf.function(input_signature=[])
+    def metadata(self):
+        return {"metadata": self.metadata_text, "label_map": self.label_map_text}
+
+    def signatures(self) -> dict:
+        return {
+            "serving_default": self.__call__.get_concrete_function(),
+            "encoded_image_string_tensor": self.detect_encoded_images.get_concrete_function(),
+            "tf_example": self.detect_tf_examples.get_concrete_function(),
+            "metadata": self.metadata.get_concrete_function(),
+        }
