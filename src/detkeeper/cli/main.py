@@ -18,6 +18,8 @@ examples:
   detkeeper train demo                             train, keeping the best checkpoints by mAP
   detkeeper checkpoints runs/demo                  the kept checkpoints, best first
   detkeeper evaluate --model runs/demo --split test COCO mAP of the best checkpoint on a split
+  detkeeper export runs/demo                       a verified SavedModel of the best checkpoint
+  detkeeper predict runs/demo/exports/step-0000800 photos/ --out predictions
   detkeeper config show demo --set train.steps=500 print a resolved config
 
 Run `detkeeper COMMAND --help` for each command's options and examples."""
@@ -25,14 +27,14 @@ Run `detkeeper COMMAND --help` for each command's options and examples."""
 
 def build_parser() -> argparse.ArgumentParser:
     from detkeeper.cli import config_commands, data_commands, demo, train_commands
-    from detkeeper.cli import evaluate_command
+    from detkeeper.cli import evaluate_command, export_command, predict_command
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="TensorFlow object detection that keeps the best model. Available now: run configs, "
                     "dataset checks and conversion (VOC, COCO, TF OD API TFRecords), the built-in "
-                    "dataset, and training with COCO mAP evaluation, best-k checkpoints, early stopping "
-                    "and exact resume, and COCO evaluation of checkpoints. Export is next.")
+                    "dataset, training with COCO mAP evaluation, best-k checkpoints, early stopping "
+                    "and exact resume, COCO evaluation, verified SavedModel export and prediction.")
     parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(commands, common)
     train_commands.register(commands, common)
     evaluate_command.register(commands, common)
+    export_command.register(commands, common)
+    predict_command.register(commands, common)
     config_commands.register(commands, common)
     return parser
 

@@ -68,7 +68,7 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     `verify_images` images of the run's validation split (else test, else train)."""
     import time
 
-    from detkeeper.export.serving import DetectionModule, ServingSettings
+    from detkeeper.export.serving import DetectionModule
     from detkeeper.export.verify import verify_saved_model
     from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
     from detkeeper.models.archive import save_keras_archive
@@ -78,15 +78,9 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     run, which = resolve_model_source(source, checkpoint)
     split = _verification_split(run)
     restored = restore_run_checkpoint(run, which, keep_split=split)
+    settings = serving_settings(restored.config, score_threshold, iou_threshold, max_detections)
     config, label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
-    evaluation = config.evaluation
-    settings = ServingSettings(
-        score_threshold=evaluation.score_threshold if score_threshold is None else float(score_threshold),
-        iou_threshold=evaluation.iou_threshold if iou_threshold is None else float(iou_threshold),
-        max_detections=evaluation.max_detections if max_detections is None else int(max_detections))
-    settings.validate()
-    model.score_threshold, model.iou_threshold, model.max_detections = (
-        settings.score_threshold, settings.iou_threshold, settings.max_detections)  # the reference uses them too
+    _use_thresholds(model, settings)  # verification's reference (model.detect) then agrees with the export
     records = _verification_records(config, run, split, verify_images)
 
     out_dir = Path(out) if out is not None else run.path / "exports" / entry.name
@@ -99,8 +93,8 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        metadata = _metadata(config, run, entry, settings, restored.checkpoint_path, split, len(records))
-        metadata_json = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+        metadata = export_metadata(restored, settings, verification_images=(split, len(records)))
+        metadata_json = _metadata_json(metadata)
         assets = {"label_map.pbtxt": label_map.write(staging / "label_map.pbtxt"),
                   "config.yaml": atomic_write_text(staging / "config.yaml", run.config_path.read_text("utf-8")),
                   METADATA_FILE: atomic_write_text(staging / METADATA_FILE, metadata_json)}
@@ -129,10 +123,44 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    logger.info("exported %s (step %d) of %s to %s; %s", entry.name, entry.step, run.path, out_dir,
+    logger.debug("exported %s (step %d) of %s to %s; %s", entry.name, entry.step, run.path, out_dir,
                 verification.summary())
     return ExportResult(out_dir=out_dir, saved_model_dir=out_dir / "saved_model", keras_path=out_dir / "model.keras",
                         metadata=metadata, verification=verification, seconds=seconds)
+
+
+def serving_settings(config, score_threshold: float | None = None, iou_threshold: float | None = None,
+                     max_detections: int | None = None):
+    """The export's post-processing: the run's ``evaluation`` section unless overridden."""
+    from detkeeper.export.serving import ServingSettings
+
+    evaluation = config.evaluation
+    settings = ServingSettings(
+        score_threshold=evaluation.score_threshold if score_threshold is None else float(score_threshold),
+        iou_threshold=evaluation.iou_threshold if iou_threshold is None else float(iou_threshold),
+        max_detections=evaluation.max_detections if max_detections is None else int(max_detections))
+    settings.validate()
+    return settings
+
+
+def serving_module_for(restored, settings=None):
+    """The serving module of a restored checkpoint, in memory (``detkeeper.load`` of a run), and
+    its metadata. Sets the model's own thresholds to the module's, so ``model.detect`` agrees."""
+    from detkeeper.export.serving import DetectionModule
+
+    settings = settings or serving_settings(restored.config)
+    _use_thresholds(restored.model, settings)
+    metadata = export_metadata(restored, settings)
+    return DetectionModule(restored.model, restored.label_map, settings, _metadata_json(metadata)), metadata
+
+
+def _use_thresholds(model, settings) -> None:
+    model.score_threshold, model.iou_threshold, model.max_detections = (
+        settings.score_threshold, settings.iou_threshold, settings.max_detections)
+
+
+def _metadata_json(metadata: dict) -> str:
+    return json.dumps(metadata, indent=2, sort_keys=True) + "\n"
 
 
 def _save_saved_model(module, path: Path) -> None:
@@ -184,15 +212,16 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
     return list(records[:count])
 
 
-def _metadata(config, run: RunDirectory, entry, settings, checkpoint_path: str, split, num_images: int) -> dict:
+def export_metadata(restored, settings, verification_images: tuple[str | None, int] | None = None) -> dict:
+    """What ``metadata.json`` says: the model, its conventions and thresholds, where it came from."""
     import keras
     import tensorflow as tf
 
     from detkeeper import __version__
-    from detkeeper.data.label_map import LabelMap
     from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES
 
-    label_map = LabelMap.read(run.label_map_path)
+    config, run, entry, label_map = restored.config, restored.run, restored.entry, restored.label_map
+    split, num_images = verification_images or (None, 0)
     return {
         "format": "detkeeper-export/1",
         "model": {"name": config.model.name, "input_size": config.model.image_size,
@@ -207,7 +236,7 @@ def _metadata(config, run: RunDirectory, entry, settings, checkpoint_path: str, 
         "thresholds": dataclasses.asdict(settings),
         "signatures": list(SIGNATURES),
         "outputs": list(OUTPUT_KEYS),
-        "source": {"run_dir": str(run.path), "checkpoint": entry.name, "checkpoint_path": checkpoint_path,
+        "source": {"run_dir": str(run.path), "checkpoint": entry.name, "checkpoint_path": restored.checkpoint_path,
                    "step": entry.step, "epoch": entry.epoch, "ema": entry.ema, "monitor": config.evaluation.monitor,
                    "monitored_value": _finite_or_none(entry.monitor_value),
                    "validation": {key: _finite_or_none(value) for key, value in entry.metrics.items()
