@@ -161,7 +161,7 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(run, tmp_path, capsys, ca
     if case == "saved_model":
         (tmp_path / "export").mkdir()
         (tmp_path / "export" / "saved_model.pb").write_bytes(b"")
-        argv[2], expected = str(tmp_path / "export"), "an exported SavedModel"
+        argv[2], expected = str(tmp_path / "export"), "cannot load the SavedModel, is it complete?"
     elif case == "step":
         argv += ["--checkpoint", "999"]
         expected = "no kept checkpoint at step 999; kept steps: 3, 6"

@@ -15,10 +15,12 @@ examples:
   detkeeper evaluate --model runs/demo --checkpoint 1200 --out reports/step1200
   detkeeper evaluate --model runs/demo/checkpoints/step-0001200/ckpt --data ../VOC2012 --split val
   detkeeper evaluate --model runs/demo --data instances_val.json --images val/ --json | jq .stats
+  detkeeper evaluate --model runs/demo/exports/step-0001200 --data test   an export, as it serves
 
 Writes metrics.json, detections.json (COCO results format: the dataset's own image ids,
 label-map category ids, bbox [x, y, width, height] in original pixels) and pr_curves/*.png
-into RUN/eval/<checkpoint>-<split or dataset>/ unless --out says otherwise."""
+into RUN/eval/<checkpoint>-<split or dataset>/ (an export: beside it, eval-<export>-<data>/)
+unless --out says otherwise."""
 
 
 def register(commands, common) -> None:
@@ -33,7 +35,7 @@ def register(commands, common) -> None:
                     "and AP per class, and writes metrics.json, detections.json and precision-recall plots.")
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="a run directory, a checkpoint of one (RUN/checkpoints/step-NNNNNNN/ckpt), "
-                             "or an exported SavedModel (arrives with `detkeeper export`)")
+                             "or an export of `detkeeper export` (evaluated through its serving signature)")
     parser.add_argument("--checkpoint", metavar="best|latest|STEP",
                         help="with a run directory: which kept checkpoint (default best)")
     parser.add_argument("--data", metavar="SPLIT_OR_PATH",
@@ -66,8 +68,9 @@ def run_evaluate(args) -> int:
         return 0
     entry = report.checkpoint
     weights = "EMA weights" if entry.ema else "weights"
-    print(f"{entry.name} ({weights}) of {report.run_dir} on {report.data}: {report.num_images:,} images, "
-          f"{report.latency_ms:.1f} ms per image\n")
+    what = (f"export {args.model} of {entry.name}" if report.metrics["model"]["kind"] == "export"
+            else f"{entry.name} ({weights}) of {report.run_dir}")
+    print(f"{what} on {report.data}: {report.num_images:,} images, {report.latency_ms:.1f} ms per image\n")
     print(report.result.format_table())
     recorded = entry.metrics.get("val_mAP")
     if report.metrics["data"]["config_split"] == "val" and recorded is not None:

@@ -3,6 +3,7 @@
     report = evaluate("runs/cells")                                  # best checkpoint, data.val
     report = evaluate("runs/cells", "test", checkpoint="latest")     # another configured split
     report = evaluate("runs/cells/checkpoints/step-0001200/ckpt", "/data/other_voc", split="val")
+    report = evaluate("runs/cells/exports/step-0001200", "test")    # an export, through its signature
 
 What the model is comes from the run directory (``config.yaml``, ``label_map.pbtxt``); which
 weights, from its checkpoint ledger (sha256-verified, as training restores them). Only the model
@@ -11,7 +12,8 @@ checkpoint: TF matches it through the checkpoint's object graph, so the optimize
 weights and the early-stopping state are not needed, and every model variable must be found.
 The evaluation pass is the one training runs (:func:`run_validation`, same batch size, same
 post-processing), so a checkpoint evaluated on ``data.val`` scores the ``val_mAP`` the ledger
-recorded for it.
+recorded for it. An export is evaluated through its ``encoded_image_string_tensor`` signature,
+exactly as it will serve; its config and label map come from the SavedModel's assets.
 
 Outputs, into ``RUN/eval/<checkpoint>-<split or dataset>/`` unless told otherwise, each written
 atomically: ``metrics.json``, ``detections.json`` (COCO results format) and ``pr_curves/*.png``.
@@ -56,13 +58,35 @@ class EvaluationReport:
     latency_ms: float  # detector time per image (first batch, which traces, left out)
     num_images: int
     run_dir: Path
-    checkpoint: Any  # LedgerEntry
+    checkpoint: CheckpointInfo
     data: str  # how the evaluated data is named in messages
     out_dir: Path
     metrics_path: Path
     detections_path: Path
     plot_paths: tuple[Path, ...]
     metrics: dict  # what metrics.json holds
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """The checkpoint evaluated: kept in a run's ledger, or the one an export was made from."""
+
+    name: str
+    step: int
+    ema: bool
+    path: str
+    metrics: dict  # what training recorded for it (val_* stats)
+
+    @classmethod
+    def of_entry(cls, entry, run: RunDirectory) -> "CheckpointInfo":
+        return cls(entry.name, entry.step, entry.ema, str(run.checkpoints_path / entry.name / entry.prefix),
+                   dict(entry.metrics))
+
+    @classmethod
+    def of_export(cls, metadata: dict) -> "CheckpointInfo":
+        source = metadata["source"]
+        return cls(source["checkpoint"], source["step"], source["ema"], source["checkpoint_path"],
+                   {key: value for key, value in source["validation"].items() if value is not None})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +108,7 @@ def evaluate(model_source: str | os.PathLike, data: str | os.PathLike | None = N
     """COCO-evaluate a model on a split of its run's config or on a dataset; write the results.
 
     `model_source`: a run directory, a checkpoint in it (``RUN/checkpoints/step-NNNNNNN/ckpt`` or
-    its folder), or an exported SavedModel (not yet: arrives with ``detkeeper export``).
+    its folder), or an export directory / its SavedModel (``detkeeper export``).
     `checkpoint` (run directories only): ``best`` (default), ``latest`` or a step number.
     `data`: None or ``train``/``val``/``test`` for a split of the run's config (`split`, ``val``
     by default), else a dataset path: VOC root (`split` picks ``ImageSets/Main/<split>.txt``), COCO
@@ -103,24 +127,55 @@ def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike 
                        batch_size: int | None = None) -> "PreparedEvaluation":
     """The model restored and the data read and checked, ready to :meth:`~PreparedEvaluation.run`
     (arguments as for :func:`evaluate`)."""
-    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
+    from detkeeper.model_source import find_saved_model, resolve_model_source, restore_run_checkpoint
 
-    run, which = resolve_model_source(model_source, checkpoint)
     config_split = data is None or (isinstance(data, str) and data in CONFIG_SPLITS)
     split_name = None
     if config_split:
         split_name = str(data) if data is not None else (split or "val")
         if data is not None and split is not None and split != split_name:
             raise DetkeeperError(f"--data {data} names a split of the run's config; --split {split} contradicts it")
+    saved_model = find_saved_model(model_source)
+    if saved_model is not None:
+        return _prepare_export(saved_model, model_source, checkpoint, data, split, split_name, label_map, images,
+                               batch_size)
+    run, which = resolve_model_source(model_source, checkpoint)
     restored = restore_run_checkpoint(run, which, keep_split=split_name)
     config, model_label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
     if config_split:
         loaded = _config_split(config, run, split_name)
     else:
         loaded = _dataset(os.fspath(data), split, model_label_map, config.data.max_boxes, label_map, images)
-    return PreparedEvaluation(rundir=run, config=config, label_map=model_label_map, entry=entry, model=model,
+    return PreparedEvaluation(rundir=run, config=config, label_map=model_label_map,
+                              checkpoint=CheckpointInfo.of_entry(entry, run), model=model,
                               data=loaded, batch_size=batch_size or config.train.batch_size,
                               model_source=os.fspath(model_source))
+
+
+def _prepare_export(saved_model: Path, model_source, checkpoint, data, split, split_name, label_map, images,
+                    batch_size) -> "PreparedEvaluation":
+    """An export evaluated through its own serving signature (it resizes images itself). Its config
+    and label map come from the SavedModel's assets, so config splits work without the run."""
+    from detkeeper.export.predictor import load
+    from detkeeper.model_source import run_config
+
+    if checkpoint is not None:
+        raise DetkeeperError(f"{model_source} is an export: it holds one checkpoint's weights; --checkpoint "
+                             "applies to run directories")
+    predictor = load(saved_model)
+    assets = RunDirectory(saved_model / "assets")
+    if predictor.label_map is None or not assets.config_path.is_file():
+        raise DetkeeperError(f"{saved_model}: not a detkeeper export (no metadata signature or config.yaml "
+                             "asset); detkeeper evaluates its own exports, TF OD API ones via `detkeeper predict`")
+    config = run_config(assets, keep_split=split_name)
+    if split_name is not None:
+        loaded = _config_split(config, assets, split_name)
+    else:
+        loaded = _dataset(os.fspath(data), split, predictor.label_map, config.data.max_boxes, label_map, images)
+    return PreparedEvaluation(rundir=assets, config=config, label_map=predictor.label_map,
+                              checkpoint=CheckpointInfo.of_export(predictor.metadata), model=None,
+                              data=loaded, batch_size=batch_size or config.train.batch_size,
+                              model_source=os.fspath(model_source), predictor=predictor)
 
 
 # -- the data -----------------------------------------------------------------------------------
@@ -186,39 +241,50 @@ class PreparedEvaluation:
     rundir: RunDirectory
     config: Any
     label_map: LabelMap
-    entry: Any  # LedgerEntry
+    checkpoint: CheckpointInfo
     model: Any
     data: _Data
     batch_size: int
     model_source: str
+    predictor: Any = None  # an export's Predictor; then `model` is None
 
     @property
     def num_images(self) -> int:
         return len(self.data.records)
 
     def default_out_dir(self) -> Path:
-        return self.rundir.path / "eval" / f"{self.entry.name}-{self.data.name}"
+        if self.predictor is not None:  # beside the export: EXPORTS/eval-<export>-<data>
+            export = Path(self.predictor.source)
+            export = export.parent if export.name == "saved_model" else export
+            return export.parent / f"eval-{export.name}-{self.data.name}"
+        return self.rundir.path / "eval" / f"{self.checkpoint.name}-{self.data.name}"
 
     def run(self, out_dir: str | os.PathLike | None = None, backend: str = "faster_coco_eval",
             progress: Callable[[int], None] | None = None) -> EvaluationReport:
         from detkeeper.data.pipeline import evaluation_dataset
         from detkeeper.evaluation.coco import BACKENDS
         from detkeeper.evaluation.plots import save_precision_recall_plots
-        from detkeeper.evaluation.runner import compiled_detect, run_validation
+        from detkeeper.evaluation.runner import compiled_detect, run_export_validation, run_validation
 
         if backend not in BACKENDS:
             raise DetkeeperError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.batch_size < 1:
             raise DetkeeperError(f"batch size must be at least 1, got {self.batch_size}")
         config = self.config
-        dataset = evaluation_dataset(self.data.records, self.label_map, image_size=config.model.image_size,
-                                     batch_size=self.batch_size, max_boxes=config.data.max_boxes)
         results = _CocoResults()
         started = time.perf_counter()
-        validation = run_validation(compiled_detect(self.model), dataset, self.label_map,
-                                    ground_truth=self.data.records, backend=backend,
-                                    max_detections=config.evaluation.max_detections, progress=progress,
-                                    on_batch=results.add)
+        if self.predictor is not None:
+            validation = run_export_validation(
+                self.predictor.detect_encoded, self.data.records, self.label_map, batch_size=self.batch_size,
+                backend=backend, max_detections=self.predictor.metadata["thresholds"]["max_detections"],
+                progress=progress, on_batch=results.add)
+        else:
+            dataset = evaluation_dataset(self.data.records, self.label_map, image_size=config.model.image_size,
+                                         batch_size=self.batch_size, max_boxes=config.data.max_boxes)
+            validation = run_validation(compiled_detect(self.model), dataset, self.label_map,
+                                        ground_truth=self.data.records, backend=backend,
+                                        max_detections=config.evaluation.max_detections, progress=progress,
+                                        on_batch=results.add)
         seconds = time.perf_counter() - started
         out = Path(out_dir) if out_dir is not None else self.default_out_dir()
         detections_path = atomic_write_text(out / "detections.json",
@@ -226,24 +292,26 @@ class PreparedEvaluation:
         plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
         metrics = self._metrics(validation, seconds, out, detections_path, plots)
         metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        logger.debug("evaluated %s of %s on %s: mAP %.4f; results in %s", self.entry.name, self.rundir.path,
-                    self.data.description, validation.result.stats["mAP"], out)
+        logger.debug("evaluated %s on %s: mAP %.4f; results in %s", self.model_source, self.data.description,
+                     validation.result.stats["mAP"], out)
         return EvaluationReport(result=validation.result, latency_ms=validation.latency_ms,
-                                num_images=validation.num_images, run_dir=self.rundir.path, checkpoint=self.entry,
+                                num_images=validation.num_images, run_dir=self.rundir.path, checkpoint=self.checkpoint,
                                 data=self.data.description, out_dir=out, metrics_path=metrics_path,
                                 detections_path=detections_path, plot_paths=plots, metrics=metrics)
 
     def _metrics(self, validation, seconds: float, out: Path, detections_path: Path, plots) -> dict:
         from detkeeper import __version__
 
-        result, entry, data = validation.result, self.entry, self.data
+        result, checkpoint, data = validation.result, self.checkpoint, self.data
         return {
             "detkeeper_version": __version__,
-            "model": {"source": self.model_source, "run_dir": str(self.rundir.path), "name": self.config.model.name,
+            "model": {"source": self.model_source, "kind": "export" if self.predictor is not None else "checkpoint",
+                      "run_dir": str(self.rundir.path) if self.predictor is None
+                      else self.predictor.metadata["source"]["run_dir"], "name": self.config.model.name,
                       "image_size": self.config.model.image_size},
-            "checkpoint": {"name": entry.name, "step": entry.step, "ema": entry.ema,
-                           "path": str(self.rundir.checkpoints_path / entry.name / entry.prefix),
-                           "recorded_in_ledger": {key: _json_float(value) for key, value in entry.metrics.items()}},
+            "checkpoint": {"name": checkpoint.name, "step": checkpoint.step, "ema": checkpoint.ema,
+                           "path": checkpoint.path,
+                           "recorded_in_ledger": {key: _json_float(value) for key, value in checkpoint.metrics.items()}},
             "data": {"description": data.description, "format": data.format, "config_split": data.split,
                      "num_images": validation.num_images, "records_read": data.num_read,
                      "problems": data.problems},

@@ -50,27 +50,69 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
     indices, -1 padding), "num_detections"}``, i.e. :meth:`Detector.detect`. `on_batch` receives
     each batch's image ids and its detections as scored: original-image pixels, label-map ids.
     """
+    def batches():
+        for batch in dataset:
+            started = time.perf_counter()
+            raw = detect(batch["images"])
+            detections = {key: np.asarray(value) for key, value in raw.items()}
+            seconds = time.perf_counter() - started
+            image_ids = [value.decode("utf-8") for value in batch["image_ids"].numpy()]
+            scales, sizes = batch["image_scales"].numpy(), batch["image_sizes"].numpy()
+            yield (image_ids, original_detections(detections, label_map, scales, sizes), seconds,
+                   None if ground_truth is not None else _batch_ground_truth(batch, label_map, image_ids, scales))
+
+    return _score(batches(), label_map, ground_truth, backend, max_detections, progress, on_batch)
+
+
+def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, np.ndarray]],
+                          records: Sequence[DetectionRecord], label_map: LabelMap, *, batch_size: int,
+                          backend: str = "faster_coco_eval", max_detections: int = 100,
+                          progress: Callable[[int], None] | None = None,
+                          on_batch: Callable[[list[str], dict], None] | None = None) -> ValidationPass:
+    """As :func:`run_validation` for an exported model: `detect_encoded` takes the records' encoded
+    images and answers as a SavedModel does (``detection_boxes`` normalized, ``detection_classes``
+    label-map ids); the export does its own resizing, so it is scored exactly as it will serve."""
+    def batches():
+        for first in range(0, len(records), batch_size):
+            chosen = records[first:first + batch_size]
+            encoded = [record.read_encoded() for record in chosen]
+            sizes = np.array([_image_size(data) for data in encoded], np.float32)
+            started = time.perf_counter()
+            outputs = detect_encoded(encoded)
+            seconds = time.perf_counter() - started
+            count = np.asarray(outputs["num_detections"]).astype(np.int64)
+            width = np.asarray(outputs["detection_scores"]).shape[1]
+            real = np.arange(width)[None, :] < count[:, None]
+            classes = np.where(real, np.asarray(outputs["detection_classes"]).astype(np.int64), -1)
+            boxes = np.asarray(outputs["detection_boxes"]) * np.tile(sizes, 2)[:, None, :]
+            yield ([record.image_id for record in chosen],
+                   {"boxes": boxes, "scores": np.asarray(outputs["detection_scores"]), "classes": classes,
+                    "num_detections": count}, seconds, None)
+
+    return _score(batches(), label_map, records, backend, max_detections, progress, on_batch)
+
+
+def _score(batches, label_map: LabelMap, ground_truth, backend: str, max_detections: int, progress,
+           on_batch) -> ValidationPass:
+    """Feed each ``(image ids, original-pixel detections, seconds, batch ground truth)`` to COCO."""
     evaluator = CocoEvaluator(label_map, backend=backend, max_detections=max_detections)
     records = {record.image_id: record for record in ground_truth} if ground_truth is not None else None
     timings: list[tuple[float, int]] = []
-    for batch in dataset:
-        started = time.perf_counter()
-        raw = detect(batch["images"])
-        detections = {key: np.asarray(value) for key, value in raw.items()}
-        timings.append((time.perf_counter() - started, len(detections["scores"])))
-        image_ids = [value.decode("utf-8") for value in batch["image_ids"].numpy()]
-        scales, sizes = batch["image_scales"].numpy(), batch["image_sizes"].numpy()
-        original = original_detections(detections, label_map, scales, sizes)
-        evaluator.update(
-            records_ground_truth(records, image_ids) if records is not None
-            else _batch_ground_truth(batch, label_map, image_ids, scales),
-            original)
+    for image_ids, detections, seconds, batch_truth in batches:
+        timings.append((seconds, len(image_ids)))
+        evaluator.update(records_ground_truth(records, image_ids) if records is not None else batch_truth,
+                         detections)
         if on_batch is not None:
-            on_batch(image_ids, original)
+            on_batch(image_ids, detections)
         if progress is not None:
             progress(len(image_ids))
     return ValidationPass(result=evaluator.result(), latency_ms=_latency_ms(timings),
                           num_images=evaluator.num_images)
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return int(image.shape[0]), int(image.shape[1])
 
 
 def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:

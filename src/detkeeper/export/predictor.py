@@ -139,8 +139,8 @@ def _from_saved_model(folder: Path) -> Predictor:
 
     try:
         module = tf.saved_model.load(os.fspath(folder))
-    except (tf.errors.OpError, ValueError, OSError) as error:
-        message = getattr(error, "message", None) or str(error)
+    except (tf.errors.OpError, ValueError, OSError, IndexError) as error:  # IndexError: a truncated file
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
         raise DetkeeperError(f"{folder}: cannot load the SavedModel, is it complete? "
                              f"({message.strip().splitlines()[0][:300]})") from None
     signatures = getattr(module, "signatures", {})
