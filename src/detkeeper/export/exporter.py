@@ -109,7 +109,8 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
         seconds["keras"] = time.perf_counter() - started
         started = time.perf_counter()
         verification = verify_saved_model(staging / "saved_model", model, label_map, records,
-                                          max_boxes=config.data.max_boxes, metadata_json=metadata_json)
+                                          max_boxes=config.data.max_boxes, metadata_json=metadata_json,
+                                          keras_path=staging / "model.keras")
         seconds["verify"] = time.perf_counter() - started
         report = {**verification.to_json_dict(), "verified_at": _now()}
         if not verification.passed:

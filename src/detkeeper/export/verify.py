@@ -26,7 +26,7 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 
 #: Largest differences accepted between checkpoint and export (boxes normalized to the image).
-TOLERANCE = {"box": 2e-3, "score": 1e-3, "mAP": 1e-3}
+TOLERANCE = {"box": 2e-3, "score": 1e-3, "mAP": 1e-3, "keras": 1e-4}
 _SIGNATURE_RESULTS = ("call", "encoded_image_string_tensor", "tf_example")
 
 
@@ -41,6 +41,7 @@ class Verification:
     max_box_difference: float
     max_score_difference: float
     detections_compared: int
+    keras_archive_difference: float | None  # max |output| difference of the reloaded .keras archive
     map_checkpoint: float | None  # COCO mAP on the verification images (None: no ground truth)
     map_export: float | None
     load_seconds: float  # tf.saved_model.load in the fresh process
@@ -61,12 +62,13 @@ class Verification:
 
 
 def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: LabelMap,
-                       records: Sequence[DetectionRecord], *, max_boxes: int, metadata_json: str) -> Verification:
-    """Compare the SavedModel at `saved_model_dir` with the in-memory `model` (whose thresholds are
-    the export's) on `records` (their boxes give the mAP check; records without boxes still
-    compare detections)."""
+                       records: Sequence[DetectionRecord], *, max_boxes: int, metadata_json: str,
+                       keras_path: str | os.PathLike | None = None) -> Verification:
+    """Compare the SavedModel at `saved_model_dir` (and the ``.keras`` archive at `keras_path`)
+    with the in-memory `model` (whose thresholds are the export's) on `records` (their boxes give
+    the mAP check; records without boxes still compare detections)."""
     started = time.perf_counter()
-    reference, sizes = _reference_detections(model, label_map, records, max_boxes)
+    reference, sizes, canvases = _reference_detections(model, label_map, records, max_boxes)
     with tempfile.TemporaryDirectory(prefix="detkeeper-verify-") as folder:
         for position, record in enumerate(records):
             Path(folder, f"{position:04d}").write_bytes(record.read_encoded())
@@ -93,6 +95,11 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
     first = _normalized_rows(answered["serving_default_first_image"][0])
     if _compare(_normalized_rows(answered["call"][0]), first, 0.0, model.max_detections).problem:
         problems.append("the serving_default signature answers differently from calling the loaded object")
+    keras_difference = None
+    if keras_path is not None:
+        keras_difference = _keras_archive_difference(keras_path, model, canvases)
+        if not keras_difference <= TOLERANCE["keras"]:
+            problems.append(f"the .keras archive, reloaded, differs from the checkpoint's model by {keras_difference:.3g}")
     map_checkpoint = map_export = None
     if any(record.num_boxes for record in records):
         map_checkpoint = _mean_ap(reference, sizes, records, label_map, model.max_detections)
@@ -103,9 +110,10 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
                             f"{map_export:.4f}")
     return Verification(passed=not problems, problems=tuple(problems[:20]), num_images=len(records),
                         checked=("loaded object (uint8)", "serving_default", "encoded_image_string_tensor",
-                                 "tf_example", "metadata"),
+                                 "tf_example", "metadata") + ((".keras archive",) if keras_path is not None else ()),
                         max_box_difference=box_error, max_score_difference=score_error,
-                        detections_compared=compared, map_checkpoint=map_checkpoint, map_export=map_export,
+                        detections_compared=compared, keras_archive_difference=keras_difference,
+                        map_checkpoint=map_checkpoint, map_export=map_export,
                         load_seconds=answered["load_seconds"], seconds=time.perf_counter() - started,
                         tolerance=dict(TOLERANCE))
 
@@ -131,9 +139,10 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
     from detkeeper.evaluation.runner import compiled_detect, original_detections
 
     detect = compiled_detect(model)
-    rows, sizes = [], []
+    rows, sizes, canvases = [], [], []
     for batch in evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8,
                                     max_boxes=max_boxes):
+        canvases.append(batch["images"])
         raw = {key: np.asarray(value) for key, value in detect(batch["images"]).items()}
         batch_sizes = batch["image_sizes"].numpy()
         original = original_detections(raw, label_map, batch["image_scales"].numpy(), batch_sizes)
@@ -142,7 +151,22 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
             rows.append({"boxes": original["boxes"][row, :count] / np.tile(size, 2).astype(np.float32),
                          "scores": original["scores"][row, :count], "classes": original["classes"][row, :count]})
             sizes.append(tuple(int(value) for value in size))
-    return rows, sizes
+    return rows, sizes, canvases
+
+
+def _keras_archive_difference(path, model, canvases) -> float:
+    """Largest difference between the raw outputs of the reloaded archive and of `model`."""
+    import tensorflow as tf
+
+    from detkeeper.models.archive import load_keras_archive
+
+    reloaded = load_keras_archive(path)
+    largest = 0.0
+    for images in canvases:
+        expected, got = model(images, training=False), reloaded(images, training=False)
+        for first, second in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
+            largest = max(largest, float(tf.reduce_max(tf.abs(tf.cast(first, tf.float32) - tf.cast(second, tf.float32)))))
+    return largest
 
 
 def _normalized_rows(row: dict) -> dict:
