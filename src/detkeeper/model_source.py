@@ -108,7 +108,7 @@ def run_config(run: RunDirectory, keep_split: str | None = None):
             raise DataError(f"{run.config_path}: the run's config sets no data.{keep_split} (it sets "
                             f"{', '.join(f'data.{name}' for name in configured) or 'no split'}); give --data "
                             "a dataset path to evaluate other data")
-    overrides = ["model.backbone.weights=none", "data.label_map=null"]
+    overrides = ["model.backbone.weights=none", "model.init_from=null", "data.label_map=null"]
     overrides += [f"data.{name}=null" for name in CONFIG_SPLITS if name != keep_split]
     return load_config(run.config_path, overrides)
 

@@ -79,6 +79,32 @@ class HeadConfig:
         return []
 
 
+InitFromParts = Literal["backbone", "backbone+neck", "all"]
+
+
+@dataclass(frozen=True)
+class InitFromConfig:
+    """Where a new run's detector takes its starting weights from, and which parts of it."""
+
+    path: str = setting(
+        help=(
+            "A run directory (its best checkpoint), one of its checkpoints "
+            "(RUN/checkpoints/step-NNNNNNN) or an export directory."
+        ),
+        path=True,
+    )
+    include: InitFromParts = setting(
+        "backbone+neck",
+        help=(
+            "Parts restored: backbone, backbone+neck, or all (the head too, where its variables "
+            "have the same shape; a head for other classes keeps its new class output)."
+        ),
+    )
+
+    def validate(self) -> list[str]:
+        return [] if self.path else ["path: expected a run directory, checkpoint or export, got ''"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which detector to build and at what input size."""
@@ -99,6 +125,13 @@ class ModelConfig:
     )
     custom_objects_module: str | None = setting(
         None, help="Importable module that registers extra Keras-serializable layers, if any."
+    )
+    init_from: InitFromConfig | None = setting(
+        None,
+        help=(
+            "Start training from another run's checkpoint or an export, matching variables by name "
+            "and shape (fine-tuning); applied on a fresh start only, never on resume."
+        ),
     )
 
     def validate(self) -> list[str]:

@@ -73,6 +73,19 @@ class Detector(keras.Model):
         """Decoded detections for a batch, without Keras' predict loop (for evaluation and tests)."""
         return self.postprocess(self(images, training=False))
 
+    def parts(self) -> dict[str, list]:
+        """The model's variables as ``{"backbone", "neck", "head"}``, disjoint and covering
+        ``self.weights`` (BatchNorm statistics included): fine-tuning (``model.init_from``) keeps
+        some parts and starts others anew. Families built by :func:`build_pyramid_detector` hold
+        them as ``backbone`` / ``fpn`` / ``head``; a family built otherwise overrides this."""
+        missing = [name for name in ("backbone", "fpn", "head") if not hasattr(self, name)]
+        if missing:
+            raise NotImplementedError(f"{type(self).__name__} has no {', '.join(missing)} attribute: "
+                                      "override Detector.parts() to say which variables are its backbone, "
+                                      "neck and head")
+        return {"backbone": list(self.backbone.weights), "neck": list(self.fpn.weights),
+                "head": list(self.head.weights)}
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(num_classes=self.num_classes, image_size=self.image_size,

@@ -180,6 +180,17 @@ class HubRetinaNet(Detector):
             image_shape=(self.image_size, self.image_size, 3))
         return decoded, tf.sigmoid(tf.cast(outputs["cls_logits"], tf.float32))
 
+    def parts(self) -> dict[str, list]:
+        """keras-hub's ``RetinaNetBackbone`` holds both the image encoder (the backbone here) and
+        the feature pyramid (the neck); the class and box heads sit on the object detector."""
+        pyramid = self.detector.backbone
+        encoder = list(pyramid.image_encoder.weights)
+        in_encoder = {id(variable) for variable in encoder}
+        in_pyramid = {id(variable) for variable in pyramid.weights}
+        return {"backbone": encoder,
+                "neck": [variable for variable in pyramid.weights if id(variable) not in in_encoder],
+                "head": [variable for variable in self.weights if id(variable) not in in_pyramid]}
+
     def get_config(self) -> dict:
         return {**super().get_config(), "detector": keras.saving.serialize_keras_object(self.detector),
                 "scale": _to_json(self.scale), "offset": _to_json(self.offset)}

@@ -124,6 +124,7 @@ class _Training:
         for problem in checkpointer.problems:
             logger.warning(problem)
         start_step = start.step if start else 0
+        self._init_from(model, weight_average, start)
         finished = self._already_done(checkpointer, state, start_step)
         if finished is not None:
             return finished
@@ -154,6 +155,22 @@ class _Training:
         self.sample_batch = sample
         weight_average = WeightAverage(model, config.train.ema_decay) if config.train.ema_decay else None
         return model, weight_average
+
+    def _init_from(self, model, weight_average, start: LedgerEntry | None) -> None:
+        """``model.init_from`` on a fresh start; on resume the run's own checkpoint wins."""
+        init_from = self.config.model.init_from
+        if init_from is None:
+            return
+        if start is not None:
+            logger.info("model.init_from (%s) not applied: the run continues from its own checkpoint %s",
+                        init_from.path, start.name)
+            return
+        from detkeeper.training.init_from import apply_init_from
+
+        apply_init_from(model, init_from, self.rundir.path)
+        if weight_average is not None:  # the averages were taken from the random init: start them here
+            for average, weight in zip(weight_average.averages, weight_average.model_weights):
+                average.assign(weight.value)
 
     def _already_done(self, checkpointer: BestCheckpoints, state: EarlyStoppingState,
                       start_step: int) -> TrainResult | None:
