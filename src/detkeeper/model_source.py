@@ -165,6 +165,8 @@ def restore_model(config, label_map: LabelMap, checkpoint_path: str, ema: bool):
                              f"describes ({str(error).splitlines()[0][:300]})") from None
     except tf.errors.OpError as error:  # e.g. pruned by a training run since it was verified
         raise DetkeeperError(f"{checkpoint_path}: cannot be read ({error.message})") from None
+    except IndexError as error:  # TF's reader on a truncated data file: "Read less bytes than requested"
+        raise DetkeeperError(f"{checkpoint_path}: cannot be read, is it truncated? ({error})") from None
     saved = model_variables_in_checkpoint(checkpoint_path)
     if saved != len(model.weights):  # every variable of ours was filled; none of the checkpoint's may be left
         raise DetkeeperError(f"{checkpoint_path}: the checkpoint holds {saved} model variables, the model the "

@@ -20,45 +20,10 @@ from detkeeper.evaluation import STAT_NAMES, CocoMetric
 from detkeeper.evaluation.runner import compiled_detect, run_validation
 from detkeeper.models import build_model
 from detkeeper.models.archive import load_keras_archive, save_keras_archive
-from detkeeper.models.detector import Detector, fit_inputs
+from detkeeper.models.detector import fit_inputs
 from detkeeper.models.registry import Postprocess
 
 STATS = ("mAP", "mAP50", "AR100", "mAP_small")
-
-
-# Stand-in until detkeeper.models.detector.Detector routes compiled metrics itself (it does not yet:
-# Keras 3 pairs a dict-output model's metrics with its outputs one by one, refuses
-# metrics=[CocoMetric(...)] for {"class_logits", "box_deltas"}, and would look up y_true by output
-# name). Applied only while Detector lacks its own compute_metrics; delete it once it has one.
-def _compute_metrics(self, x, y, y_pred, sample_weight=None):
-    compiled = self._compile_metrics
-    if compiled is not None:
-        if not compiled.built:
-            compiled.build(tf.zeros(()), tf.zeros(()))  # one "output": the whole detector
-        for metric in compiled.metrics:
-            if getattr(metric, "detector", False) is None:
-                metric.detector = self
-            if getattr(self, "_in_train_step", False) and not getattr(metric, "during_training", True):
-                continue
-            metric.update_state(y, y_pred)
-    return self.get_metrics_result()
-
-
-def _train_step(self, data):
-    self._in_train_step = True
-    try:
-        return super(Detector, self).train_step(data)
-    finally:
-        self._in_train_step = False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def detector_routes_metrics():
-    with pytest.MonkeyPatch.context() as patch:
-        if "compute_metrics" not in Detector.__dict__:
-            patch.setattr(Detector, "compute_metrics", _compute_metrics, raising=False)
-            patch.setattr(Detector, "train_step", _train_step, raising=False)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ defines it, and how to pass one.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -63,6 +64,7 @@ def load_keras_archive(path: str | os.PathLike, custom_objects_module: str | Non
                 "loading one runs code stored in the file. Replace the Lambda layer with a registered "
                 "layer class, or, only for a file you trust, load it with safe_mode=False")
     list_models()  # detkeeper's own detector classes register on import
+    importlib.import_module("detkeeper.evaluation.metric")  # registers CocoMetric: archives of compiled models
     if custom_objects_module is not None:
         import_custom_objects(custom_objects_module, source=f"{path}: load_keras_archive(custom_objects_module=...)")
     else:

@@ -56,6 +56,30 @@ class Detector(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def train_step(self, data):
+        self._in_train_step = True  # read while tracing: compute_metrics knows which step it is in
+        try:
+            return super().train_step(data)
+        finally:
+            self._in_train_step = False
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Compiled metrics get the whole targets and raw outputs (Keras would pair them with the
+        outputs one by one and refuse a detection metric such as
+        :class:`detkeeper.evaluation.CocoMetric`); one with ``during_training=False`` is only
+        updated in evaluation steps."""
+        compiled = self._compile_metrics
+        if compiled is not None:
+            if not compiled.built:
+                compiled.build(tf.zeros(()), tf.zeros(()))  # one "output": the whole detector
+            for metric in compiled.metrics:
+                if getattr(metric, "detector", False) is None:
+                    metric.detector = self
+                if getattr(self, "_in_train_step", False) and not getattr(metric, "during_training", True):
+                    continue
+                metric.update_state(y, y_pred)
+        return self.get_metrics_result()
+
     def postprocess(self, outputs: dict) -> dict:
         """Candidates -> the final detections, by class-aware NMS."""
         candidate_boxes, scores = self.decode_boxes_and_scores(outputs)
