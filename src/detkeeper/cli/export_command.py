@@ -10,6 +10,7 @@ examples:
   detkeeper export runs/demo                               best checkpoint -> runs/demo/exports/step-…
   detkeeper export runs/demo --checkpoint latest --out exports/demo
   detkeeper export runs/demo --checkpoint 1200 --score-threshold 0.3 --max-detections 50
+  detkeeper export runs/demo --tflite                      also float32 and int8 TFLite models, scored
 
 Then, anywhere TensorFlow runs (detkeeper not needed):
   import tensorflow as tf
@@ -39,6 +40,10 @@ def register(commands, common) -> None:
                         help="detections per image (default: the run's evaluation.max_detections)")
     parser.add_argument("--verify-images", type=int, default=8, metavar="N",
                         help="validation images the verification compares on (default 8)")
+    parser.add_argument("--tflite", action="store_true",
+                        help="also write TFLite models (float32, int8 dynamic-range) to OUT/tflite/, each scored by "
+                             "its mAP on the verification images; one that does not convert is reported, and the "
+                             "SavedModel is exported anyway")
     parser.add_argument("--json", action="store_true", help="print metadata and verification as JSON")
     parser.set_defaults(handler=run_export)
 
@@ -50,21 +55,27 @@ def run_export(args) -> int:
         print("exporting and verifying (a fresh Python process reloads the SavedModel) ...", flush=True)
     result = export_model(args.run, checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
                           score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
-                          max_detections=args.max_detections, verify_images=args.verify_images)
+                          max_detections=args.max_detections, verify_images=args.verify_images,
+                          tflite=args.tflite)
     if args.json:
         print(json.dumps({"out_dir": str(result.out_dir), "metadata": result.metadata,
-                          "verification": result.verification.to_json_dict(), "seconds": result.seconds}, indent=2))
+                          "verification": result.verification.to_json_dict(), "seconds": result.seconds,
+                          "tflite": result.tflite.to_json_dict() if result.tflite else None}, indent=2))
         return 0
     source, out = result.metadata["source"], result.out_dir
     print(f"exported {source['checkpoint']} (step {source['step']}"
           f"{', EMA weights' if source['ema'] else ''}) of {source['run_dir']}")
     print(result.verification.summary())
+    if result.tflite is not None:
+        print("\n".join(result.tflite.summary_lines()))
     print(f"\nwritten to {out}/")
     print("  saved_model/       tf.saved_model.load(...)(uint8 images); signatures serving_default, "
           "encoded_image_string_tensor, tf_example, metadata")
     print("  model.keras        Keras archive (detkeeper.models.archive.load_keras_archive)")
     print("  metadata.json      model, conventions, thresholds, source checkpoint; also label_map.pbtxt, "
           "config.yaml")
+    if result.tflite is not None:
+        print("  tflite/            TFLite models; tflite.json: input [1, S, S, 3] float32 canvas, outputs, mAP")
     print("  verification.json  what was compared, and the result")
     print(f"\nnext: detkeeper predict {out} IMAGES... --out predictions")
     return 0

@@ -10,6 +10,8 @@ Layout of an export (like the TF OD API exporter's output directory)::
                          label_map.pbtxt, config.yaml and metadata.json
       model.keras        the detector as a Keras archive, to continue in Python
       label_map.pbtxt, config.yaml, metadata.json   the same files, for people and tools
+      tflite/            with ``tflite=True``: model_float32.tflite, model_int8_dynamic.tflite and
+                         tflite.json (input/output contract, mAP of each; see detkeeper.export.tflite)
       verification.json  what verification compared and found (written last)
 
 Everything is written into a hidden ``.partial-`` folder beside OUT, verified (see
@@ -54,18 +56,21 @@ class ExportResult:
     keras_path: Path
     metadata: dict
     verification: object  # detkeeper.export.verify.Verification
-    seconds: dict  # "save", "keras", "verify"
+    seconds: dict  # "save", "keras", "verify" (and "tflite")
+    tflite: object | None = None  # detkeeper.export.tflite.TFLiteReport, with tflite=True
 
 
 def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = None,
                  out: str | os.PathLike | None = None, score_threshold: float | None = None,
                  iou_threshold: float | None = None, max_detections: int | None = None,
-                 verify_images: int = 8, overwrite: bool = False) -> ExportResult:
+                 verify_images: int = 8, overwrite: bool = False, tflite: bool = False) -> ExportResult:
     """Export checkpoint `checkpoint` (``best`` by default, ``latest`` or a step) of the run
     `source` (or a checkpoint path in it) to `out` (default ``RUN/exports/<checkpoint>``).
 
     The thresholds default to the run's ``evaluation`` section. Verification runs on the first
-    `verify_images` images of the run's validation split (else test, else train)."""
+    `verify_images` images of the run's validation split (else test, else train). With `tflite`,
+    TFLite models are converted and scored on the same images too; one that does not convert is
+    reported in ``verification.json`` (and the result), not raised."""
     import time
 
     from detkeeper.export.serving import DetectionModule
@@ -119,6 +124,15 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
             raise ExportVerificationFailed(
                 f"the export of {entry.name} of {run.path} does not answer as the checkpoint does, so it was "
                 f"not published: {'; '.join(verification.problems[:3])}. Full report: {failed}")
+        tflite_report = None
+        if tflite:
+            from detkeeper.export.tflite import export_tflite
+
+            started = time.perf_counter()
+            tflite_report = export_tflite(model, label_map, records, staging / "tflite",
+                                          max_boxes=config.data.max_boxes)
+            seconds["tflite"] = time.perf_counter() - started
+            report["tflite"] = tflite_report.to_json_dict()
         atomic_write_text(staging / VERIFICATION_FILE, json.dumps(report, indent=2) + "\n")
         _publish(staging, out_dir)
     finally:
@@ -127,7 +141,7 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     logger.debug("exported %s (step %d) of %s to %s; %s", entry.name, entry.step, run.path, out_dir,
                 verification.summary())
     return ExportResult(out_dir=out_dir, saved_model_dir=out_dir / "saved_model", keras_path=out_dir / "model.keras",
-                        metadata=metadata, verification=verification, seconds=seconds)
+                        metadata=metadata, verification=verification, seconds=seconds, tflite=tflite_report)
 
 
 def serving_settings(config, score_threshold: float | None = None, iou_threshold: float | None = None,
