@@ -89,8 +89,7 @@ class TFLiteModel:
             return f"{self.variant}: {self.status}: {self.reason}"
         scored = ("no mAP (the verification images have no boxes)" if self.map is None
                   else f"mAP {self.map:.4f} (drop {self.map_drop:+.4f})")
-        return (f"{self.variant}: tflite/{self.file} ({self.size_bytes / 1e6:.2f} MB), {scored}, "
-                f"{self.latency_ms:.1f} ms/image")
+        return f"{self.variant}: tflite/{self.file} ({self.size_bytes / 1e6:.2f} MB), {scored}"
 
 
 @dataclasses.dataclass(frozen=True)
