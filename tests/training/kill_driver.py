@@ -2,16 +2,21 @@
 
 Used by the resume tests: ``python kill_driver.py CONFIG MOMENT STEP`` where MOMENT is
 ``step`` (right after optimizer step STEP), ``save`` (checkpoint files of STEP written, not yet
-hashed, renamed or committed) or ``ledger`` (just before the ledger write that commits STEP).
+hashed, renamed or committed) or ``ledger`` (in the middle of the ledger write that commits STEP:
+half of the new ledger written into its temporary file beside ``ledger.json`` by the real
+``files.atomic_path``, not yet renamed over it; the folder of STEP is already in place).
 Only test code patches detkeeper here; the product has no fault hooks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 
+from detkeeper import files
 from detkeeper.training import checkpoints, ledger, progress, trainer
 
 
@@ -39,14 +44,18 @@ def arm(moment: str, step: int) -> None:
 
         checkpoints.hash_files = kill_while_saving
     elif moment == "ledger":
-        write = ledger.Ledger.write
+        write_text = ledger.atomic_write_text
 
-        def kill_before_commit(self, path):
-            if any(entry.step == step for entry in self.entries):
-                die()
-            return write(self, path)
+        def kill_mid_commit(path, text):
+            if Path(path).name == checkpoints.LEDGER_NAME and any(
+                    entry["step"] == step for entry in json.loads(text)["checkpoints"]):
+                data = text.encode("utf-8")
+                with files.atomic_path(path) as partial:
+                    partial.write_bytes(data[: len(data) // 2])
+                    die()
+            return write_text(path, text)
 
-        ledger.Ledger.write = kill_before_commit
+        ledger.atomic_write_text = kill_mid_commit
     elif moment != "none":
         raise SystemExit(f"unknown moment {moment!r}")
 
