@@ -84,12 +84,15 @@ def test_checkpoints_command_lists_best_first(reference_run, capsys):
     assert json.loads(capsys.readouterr().out)["best"] == f"step-{result.best.step:07d}"
 
 
-def test_early_stopping_stops_and_stays_stopped(shapes_dataset, tmp_path):
+def test_early_stopping_stops_and_stays_stopped(shapes_dataset, tmp_path, caplog):
     config = write_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run",
                           train={"batch_size": 4, "steps": 200}, evaluation={"every_steps": 10},
                           early_stopping={"enabled": True, "patience": 2, "baseline": 1.5})
-    result = train(config)  # mAP can never beat 1.5: patience runs out after two evaluations
+    with caplog.at_level("INFO", logger="detkeeper.training"):
+        result = train(config)  # mAP can never beat 1.5: patience runs out after two evaluations
     assert result.status == "stopped_early" and result.step == 20
+    # The last line says so even though restoring the best checkpoint brings back its older state.
+    assert "training stopped early at step 20" in caplog.messages[-1]
     ledger = json.loads(result.ledger_path.read_text())
     assert ledger["status"]["state"] == "stopped_early"
     again = train(config)

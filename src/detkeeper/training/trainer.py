@@ -246,9 +246,9 @@ class _Training:
         if saves:
             logger.info("checkpoint saves: %d, training blocked %.2f s per save on average", len(saves),
                         sum(saves) / len(saves))
-        if best is not None:
+        if best is not None:  # restores the best checkpoint's (older) early-stopping state too
             checkpointer.restore(model, str(best.step))
-        ending = "stopped early" if state.stopped else "finished"
+        ending = "stopped early" if status == "stopped_early" else "finished"
         logger.info("training %s at step %d; best: %s (restored into the model)", ending, step, _describe(best))
         return TrainResult(self.rundir.path, status, step, best, tuple(saves),
                            tuple(self.evaluation.seconds), self.fit_seconds)
