@@ -44,6 +44,8 @@ def test_killed_during_the_ledger_write_then_rerun_keeps_intact_checkpoints_and_
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"set aside step-{KILL_STEP:07d} as unrecorded-step-{KILL_STEP:07d}-" in log
     assert "resuming" in log and "from step-0000080 (step 80 of 120)" in log
+    assert f"removed {half_written[0].name}: a ledger write that was interrupted" in log
+    assert not half_written[0].exists()
 
     _, reference = reference_run
     reference_ledger = json.loads(reference.ledger_path.read_text())

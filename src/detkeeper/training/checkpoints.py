@@ -94,6 +94,10 @@ class CheckpointStore:
         self.ledger.mark_pruned_done(self.ledger.pruned)
         recorded = {entry.name for entry in self.ledger.entries}
         for folder in sorted(self.directory.iterdir()):
+            if folder.is_file() and folder.name.startswith(f".{LEDGER_NAME}.") and folder.name.endswith(".tmp"):
+                folder.unlink()  # atomic_path's temporary file of a ledger write that was killed
+                messages.append(f"removed {folder.name}: a ledger write that was interrupted")
+                continue
             if not folder.is_dir() or folder.name == "best":
                 continue
             if folder.name.startswith(PARTIAL_PREFIX):
