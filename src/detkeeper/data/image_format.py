@@ -13,6 +13,25 @@ _MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp"}
 
 
+def decoded_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` of an encoded image, decoded as ``tf.io.decode_image`` (and so an export's
+    serving graph) decodes it; a DataError saying why when it cannot be."""
+    import re
+
+    import tensorflow as tf
+
+    from detkeeper.errors import DataError
+
+    if not data:
+        raise DataError("empty file")
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message).strip().splitlines()[0][:200]
+        raise DataError(f"not a readable image ({reason})") from None
+    return int(image.shape[0]), int(image.shape[1])
+
+
 def sniff_format(data: bytes) -> str | None:
     """``"jpeg"``, ``"png"``, ``"gif"``, ``"bmp"``, or None when the bytes are none of them."""
     return next((name for magic, name in _MAGIC if data.startswith(magic)), None)

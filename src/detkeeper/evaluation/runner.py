@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 from detkeeper.evaluation.coco import CocoEvaluator
@@ -76,7 +77,7 @@ def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, n
         for first in range(0, len(records), batch_size):
             chosen = records[first:first + batch_size]
             encoded = [record.read_encoded() for record in chosen]
-            sizes = np.array([_image_size(data) for data in encoded], np.float32)
+            sizes = np.array([decoded_size(data) for data in encoded], np.float32)
             started = time.perf_counter()
             outputs = detect_encoded(encoded)
             seconds = time.perf_counter() - started
@@ -108,11 +109,6 @@ def _score(batches, label_map: LabelMap, ground_truth, backend: str, max_detecti
             progress(len(image_ids))
     return ValidationPass(result=evaluator.result(), latency_ms=_latency_ms(timings),
                           num_images=evaluator.num_images)
-
-
-def _image_size(data: bytes) -> tuple[int, int]:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return int(image.shape[0]), int(image.shape[1])
 
 
 def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.export.serving import OUTPUT_KEYS
@@ -89,7 +89,7 @@ class Predictor:
         for path in paths:
             try:
                 data = Path(path).read_bytes()
-                size = _decoded_size(data)
+                size = decoded_size(data)
             except (OSError, DataError) as error:
                 if skipped is None:
                     raise DataError(f"{path}: {error}") from None
@@ -170,20 +170,6 @@ def _from_checkpoint(path, checkpoint) -> Predictor:
     restored = restore_run_checkpoint(run, which)
     module, metadata = serving_module_for(restored)
     return Predictor(module, module.detect_encoded_images, restored.label_map, metadata, str(path))
-
-
-def _decoded_size(data: bytes) -> tuple[int, int]:
-    """The image's (height, width), decoding it as the SavedModel will; DataError when it cannot be."""
-    import tensorflow as tf
-
-    if not data:
-        raise DataError("empty file")
-    try:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message).strip().splitlines()[0][:200]
-        raise DataError(f"not a readable image ({reason})") from None
-    return int(image.shape[0]), int(image.shape[1])
 
 
 def _numpy(outputs) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from detkeeper.errors import DetkeeperError
 from detkeeper.models import boxes
 from detkeeper.models.backbones import build_backbone
 
@@ -104,7 +105,7 @@ class Detector(keras.Model):
         them as ``backbone`` / ``fpn`` / ``head``; a family built otherwise overrides this."""
         missing = [name for name in ("backbone", "fpn", "head") if not hasattr(self, name)]
         if missing:
-            raise NotImplementedError(f"{type(self).__name__} has no {', '.join(missing)} attribute: "
+            raise DetkeeperError(f"{type(self).__name__} has no {', '.join(missing)} attribute: "
                                       "override Detector.parts() to say which variables are its backbone, "
                                       "neck and head")
         return {"backbone": list(self.backbone.weights), "neck": list(self.fpn.weights),

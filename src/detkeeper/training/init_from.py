@@ -242,7 +242,7 @@ def _named_variables(model) -> dict[str, tuple[str, object]]:
     order rather than silently shadowing the first."""
     try:
         parts = model.parts()
-    except NotImplementedError as error:
+    except DetkeeperError as error:  # a user's family that does not say which part is which
         raise DetkeeperError(f"model.init_from: {error}") from None
     part_of: dict[int, str] = {}
     for part, variables in parts.items():
