@@ -115,28 +115,33 @@ class _SkipLogger(logging.Filter):
 
 def run_train(args) -> int:
     from detkeeper.config import load_config
-    from detkeeper.training.trainer import train
 
     overrides = list(args.set) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-    config = load_config(args.config, overrides)
-    training_logger = logging.getLogger("detkeeper.training")
-    handler = _TqdmHandler(level=logging.WARNING if args.quiet else logging.INFO)
-    training_logger.addHandler(handler)
-    # Printed once, plainly, by the handler above: the root handlers skip these records, while they
-    # still propagate to the run's train.log handler on the `detkeeper` logger.
-    skip_training = _SkipLogger("detkeeper.training")
-    for root_handler in logging.getLogger().handlers:
-        root_handler.addFilter(skip_training)
-    try:
-        result = train(config, reporter=BarReporter(args.quiet))
-    finally:
-        training_logger.removeHandler(handler)
-        for root_handler in logging.getLogger().handlers:
-            root_handler.removeFilter(skip_training)
+    result = train_with_progress(load_config(args.config, overrides), args.quiet)
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
     print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
     return 0
+
+
+def train_with_progress(config, quiet: bool):
+    """Train `config` with progress bars on stderr and training's messages printed once, plainly."""
+    from detkeeper.training.trainer import train
+
+    training_logger = logging.getLogger("detkeeper.training")
+    handler = _TqdmHandler(level=logging.WARNING if quiet else logging.INFO)
+    training_logger.addHandler(handler)
+    # The root handlers skip these records, while they still propagate to the run's train.log
+    # handler on the `detkeeper` logger.
+    skip_training = _SkipLogger("detkeeper.training")
+    for root_handler in logging.getLogger().handlers:
+        root_handler.addFilter(skip_training)
+    try:
+        return train(config, reporter=BarReporter(quiet))
+    finally:
+        training_logger.removeHandler(handler)
+        for root_handler in logging.getLogger().handlers:
+            root_handler.removeFilter(skip_training)
 
 
 def run_checkpoints(args) -> int:
