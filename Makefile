@@ -25,3 +25,8 @@ test: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+# Regenerate docs/config-reference.md from the config dataclasses (tests/docs checks it is current).
+.PHONY: docs
+docs: $(INSTALLED)
+	$(BIN)/detkeeper config reference --out docs/config-reference.md

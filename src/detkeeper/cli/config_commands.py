@@ -11,6 +11,12 @@ examples:
   detkeeper config presets"""
 
 
+REFERENCE_EXAMPLES = """\
+examples:
+  detkeeper config reference | less
+  detkeeper config reference --out docs/config-reference.md     what `make docs` runs"""
+
+
 def register(commands, common) -> None:
     config = commands.add_parser("config", help="show resolved configs and list presets",
                                  description="Inspect run configs: YAML files, presets and --set overrides.")
@@ -27,6 +33,12 @@ def register(commands, common) -> None:
     presets = sub.add_parser("presets", parents=[common], formatter_class=fmt, epilog=SHOW_EXAMPLES,
                              help="list the named presets", description="List the presets shipped with detkeeper.")
     presets.set_defaults(handler=run_presets, uses_tensorflow=False)
+    reference = sub.add_parser("reference", parents=[common], formatter_class=fmt, epilog=REFERENCE_EXAMPLES,
+                               help="print the config reference (every key, type, default, meaning) as Markdown",
+                               description="Render the config reference from the config dataclasses: one table "
+                                           "per section with every key's dotted path, type, default and help.")
+    reference.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
+    reference.set_defaults(handler=run_reference, uses_tensorflow=False)
 
 
 def run_show(args) -> int:
@@ -41,4 +53,22 @@ def run_presets(args) -> int:
 
     for name in list_presets():
         print(name)
+    return 0
+
+
+def run_reference(args) -> int:
+    from detkeeper.config.reference import render_reference
+    from detkeeper.errors import DetkeeperError
+    from detkeeper.files import atomic_write_text
+
+    text = render_reference()
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        path = atomic_write_text(args.out, text)
+    except OSError as error:
+        raise DetkeeperError(f"--out {args.out}: cannot write the config reference ({error.strerror or error})") from None
+    if not args.quiet:
+        print(f"config reference written to {path}")
     return 0
