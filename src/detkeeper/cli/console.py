@@ -58,3 +58,21 @@ def is_config_target(target: str) -> bool:
     if target.endswith((".yaml", ".yml")):
         return True
     return not Path(target).exists() and target in list_presets()
+
+
+def print_json(data) -> None:
+    """`data` as indented JSON on stdout, for `--json`: strict JSON, so NaN and infinities
+    (a metric that could not be computed) are written as null."""
+    import json
+    import math
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    print(json.dumps(finite(data), indent=2, allow_nan=False, default=str))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 from pathlib import Path
 
-from detkeeper.cli.console import is_config_target, progress, table
+from detkeeper.cli.console import is_config_target, print_json, progress, table
 from detkeeper.data.sources import detect_format
 from detkeeper.errors import DataError
 
@@ -19,6 +18,7 @@ examples:
   detkeeper data check instances_val2017.json --images val2017/
   detkeeper data check 'records/train-*.tfrecord' --label-map label_map.pbtxt
   detkeeper data check config.yaml                         every split the config names
+  detkeeper data check config.yaml --json | jq .ok          the counts as JSON, for scripts
 
 Exit status: 0 when nothing needs dropping (warnings allowed), 1 when records or boxes are
 unusable, 2 or 3 when the config or data cannot be read at all."""
@@ -28,6 +28,7 @@ examples:
   detkeeper data convert VOCdevkit/VOC2012 --split train --to tfrecord --out records/train --shards 8
   detkeeper data convert instances_train.json --to tfrecord --out records/train
   detkeeper data convert 'records/val-*' --label-map label_map.pbtxt --to coco --out val/instances.json
+  detkeeper data convert my_run.yaml --split val --to tfrecord --out records/val --json
 
 Unusable records and boxes are dropped and reported (--strict refuses instead); the label map
 is written beside the output as label_map.pbtxt."""
@@ -58,7 +59,8 @@ def register(commands, common) -> None:
     _add_target_arguments(check)
     check.add_argument("--no-images", action="store_true", help="check annotations only (fast; images unopened)")
     check.add_argument("--examples", type=int, default=3, help="problems listed per kind (default 3)")
-    check.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    check.add_argument("--json", action="store_true",
+                       help="print the counts and problems as JSON on stdout (no progress bar)")
     check.set_defaults(handler=run_check)
 
     convert = sub.add_parser("convert", parents=[common], formatter_class=fmt, epilog=CONVERT_EXAMPLES,
@@ -70,6 +72,8 @@ def register(commands, common) -> None:
                          help="tfrecord: output prefix (shards PREFIX-00000-of-0000N); coco: JSON file")
     convert.add_argument("--shards", type=int, default=1, help="TFRecord shards (default 1)")
     convert.add_argument("--strict", action="store_true", help="refuse to convert when anything is unusable")
+    convert.add_argument("--json", action="store_true",
+                         help="print what was written and dropped as JSON on stdout (no progress bar)")
     convert.set_defaults(handler=run_convert)
 
     generate = sub.add_parser("generate", parents=[common], formatter_class=fmt, epilog=GENERATE_EXAMPLES,
@@ -144,14 +148,14 @@ def run_check(args) -> int:
     summaries, any_errors = [], False
     for split in target.splits:
         readout = target.sources.readout(split)
-        with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet) as update:
+        with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet or args.json) as update:
             prepared = target.sources.prepare(split, progress=update, log_problems=False)
         summaries.append(_summary(target.labels[split], prepared))
         any_errors |= prepared.report.has_errors
         if not args.json:
             _print_check(target.labels[split], prepared, args.examples)
     if args.json:
-        print(json.dumps({"splits": summaries, "ok": not any_errors}, indent=2))
+        print_json({"splits": summaries, "ok": not any_errors})
     return 1 if any_errors else 0
 
 
@@ -188,7 +192,7 @@ def run_convert(args) -> int:
         raise DataError(f"{args.target}: a config names several splits; choose one with --split")
     split = target.splits[0]
     readout = target.sources.readout(split)
-    with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet) as update:
+    with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet or args.json) as update:
         prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)
     if args.to == "tfrecord":
@@ -203,6 +207,12 @@ def run_convert(args) -> int:
         label_map_path = prepared.label_map.write(out.parent / "label_map.pbtxt")
     dropped_images = prepared.num_read - len(prepared.records)
     dropped_boxes = sum(1 for problem in prepared.report.problems if problem.scope == "box")
+    if args.json:
+        print_json({"format": args.to, "files": [str(path) for path in written], "label_map": str(label_map_path),
+                    "images": len(prepared.records), "boxes": prepared.num_boxes,
+                    "dropped_images": dropped_images, "dropped_boxes": dropped_boxes,
+                    "problems": prepared.report.counts()})
+        return 0
     print(f"wrote {len(prepared.records):,} images ({prepared.num_boxes:,} boxes) to "
           f"{len(written)} file(s): {', '.join(str(p) for p in written[:4])}{' ...' if len(written) > 4 else ''}")
     print(f"label map: {label_map_path}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from detkeeper.cli.console import print_json
 
 EXAMPLES = """\
 examples:
@@ -11,6 +12,7 @@ examples:
   detkeeper export runs/demo --checkpoint latest --out exports/demo
   detkeeper export runs/demo --checkpoint 1200 --score-threshold 0.3 --max-detections 50
   detkeeper export runs/demo --tflite                      also float32 and int8 TFLite models, scored
+  detkeeper export runs/demo --json | jq .verification     what was compared, for scripts
 
 Then, anywhere TensorFlow runs (detkeeper not needed):
   import tensorflow as tf
@@ -44,7 +46,7 @@ def register(commands, common) -> None:
                         help="also write TFLite models (float32, int8 dynamic-range) to OUT/tflite/, each scored by "
                              "its mAP on the verification images; one that does not convert is reported, and the "
                              "SavedModel is exported anyway")
-    parser.add_argument("--json", action="store_true", help="print metadata and verification as JSON")
+    parser.add_argument("--json", action="store_true", help="print the export folder, metadata and verification as JSON on stdout")
     parser.set_defaults(handler=run_export)
 
 
@@ -58,9 +60,9 @@ def run_export(args) -> int:
                           max_detections=args.max_detections, verify_images=args.verify_images,
                           tflite=args.tflite)
     if args.json:
-        print(json.dumps({"out_dir": str(result.out_dir), "metadata": result.metadata,
-                          "verification": result.verification.to_json_dict(), "seconds": result.seconds,
-                          "tflite": result.tflite.to_json_dict() if result.tflite else None}, indent=2))
+        print_json({"out_dir": str(result.out_dir), "metadata": result.metadata,
+                    "verification": result.verification.to_json_dict(), "seconds": result.seconds,
+                    "tflite": result.tflite.to_json_dict() if result.tflite else None})
         return 0
     source, out = result.metadata["source"], result.out_dir
     print(f"exported {source['checkpoint']} (step {source['step']}"

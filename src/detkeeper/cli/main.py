@@ -12,17 +12,22 @@ from detkeeper.errors import DetkeeperError
 
 EXAMPLES = """\
 examples:
-  detkeeper demo                                   built-in dataset: generate, check, show a batch
+  detkeeper demo                                   train, export, predict, evaluate and report on the
+                                                   built-in dataset (runs/demo/report.html)
   detkeeper data check path/to/VOC2012             count every problem in a dataset
   detkeeper data convert path/to/VOC --split train --to tfrecord --out records/train
+  detkeeper config import pipeline.config          a TF OD API pipeline.config as a detkeeper config
+  detkeeper config show demo --set train.steps=500 print a resolved config
   detkeeper train demo                             train, keeping the best checkpoints by mAP
   detkeeper checkpoints runs/demo                  the kept checkpoints, best first
-  detkeeper evaluate --model runs/demo --split test COCO mAP of the best checkpoint on a split
+  detkeeper evaluate runs/demo --data test         COCO mAP of the best checkpoint on a split
   detkeeper export runs/demo                       a verified SavedModel of the best checkpoint
   detkeeper predict runs/demo/exports/step-0000800 photos/ --out predictions
-  detkeeper config show demo --set train.steps=500 print a resolved config
+  detkeeper report runs/demo                       an HTML report of a run
 
-Run `detkeeper COMMAND --help` for each command's options and examples."""
+Every command takes --quiet and --debug (tracebacks); those with results a script reads take
+--json. Exit status 0 on success, non-zero on failure. Run `detkeeper COMMAND --help` for each
+command's options and examples."""
 
 
 def build_parser() -> argparse.ArgumentParser:

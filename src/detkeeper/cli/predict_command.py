@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from detkeeper.cli.console import progress
+from detkeeper.cli.console import print_json, progress
 from detkeeper.errors import DetkeeperError
 
 EXAMPLES = """\
@@ -14,6 +14,8 @@ examples:
   detkeeper predict runs/demo/exports/step-0000800 photos/*.jpg --out predictions
   detkeeper predict runs/demo/exports/step-0000800 photos/ --out predictions --min-score 0.5
   detkeeper predict runs/demo photos/ --out predictions          a run's best checkpoint, no export
+  detkeeper predict runs/demo photos/ --out predictions --checkpoint latest --no-images
+  detkeeper predict runs/demo/exports/step-0000800 a.jpg --out p --json | jq .images
 
 Writes OUT/predictions.json (COCO format: images with file names and sizes, categories from the
 label map, annotations with bbox [x, y, width, height] in pixels and a score) and OUT/images/
@@ -35,6 +37,11 @@ def register(commands, common) -> None:
                         help="keep detections scoring at least S in the outputs (default 0.3)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--no-images", action="store_true", help="write the JSON only, no drawn images")
+    parser.add_argument("--checkpoint", metavar="best|latest|STEP",
+                        help="with a run directory: which kept checkpoint (default best)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a summary as JSON on stdout: files written, images, detections, skipped "
+                             "files with the reason (no progress bar)")
     parser.set_defaults(handler=run_predict)
 
 
@@ -63,13 +70,19 @@ def run_predict(args) -> int:
     if args.batch_size < 1:
         raise DetkeeperError(f"--batch-size: expected at least 1, got {args.batch_size}")
     files = image_files(args.images)
-    predictor = load(args.model)
+    predictor = load(args.model, checkpoint=args.checkpoint)
     skipped = []
-    with progress(len(files), "predicting", args.quiet) as update:
+    with progress(len(files), "predicting", args.quiet or args.json) as update:
         found = predictor.detect_files(files, batch_size=args.batch_size, progress=update, skipped=skipped)
     written = write_predictions(found, predictor, Path(args.out), min_score=args.min_score,
                                 draw=not args.no_images)
     kept = sum(int((item.scores >= args.min_score).sum()) for item in found)
+    if args.json:
+        print_json({"model": predictor.source, "out_dir": str(Path(args.out)), "predictions": str(written),
+                    "images_dir": None if args.no_images else str(Path(args.out) / "images"),
+                    "min_score": args.min_score, "images": len(found), "detections": kept,
+                    "skipped": [{"image": item.image, "reason": item.reason} for item in skipped]})
+        return 0 if found else 1
     print(f"{len(found):,} images, {kept:,} detections scoring >= {args.min_score}")
     for item in skipped:
         print(f"  skipped {item.image}: {item.reason}")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
 
-from detkeeper.cli.console import table
+from detkeeper.cli.console import print_json, table
 
 TRAIN_EXAMPLES = """\
 examples:
   detkeeper train demo                                  the built-in dataset, demo preset
   detkeeper train my_run.yaml                           rerun the same command to resume after a crash
-  detkeeper train my_run.yaml --set train.steps=5000 --set evaluation.every_steps=250"""
+  detkeeper train my_run.yaml --set train.steps=5000 --set evaluation.every_steps=250
+  detkeeper train demo --run-dir runs/demo2 --quiet
+  detkeeper train my_run.yaml --json | jq .best.metrics.val_mAP     how it ended, for scripts"""
 
 CHECKPOINTS_EXAMPLES = """\
 examples:
@@ -35,6 +36,9 @@ def register(commands, common) -> None:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. train.steps=500 (repeatable)")
     train.add_argument("--run-dir", help="run directory (default: the config's run_dir)")
+    train.add_argument("--json", action="store_true",
+                       help="print how the run ended (status, step, best checkpoint and its stats) as JSON on "
+                            "stdout; no progress bars, warnings on stderr")
     train.set_defaults(handler=run_train)
 
     checkpoints = commands.add_parser(
@@ -117,7 +121,12 @@ def run_train(args) -> int:
     from detkeeper.config import load_config
 
     overrides = list(args.set) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-    result = train_with_progress(load_config(args.config, overrides), args.quiet)
+    result = train_with_progress(load_config(args.config, overrides), args.quiet or args.json)
+    if args.json:
+        print_json({"run_dir": str(result.run_dir), "status": result.status, "step": result.step,
+                    "best": result.best.to_json() if result.best else None,
+                    "ledger": str(result.ledger_path), "fit_seconds": result.fit_seconds})
+        return 0
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
     print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
@@ -156,7 +165,7 @@ def run_checkpoints(args) -> int:
                              "that has trained past its first evaluation?")
     ledger = Ledger.read(path)
     if args.json:
-        print(json.dumps(ledger.to_json(), indent=2))
+        print_json(ledger.to_json())
         return 0
     best, last = ledger.best_names(), ledger.last_names()
     monitor = ledger.policy.monitor
