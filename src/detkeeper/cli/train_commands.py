@@ -36,6 +36,9 @@ def register(commands, common) -> None:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. train.steps=500 (repeatable)")
     train.add_argument("--run-dir", help="run directory (default: the config's run_dir)")
+    train.add_argument("--strategy", choices=("default", "mirrored", "multi_worker", "tpu"),
+                       help="tf.distribute strategy (default: the config's distribute.strategy); "
+                            "multi_worker reads TF_CONFIG, see docs/distributed.md")
     train.add_argument("--json", action="store_true",
                        help="print how the run ended (status, step, best checkpoint and its stats) as JSON on "
                             "stdout; no progress bars, warnings on stderr")
@@ -121,6 +124,7 @@ def run_train(args) -> int:
     from detkeeper.config import load_config
 
     overrides = list(args.set) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    overrides += [f"distribute.strategy={args.strategy}"] if args.strategy else []
     result = train_with_progress(load_config(args.config, overrides), args.quiet or args.json)
     if args.json:
         print_json({"run_dir": str(result.run_dir), "status": result.status, "step": result.step,

@@ -301,7 +301,9 @@ class ScheduleConfig:
 class TrainConfig:
     """The training loop."""
 
-    batch_size: int = setting(8, help="Images per training step.", ge=1)
+    batch_size: int = setting(
+        8, help="Images per training step: the global batch, split evenly over tf.distribute replicas.", ge=1
+    )
     steps: int = setting(2000, help="Total training steps.", ge=1)
     seed: int = setting(0, help="Seed for weight init, shuffling and augmentation.", ge=0)
     optimizer: OptimizerConfig = setting(
@@ -317,6 +319,54 @@ class TrainConfig:
         gt=0,
         lt=1,
     )
+
+
+DistributeStrategy = Literal["default", "mirrored", "multi_worker", "tpu"]
+
+
+@dataclass(frozen=True)
+class DistributeConfig:
+    """How training is spread over devices and machines with tf.distribute (docs/distributed.md).
+    train.batch_size is the global batch, split evenly over the replicas; the learning rate is
+    used as configured for that global batch, never scaled automatically."""
+
+    strategy: DistributeStrategy = setting(
+        "default",
+        help=(
+            "default: one device; mirrored: every GPU of this machine (or distribute.devices); "
+            "multi_worker: several machines, each described by the TF_CONFIG environment variable; "
+            "tpu: a Cloud TPU found by TPUClusterResolver."
+        ),
+    )
+    devices: list[str] = setting(
+        default_factory=list,
+        help="mirrored: the devices to replicate over, e.g. [/gpu:0, /gpu:1]; empty uses every GPU, or the CPU.",
+    )
+    sync_batch_norm: bool = setting(
+        True,
+        help=(
+            "With more than one replica, BatchNormalization normalises over the global batch and "
+            "keeps identical moving statistics on every replica; false normalises each replica's "
+            "slice alone and saves replica 0's statistics."
+        ),
+    )
+    tpu: str | None = setting(
+        None, help="tpu: the TPU name or grpc:// address for TPUClusterResolver; null reads the environment."
+    )
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.devices and self.strategy != "mirrored":
+            problems.append(f"devices: only the mirrored strategy takes a device list (strategy is "
+                            f"{self.strategy!r}); expected [], got {self.devices}")
+        if any(not device for device in self.devices):
+            problems.append(f"devices: expected device names such as /gpu:0, got {self.devices}")
+        if len(set(self.devices)) != len(self.devices):
+            problems.append(f"devices: expected each device once, got {self.devices}")
+        if self.tpu is not None and self.strategy != "tpu":
+            problems.append(f"tpu: only the tpu strategy takes a TPU address (strategy is {self.strategy!r}); "
+                            f"expected null, got {self.tpu!r}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -437,3 +487,6 @@ class RunConfig:
         default_factory=EarlyStoppingConfig, help="Early stopping."
     )
     export: ExportConfig = setting(default_factory=ExportConfig, help="SavedModel export.")
+    distribute: DistributeConfig = setting(
+        default_factory=DistributeConfig, help="Training on several devices or machines (tf.distribute)."
+    )
