@@ -11,7 +11,15 @@ Layout (later stages add to it; every reader goes through this class)::
       checkpoints/       ledger.json (the source of truth), step-NNNNNNN/ folders, TF `checkpoint`
                          state file (latest) and best/checkpoint (the best), both for
                          tf.train.latest_checkpoint
+      init_from.json     with model.init_from: what each variable was restored from
+      report.html        the run report (detkeeper.report)
+      eval/              detkeeper evaluate's outputs, <checkpoint>-<data>/ each
+      exports/           detkeeper export's verified exports, <checkpoint>/ each (an export's own
+                         evaluations beside it: eval-<export>-<data>/)
+      predictions/       the demo's predictions on held-out images
       .lock              held by the one process training in this directory
+
+README.md's "Run directory" section shows the same layout to users.
 """
 
 from __future__ import annotations
