@@ -300,6 +300,26 @@ def test_a_detection_checkpoint_that_is_a_detkeeper_run_becomes_init_from(tmp_pa
     assert "train_config.fine_tune_checkpoint" not in notes_of(result)
 
 
+def test_faster_rcnn_maps_to_retinanet_and_its_stage_settings_are_noted(tmp_path):
+    text = """model { faster_rcnn { num_classes: 3 feature_extractor { type: 'faster_rcnn_resnet101_keras' }
+                image_resizer { keep_aspect_ratio_resizer { min_dimension: 600 max_dimension: 1024 } }
+                first_stage_nms_iou_threshold: 0.7
+                second_stage_post_processing { batch_non_max_suppression { score_threshold: 0.0 iou_threshold: 0.6
+                  max_detections_per_class: 100 max_total_detections: 300 } score_converter: SOFTMAX } } }
+              train_config { num_steps: 100 optimizer { momentum_optimizer { learning_rate {
+                constant_learning_rate { learning_rate: 0.01 } } } use_moving_average: false } }"""
+    result = import_pipeline_config_text(text, tmp_path)
+    assert result.data["model"] == {"name": "retinanet", "backbone": {"name": "resnet50", "weights": "none"},
+                                    "image_size": 1024}
+    assert result.data["evaluation"] == {"every_steps": 100, "score_threshold": 0.0, "iou_threshold": 0.6,
+                                         "max_detections": 300}
+    notes = notes_of(result)
+    assert "one-stage" in notes["model.faster_rcnn.first_stage_nms_iou_threshold"]
+    assert "sigmoids" in notes["model.faster_rcnn.second_stage_post_processing.score_converter"]
+    size = next(entry for entry in result.mapped if entry.target == "model.image_size")
+    assert "min_dimension 600 is not used" in size.comment
+
+
 @pytest.mark.parametrize("text,message", [
     ("model { experimental_model { } } train_config { }", "'experimental_model' has no detkeeper counterpart"),
     ("item { id: 1 name: 'cat' }", "no `model { ... }` section"),
