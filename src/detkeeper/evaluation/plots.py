@@ -28,11 +28,16 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
 
 
-def _write_png(figure: Figure, path: Path) -> Path:
+def png_bytes(figure: Figure, dpi: int = 100) -> bytes:
+    """`figure` rendered on an Agg canvas as PNG bytes (no pyplot, no global backend)."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return atomic_write_bytes(path, buffer.getvalue())
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _write_png(figure: Figure, path: Path) -> Path:
+    return atomic_write_bytes(path, png_bytes(figure))
 
 
 def _new_axes(title: str):
@@ -54,7 +59,6 @@ def save_precision_recall_plots(result: EvaluationResult, out_dir: str | os.Path
     out_dir = Path(out_dir)
     recall = result.recall_thresholds
     written = []
-    overview, overview_axes = _new_axes(f"Precision-recall at IoU 0.5 (mAP50 {result.stats['mAP50']:.3f})")
     for position, (name, precision) in enumerate(result.precision_recall.items()):
         figure, axes = _new_axes(f"{name}: AP50 {result.per_class_ap50[name]:.3f}, "
                                  f"AP {result.per_class_ap[name]:.3f}")
@@ -63,10 +67,18 @@ def save_precision_recall_plots(result: EvaluationResult, out_dir: str | os.Path
             axes.text(0.5, 0.5, "no ground truth in the evaluated images", ha="center", va="center")
         else:
             axes.plot(recall, precision, drawstyle="steps-post")
-            overview_axes.plot(recall, precision, drawstyle="steps-post", linewidth=1,
-                               label=f"{name} ({result.per_class_ap50[name]:.2f})")
         written.append(_write_png(figure, out_dir / f"precision_recall_{position:03d}_{_slug(name)}.png"))
-    if 0 < len(overview_axes.lines) <= _LEGEND_MAX_CLASSES:
-        overview_axes.legend(fontsize="small", loc="lower left")
-    written.append(_write_png(overview, out_dir / OVERVIEW_NAME))
+    written.append(_write_png(precision_recall_overview(result), out_dir / OVERVIEW_NAME))
     return written
+
+
+def precision_recall_overview(result: EvaluationResult) -> Figure:
+    """Every class's curve in one figure (``precision_recall_all.png``; also the run report's)."""
+    figure, axes = _new_axes(f"Precision-recall at IoU 0.5 (mAP50 {result.stats['mAP50']:.3f})")
+    for name, precision in result.precision_recall.items():
+        if not np.all(precision == -1):
+            axes.plot(result.recall_thresholds, precision, drawstyle="steps-post", linewidth=1,
+                      label=f"{name} ({result.per_class_ap50[name]:.2f})")
+    if 0 < len(axes.lines) <= _LEGEND_MAX_CLASSES:
+        axes.legend(fontsize="small", loc="lower left")
+    return figure

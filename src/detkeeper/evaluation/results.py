@@ -116,6 +116,19 @@ class EvaluationResult:
             "precision_recall": {name: curve.tolist() for name, curve in self.precision_recall.items()},
         }
 
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> "EvaluationResult":
+        """The result :meth:`to_json_dict` wrote (e.g. read back from ``metrics.json``); image ids are
+        not stored there and come back empty."""
+        return cls(stats={name: float(data["stats"][name]) for name in STAT_NAMES},
+                   per_class_ap={name: float(value) for name, value in data["per_class_ap"].items()},
+                   per_class_ap50={name: float(value) for name, value in data["per_class_ap50"].items()},
+                   precision_recall={name: np.asarray(curve, dtype=np.float64)
+                                     for name, curve in data["precision_recall"].items()},
+                   recall_thresholds=np.asarray(data["recall_thresholds"], dtype=np.float64),
+                   num_images=int(data["num_images"]), num_detections=int(data["num_detections"]),
+                   backend=str(data["backend"]), max_detections=int(data.get("max_detections", 100)))
+
     def format_table(self) -> str:
         """COCO's 12-line summary, as pycocotools prints it, then AP and AP50 per class."""
         max_dets = (1, 10, self.max_detections)
