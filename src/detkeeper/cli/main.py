@@ -32,7 +32,7 @@ command's options and examples."""
 
 def build_parser() -> argparse.ArgumentParser:
     from detkeeper.cli import config_commands, data_commands, demo, train_commands
-    from detkeeper.cli import evaluate_command, export_command, predict_command
+    from detkeeper.cli import evaluate_command, export_command, predict_command, report_command
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_command.register(commands, common)
     export_command.register(commands, common)
     predict_command.register(commands, common)
+    report_command.register(commands, common)
     config_commands.register(commands, common)
     return parser
 

@@ -133,7 +133,9 @@ class _Training:
                         config.train.steps)
         self._fit(model, weight_average, state, checkpointer, train_split.records, val_split.records,
                   label_map, start_step)
-        return self._finish(model, checkpointer, state)
+        result = self._finish(model, checkpointer, state)
+        self._write_report(model, weight_average, result)
+        return result
 
     # -- building ---------------------------------------------------------------------------
     def _build_model(self, num_classes: int, val_records, label_map):
@@ -252,6 +254,22 @@ class _Training:
         logger.info("training %s at step %d; best: %s (restored into the model)", ending, step, _describe(best))
         return TrainResult(self.rundir.path, status, step, best, tuple(saves),
                            tuple(self.evaluation.seconds), self.fit_seconds)
+
+    def _write_report(self, model, weight_average, result: TrainResult) -> None:
+        """``RUN/report.html`` from what training holds (see detkeeper.report.training_end)."""
+        from detkeeper.report.training_end import write_training_report
+
+        try:
+            written = write_training_report(self.rundir.path, model=model, config=self.config,
+                                            evaluation_callback=self.evaluation, final_step=result.step,
+                                            best=result.best, weight_average=weight_average)
+        except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
+            logger.warning("the run report was not written (%s: %s); training is complete, the checkpoints are "
+                           "intact. Write it with `detkeeper report %s`.", type(error).__name__, error, self.rundir.path)
+            logger.debug("report failure", exc_info=True)
+            return
+        if written is not None:  # None: a distributed worker that is not the chief
+            logger.info("report: %s", written.path)
 
 
 def _describe(entry: LedgerEntry | None) -> str:

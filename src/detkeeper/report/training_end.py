@@ -1,0 +1,55 @@
+"""The report written when training ends, from what training holds in memory.
+
+When ``train`` ends, the model holds the best checkpoint's weights (restored from disk, EMA
+averages included) and the evaluation callback holds the last validation pass, which ran at the
+final step. So:
+
+- when the best checkpoint is the final step's, its per-class AP and precision-recall curves are
+  that last pass: nothing is recomputed;
+- otherwise (e.g. a run that stopped early) the callback evaluates the restored best weights once
+  more, through the same compiled detector, dataset and ground truth training used (no model is
+  rebuilt or restored, nothing is traced again): the numbers the ledger recorded for it;
+- the sample predictions are the restored model's detections on the first few validation images
+  (its EMA weights swapped in when the run keeps them, as training evaluated).
+
+Under a tf.distribute strategy (the callback's ``distributed``) a validation pass is a collective
+every worker joins, so none is added here: only the chief writes the report, with the final
+evaluation when it is the best's, else the page says how to add it (``detkeeper report RUN``).
+
+Nothing is written to ``RUN/eval/``: that folder holds ``detkeeper evaluate``'s outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, detect_samples
+from detkeeper.report.build import WrittenReport, build_report
+
+
+def write_training_report(run_dir: str | os.PathLike, *, model, config, evaluation_callback, final_step: int,
+                          best, weight_average=None, samples: int = DEFAULT_SAMPLES) -> WrittenReport | None:
+    """``RUN/report.html`` at the end of ``train``. `model` holds the weights of `best` (a
+    :class:`~detkeeper.training.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
+    :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`.
+    None on a distributed worker that is not the chief (it writes no report)."""
+    distributed = getattr(evaluation_callback, "distributed", None)  # under a tf.distribute strategy
+    if distributed is not None and not distributed.is_chief:
+        return None  # the chief writes the run's report; this worker's run_dir is not the run's
+    evaluation = None
+    if best is not None:
+        last, source = evaluation_callback.last, "the final evaluation of training"
+        if best.step != final_step or last is None:
+            last, source = None, "evaluated again at the end of training, with the restored best weights"
+            if distributed is None:
+                last = evaluation_callback.evaluate()  # the restored best weights, as training evaluated them
+    if best is not None and last is not None:
+        records = list(evaluation_callback.ground_truth or [])[:samples]
+        swap = weight_average.swapped_in(model) if weight_average is not None else contextlib.nullcontext()
+        with swap:
+            found = detect_samples(model, records, evaluation_callback.label_map,
+                                   image_size=config.model.image_size, max_boxes=config.data.max_boxes)
+        evaluation = BestEvaluation(best.name, best.step, last.result, found, source)
+    return build_report(Path(run_dir), evaluate=False, samples=samples, best_evaluation=evaluation)

@@ -1,0 +1,219 @@
+"""The run report: what the page says about a real run, where each part comes from, the command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from detkeeper.cli.main import main
+from detkeeper.report import build_report
+from detkeeper.training.ledger import Ledger
+from report_page import parse_report
+
+SECTIONS = ["summary", "history", "checkpoints", "per-class", "samples", "exports"]
+
+
+def _ledger(run_dir) -> Ledger:
+    return Ledger.read(run_dir / "checkpoints" / "ledger.json")
+
+
+def test_training_ends_by_writing_a_self_contained_report(report_run):
+    result, html = report_run
+    page = parse_report(html)
+    best = result.best
+    assert page.sections == SECTIONS
+    assert "status finished at step 60" in page.text
+    assert f"best val_mAP {best.monitor_value:.4f} @ step {best.step} ({best.name})" in page.text
+    assert f"no export yet: run `detkeeper export {result.run_dir}`" in page.text
+    source = ("the final evaluation of training" if best.step == result.step
+              else "evaluated again at the end of training")
+    assert f"Source: {source}" in page.text
+    assert f"{best.name} (step {best.step}) on 8 images: mAP {best.metrics['val_mAP']:.4f}" in page.text
+    classes = [cells[0] for _, cells in page.rows("per-class")]
+    assert classes == ["circle", "cross", "square", "triangle"]
+    # metric history, loss, learning rate, PR curves, then 4 validation images twice (truth, prediction)
+    pictures = page.decoded_images()
+    assert len(pictures) == 3 + 1 + 2 * 4
+    assert all(picture.width >= 600 and picture.height >= 350 for picture in pictures[:3])
+    assert [alt for _, alt in page.images[4:6]] == ["shapes_val_00000 ground truth", "shapes_val_00000 prediction"]
+    for forbidden in ("http://", "https://", "<script", "<link", "src=\"file:", "url("):
+        assert forbidden not in html, forbidden
+    assert "Content-Security-Policy" in html and "default-src 'none'; img-src data:" in html
+
+
+def test_the_checkpoint_table_marks_the_best_and_what_was_pruned(report_run):
+    result, html = report_run
+    ledger = _ledger(result.run_dir)
+    rows = parse_report(html).rows("checkpoints")
+    assert [int(cells[0]) for _, cells in rows] == [row["step"] for row in ledger.history] == [20, 40, 60]
+    best_rows = [cells for css, cells in rows if css == "best"]
+    assert len(best_rows) == 1 and best_rows[0][1] == ledger.best_name
+    assert best_rows[0][2] == f"{ledger.best.monitor_value:.4f}" and best_rows[0][-1].startswith("★ best")
+    kept = {entry.name for entry in ledger.entries}
+    pruned = [cells[1] for css, cells in rows if cells[-1] == "pruned"]
+    assert pruned == [row["checkpoint"] for row in ledger.history if row["checkpoint"] not in kept]
+    assert pruned and all(css == "pruned" for css, cells in rows if cells[1] in pruned)
+    assert {cells[1] for _, cells in rows if cells[-1].startswith(("kept", "★"))} == kept
+
+
+def test_per_class_ap_is_read_from_an_evaluation_on_disk_else_computed_once(report_run, tmp_path):
+    result, _ = report_run
+    run, best = result.run_dir, result.best
+    shutil.rmtree(run / "eval", ignore_errors=True)
+
+    skipped = build_report(run, tmp_path / "a.html", evaluate=False)
+    page = parse_report(skipped.path.read_text())
+    hint = f"no evaluation of {best.name} on data.val in RUN/eval/; `detkeeper report {run}` computes it"
+    assert hint in page.text and any(line.startswith(hint) for line in skipped.missing)
+    assert len(page.images) == 3 and not page.rows("per-class")
+
+    computed = build_report(run, tmp_path / "b.html")
+    metrics = json.loads((run / "eval" / f"{best.name}-val" / "metrics.json").read_text())
+    assert computed.evaluation_source.startswith(f"RUN/eval/{best.name}-val (evaluated for this report")
+    assert metrics["stats"]["mAP"] == pytest.approx(best.metrics["val_mAP"], abs=1e-9)
+    table = parse_report(computed.path.read_text()).rows("per-class")
+    assert {cells[0]: float(cells[1]) for _, cells in table} == pytest.approx(metrics["per_class_ap"], abs=5e-4)
+
+    reused = build_report(run, tmp_path / "c.html", evaluate=False)
+    assert reused.evaluation_source == f"RUN/eval/{best.name}-val (detkeeper evaluate)"
+    reread = parse_report(reused.path.read_text())
+    assert reread.rows("per-class") == table and len(reread.decoded_images()) == 3 + 1 + 2 * 4
+
+    metrics_path = run / "eval" / f"{best.name}-val" / "metrics.json"
+    kept = metrics_path.read_text()
+    stale = dict(metrics, stats=dict(metrics["stats"], mAP=metrics["stats"]["mAP"] + 0.1))  # another run's
+    metrics_path.write_text(json.dumps(stale))
+    assert build_report(run, tmp_path / "d.html", evaluate=False).evaluation_source is None
+    metrics_path.write_text(kept)
+
+
+def test_training_end_evaluates_an_earlier_best_again_and_scores_what_the_ledger_recorded(report_run):
+    from detkeeper.data.pipeline import evaluation_dataset
+    from detkeeper.evaluation.callback import CocoEvaluationCallback
+    from detkeeper.model_source import restore_run_checkpoint
+    from detkeeper.report.best_evaluation import validation_records
+    from detkeeper.report.training_end import write_training_report
+    from detkeeper.rundir import RunDirectory
+
+    result, _ = report_run
+    restored = restore_run_checkpoint(RunDirectory(result.run_dir), "best", keep_split="val")
+    config, records = restored.config, validation_records(RunDirectory(result.run_dir))
+    callback = CocoEvaluationCallback(
+        evaluation_dataset(records, restored.label_map, image_size=config.model.image_size,
+                           batch_size=config.train.batch_size, max_boxes=config.data.max_boxes),
+        restored.label_map, ground_truth=records, max_detections=config.evaluation.max_detections)
+    callback.set_model(restored.model)
+    written = write_training_report(result.run_dir, model=restored.model, config=config,
+                                    evaluation_callback=callback, final_step=result.best.step + 20,
+                                    best=result.best)
+    assert callback.last is not None  # the best was not the final evaluation: evaluated once more
+    assert callback.last.result.stats["mAP"] == pytest.approx(result.best.metrics["val_mAP"], abs=1e-9)
+    assert written.evaluation_source == "evaluated again at the end of training, with the restored best weights"
+    page = parse_report(written.path.read_text())
+    assert len(page.decoded_images()) == 3 + 1 + 2 * 4
+
+
+def test_a_verified_export_and_a_failed_one_are_both_on_the_page(exported_run, tmp_path):
+    written = build_report(exported_run, tmp_path / "report.html", evaluate=False)
+    html = written.path.read_text()
+    page = parse_report(html)
+    assert not any(line.startswith("no export yet") for line in written.missing)
+    exports = exported_run / "exports"
+    verification = json.loads((exports / "step-0000060" / "verification.json").read_text())
+    failed = json.loads((exports / "step-0000060.verification-failed.json").read_text())
+    assert "step-0000060: verification passed" in page.text
+    assert "step-0000060: verification FAILED: not published" in page.text
+    assert f"max box difference {verification['max_box_difference']:.2g} (tolerance 0.002)" in page.text
+    assert (f"mAP checkpoint vs export {verification['map_checkpoint']:.4f} vs {verification['map_export']:.4f}"
+            in page.text)
+    assert failed["passed"] is False and failed["problems"][0] in page.text
+    assert "TFLite: not exported (detkeeper export --tflite adds it)." in page.text
+
+
+def test_a_run_directory_before_its_first_evaluation_reports_what_is_missing(shapes_dataset, tmp_path):
+    from detkeeper.config import load_config
+    from detkeeper.data.label_map import LabelMap
+    from detkeeper.rundir import RunDirectory
+
+    run = RunDirectory(tmp_path / "fresh")
+    run.write_config(load_config("demo", [f"run_dir={run.path}"]))  # as `detkeeper demo` leaves it
+    run.write_label_map(LabelMap.read(shapes_dataset / "label_map.pbtxt"))
+    written = build_report(run.path)
+    page = parse_report(written.path.read_text())
+    assert page.sections == SECTIONS and page.images == []
+    assert "status not evaluated yet" in page.text
+    assert "no checkpoint ledger yet" in page.text and "no export yet" in page.text
+    assert "no best checkpoint to evaluate (no best checkpoint yet)" in written.missing
+
+
+def test_training_curves_are_merged_across_resumes_and_cut_short_files(tmp_path):
+    import tensorflow as tf
+
+    from detkeeper.report.history import read_training_curves
+
+    folder = tmp_path / "train"
+    for values in ({20: 1.0, 40: 2.0, 60: 3.0, 80: 4.0}, {40: 20.0, 60: 30.0}):  # killed after 80, resumed at 20
+        writer = tf.summary.create_file_writer(str(folder))
+        with writer.as_default():
+            for step, value in values.items():
+                tf.summary.scalar("loss", value, step=step)
+        writer.close()
+    curves = read_training_curves(folder, last_step=60)  # the ledger's last evaluation
+    assert curves.files == 2 and curves.problems == ()
+    np.testing.assert_array_equal(curves.losses["loss"].steps, [20, 40, 60])
+    np.testing.assert_array_equal(curves.losses["loss"].values, [1.0, 20.0, 30.0])
+
+    newest = max(folder.iterdir(), key=lambda path: path.stat().st_mtime_ns)
+    newest.write_bytes(newest.read_bytes()[:-7])  # a writer killed mid-record
+    cut = read_training_curves(folder, last_step=60)
+    assert len(cut.problems) == 1 and "cut short" in cut.problems[0]
+    np.testing.assert_array_equal(cut.losses["loss"].values, [1.0, 20.0, 3.0])
+
+
+def test_a_report_that_cannot_be_written_does_not_fail_training(report_run, monkeypatch, caplog):
+    from detkeeper.config import load_config
+    from detkeeper.report import training_end
+    from detkeeper.rundir import RunDirectory
+    from detkeeper.training.trainer import _Training
+
+    result, _ = report_run
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training_end, "write_training_report", full_disk)
+    training = SimpleNamespace(rundir=RunDirectory(result.run_dir), config=load_config(result.run_dir / "config.yaml"),
+                               evaluation=None)  # what _write_report reads of the training it ends
+    with caplog.at_level(logging.WARNING, logger="detkeeper.training"):
+        _Training._write_report(training, None, None, result)
+    assert "the run report was not written (OSError: [Errno 28] No space left on device)" in caplog.text
+    assert f"`detkeeper report {result.run_dir}`" in caplog.text
+
+
+def test_report_command(report_run, tmp_path, capsys):
+    result, _ = report_run
+    out = tmp_path / "page.html"
+    assert main(["report", str(result.run_dir), "--out", str(out), "--no-evaluate", "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"written to {out}" in printed and out.is_file()
+    assert parse_report(out.read_text()).sections == SECTIONS
+    assert main(["report", "-q", str(result.run_dir), "--out", str(out), "--no-evaluate"]) == 0
+    assert capsys.readouterr().out == ""
+
+    assert main(["report", str(tmp_path / "nowhere")]) == 1
+    assert f"detkeeper report: error: {tmp_path / 'nowhere'}: no such run directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 1
+    assert "not a run directory (no config.yaml inside)" in capsys.readouterr().err
+    assert main(["report", str(result.run_dir / "checkpoints")]) == 1
+    assert f"give its parent, {result.run_dir}" in capsys.readouterr().err
+    assert main(["report", str(result.run_dir), "--samples", "-1"]) == 1
+    assert "--samples: expected 0 or more images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as help_exit:
+        main(["report", "--help"])
+    assert help_exit.value.code == 0 and "examples:\n  detkeeper report runs/demo" in capsys.readouterr().out
