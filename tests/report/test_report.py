@@ -84,6 +84,22 @@ def test_per_class_ap_is_read_from_an_evaluation_on_disk_else_computed_once(repo
     reread = parse_report(reused.path.read_text())
     assert reread.rows("per-class") == table and len(reread.decoded_images()) == 3 + 1 + 2 * 4
 
+    moved = tmp_path / "moved"  # the run without its checkpoints, its validation images gone
+    (moved / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "label_map.pbtxt", moved)
+    shutil.copy(run / "checkpoints" / "ledger.json", moved / "checkpoints")
+    shutil.copytree(run / "eval", moved / "eval")
+    (moved / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(run.parent.parent), "/gone"))
+    without_images = build_report(moved, evaluate=False)
+    page = parse_report(without_images.path.read_text())
+    assert page.rows("per-class") == table
+    assert [alt for _, alt in page.images] == [  # no logs/ copied: the loss comes from the ledger
+        "Validation mAP and mAP50 at each evaluation (checkpoints/ledger.json); dashed: the best checkpoint",
+        "Training loss per evaluation interval (checkpoints/ledger.json: no TensorBoard logs)",
+        "precision-recall curves"]
+    assert "no TensorBoard event files in logs/train: loss from the ledger, no learning rate" in without_images.missing
+    assert any(line.startswith("no sample images: data.val cannot be read") for line in without_images.missing)
+
     metrics_path = run / "eval" / f"{best.name}-val" / "metrics.json"
     kept = metrics_path.read_text()
     stale = dict(metrics, stats=dict(metrics["stats"], mAP=metrics["stats"]["mAP"] + 0.1))  # another run's
@@ -217,3 +233,20 @@ def test_report_command(report_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as help_exit:
         main(["report", "--help"])
     assert help_exit.value.code == 0 and "examples:\n  detkeeper report runs/demo" in capsys.readouterr().out
+
+
+def test_tflite_results_of_an_export_are_tabled(tmp_path):
+    from detkeeper.export.tflite import TFLiteModel, TFLiteReport
+    from detkeeper.report.exports import ExportRecord
+    from detkeeper.report.page import _export
+
+    verified = TFLiteModel("float32", "verified", None, "model_float32.tflite", 2_915_088, 2.6, 0.6340, 0.0,
+                           1.6e-7, 6.3e-7, None, 2.6)
+    unconverted = TFLiteModel("int8_dynamic", "did not convert", "ConverterError: op not supported", None, None, 1.0,
+                              None, None, None, None, None, None)
+    tflite = TFLiteReport((verified, unconverted), {}, 0.6340, 8, 9.5).to_json_dict()
+    record = ExportRecord("step-0000060", tmp_path, True, None, {"passed": True, "tflite": tflite}, 0.0)
+    rows = parse_report(f'<section id="exports">{_export(record, 60)}</section>').rows("exports")
+    assert [cells for _, cells in rows] == [
+        ["float32", "verified", "2.92 MB", "0.6340", "0.0000", ""],
+        ["int8_dynamic", "did not convert", "-", "-", "-", "ConverterError: op not supported"]]

@@ -148,10 +148,14 @@ def find_best_evaluation(run: RunDirectory, best: LedgerEntry, *, count: int = D
     if folder is None and not compute:
         return None, (f"no evaluation of {best.name} on data.val in {_relative(run.path / 'eval', run)}/; "
                       f"`detkeeper report {run.path}` computes it (one pass over data.val)")
+    if folder is not None:
+        source = f"{_relative(folder, run)} (detkeeper evaluate)"
+        try:
+            records = validation_records(run) if count else []
+        except DetkeeperError as error:  # e.g. the dataset moved: the stats on disk still stand
+            return load_evaluation(folder, best, [], 0, source), f"no sample images: data.val cannot be read ({error})"
+        return load_evaluation(folder, best, records, count, source), None
     try:
-        if folder is not None:
-            return load_evaluation(folder, best, validation_records(run), count,
-                                   f"{_relative(folder, run)} (detkeeper evaluate)"), None
         return compute_evaluation(run, best, count), None
     except DetkeeperError as error:
         return None, f"the best checkpoint could not be evaluated on data.val: {error}"

@@ -119,7 +119,9 @@ def _history_figures(contents: RunContents) -> tuple[list[tuple[str, bytes]], li
     curves = read_training_curves(contents.run.logs_path / "train", last_step)
     missing += [f"logs/train/{problem}" for problem in curves.problems]
     if curves.losses:
-        found.append(("Training loss, logged every 20 steps (mean since the interval began; logs/train)",
+        steps = next(iter(curves.losses.values())).steps
+        every = f"every {int(np.min(np.diff(steps)))} steps" if len(steps) > 1 else f"at step {steps[0]}"
+        found.append((f"Training loss, logged {every} (the mean since the evaluation interval began; logs/train)",
                       figures.loss_png(curves.losses, best_step, "TensorBoard, logs/train")))
     elif history and any("loss" in row["metrics"] for row in history):
         steps = [row for row in history if row["metrics"].get("loss") is not None]

@@ -173,7 +173,7 @@ def _per_class(parts: PageParts) -> str:
 def _samples(parts: PageParts) -> str:
     head = '<section id="samples"><h2>Sample predictions next to the ground truth (data.val)</h2>'
     if not parts.samples:
-        reason = parts.evaluation_missing or "no sample images"
+        reason = parts.evaluation_missing or "no sample images asked for (samples 0)"
         return head + _missing(reason) + "</section>"
     pairs = []
     for image_id, truth, found, num_truth, num_found in parts.samples:
