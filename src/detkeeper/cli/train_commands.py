@@ -134,6 +134,9 @@ def run_train(args) -> int:
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
     print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
+    report = result.run_dir / "report.html"
+    if report.is_file():
+        print(f"  report:       {report}  (detkeeper report {result.run_dir} after an export adds it)")
     return 0
 
 

@@ -269,7 +269,8 @@ class _Training:
             logger.debug("report failure", exc_info=True)
             return
         if written is not None:  # None: a distributed worker that is not the chief
-            logger.info("report: %s", written.path)
+            # Debug: the run's last line stays how it ended; `detkeeper train` prints where the report is.
+            logger.debug("report written to %s in %.1f s", written.path, written.seconds)
 
 
 def _describe(entry: LedgerEntry | None) -> str:
