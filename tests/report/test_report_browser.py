@@ -22,7 +22,8 @@ IMAGES = """Array.from(document.images).map(image => ({alt: image.alt, complete:
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        reason = f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium chromium-driver)"
+        reason = (f"{CHROMIUM} not found: install Debian's chromium package "
+                  "(apt-get install -y chromium chromium-driver)")
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the browser test: {reason}")
         pytest.skip(reason)

@@ -211,7 +211,8 @@ def _export(record: ExportRecord, best_step: int | None) -> str:
                                     f"{', EMA weights' if source.get('ema') else ''})"))
         facts.append(("thresholds", ", ".join(f"{key} {value}" for key, value in thresholds.items())))
     if verification:
-        facts += [("images compared", f"{verification.get('num_images')} ({', '.join(verification.get('checked', []))})"),
+        checked = ", ".join(verification.get("checked", []))
+        facts += [("images compared", f"{verification.get('num_images')} ({checked})"),
                   ("max box difference", f"{_small(verification.get('max_box_difference'))} "
                                          f"(tolerance {_small((verification.get('tolerance') or {}).get('box'))})"),
                   ("max score difference", f"{_small(verification.get('max_score_difference'))} "
