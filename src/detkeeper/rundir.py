@@ -5,7 +5,6 @@ Layout (later stages add to it; every reader goes through this class)::
     RUN_DIR/
       config.yaml        the resolved config (absolute paths): the run is reproducible from it
       label_map.pbtxt    the classes, TF OD API format, 1-based ids
-      train_batch.png    a training batch as the pipeline makes it, boxes drawn (demo, data show)
       train.log          the training log (appended on every resume)
       logs/              TensorBoard: train/ (losses, learning rate), validation/ (stats, pictures)
       checkpoints/       ledger.json (the source of truth), step-NNNNNNN/ folders, TF `checkpoint`
@@ -46,10 +45,6 @@ class RunDirectory:
     @property
     def label_map_path(self) -> Path:
         return self.path / "label_map.pbtxt"
-
-    @property
-    def train_batch_path(self) -> Path:
-        return self.path / "train_batch.png"
 
     @property
     def checkpoints_path(self) -> Path:

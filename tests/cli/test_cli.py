@@ -126,18 +126,39 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+TINY_DEMO = ["--set", "data.synthetic.num_train=32", "--set", "data.synthetic.num_val=8",
+             "--set", "data.synthetic.num_test=8", "--set", "train.steps=40", "--set", "evaluation.every_steps=20",
+             "--set", "train.schedule.warmup_steps=5"]
+
+
 @pytest.mark.slow
-def test_demo_generates_checks_and_draws(tmp_path, monkeypatch, capsys):
+def test_demo_trains_exports_evaluates_predicts_and_reports(tmp_path, monkeypatch, capsys):
+    """The main job end to end (tiny), then rerun: training says it finished, the verified export is kept."""
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run(capsys, "demo", "--quiet", "--set", "data.synthetic.num_train=16",
-                       "--set", "data.synthetic.num_val=4", "--set", "data.synthetic.num_test=4")
-    assert code == 0
+    code, out, _ = run(capsys, "demo", "--quiet", *TINY_DEMO)
+    assert code == 0, out
     run_dir = tmp_path / "runs" / "demo"
-    assert (run_dir / "config.yaml").exists() and (run_dir / "label_map.pbtxt").exists()
-    assert (run_dir / "train_batch.png").exists()
-    assert "train    16 images" in out and "no problems" in out
-    code, out, _ = run(capsys, "config", "show", str(run_dir / "config.yaml"))
-    assert code == 0 and "num_train: 16" in out
+    assert "train    32 images" in out and "no problems" in out
+    ledger = json.loads((run_dir / "checkpoints" / "ledger.json").read_text())
+    best = ledger["best"]
+    export = run_dir / "exports" / best
+    assert json.loads((export / "verification.json").read_text())["passed"] is True
+    assert (export / "saved_model" / "saved_model.pb").is_file()
+    metrics = json.loads((run_dir / "exports" / f"eval-{best}-test" / "metrics.json").read_text())
+    assert metrics["model"]["kind"] == "export" and metrics["data"]["config_split"] == "test"
+    assert f"test mAP {metrics['stats']['mAP']:.3f}" in out
+    predictions = json.loads((run_dir / "predictions" / "predictions.json").read_text())
+    assert len(predictions["images"]) == 8 and len(list((run_dir / "predictions" / "images").iterdir())) == 8
+    assert (run_dir / "report.html").is_file()
+    assert "report.html" in out and f"detkeeper predict {export}" in out
+
+    code, out, _ = run(capsys, "demo", "--quiet", "--json", *TINY_DEMO)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["training"]["status"] == "already_finished"
+    assert summary["export"] == {"path": str(export), "verification": "verified earlier; kept"}
+    assert summary["test"]["mAP"] == pytest.approx(metrics["stats"]["mAP"], abs=1e-12)
+    assert summary["report"] == str(run_dir / "report.html")
 
 
 def test_building_the_parser_does_not_import_tensorflow():
