@@ -169,3 +169,28 @@ def _high_pipe() -> tuple[int, int]:
     os.close(read)
     os.close(write)
     return high
+
+
+IMAGES = """Array.from(document.images).map(image => ({alt: image.alt, complete: image.complete,
+  naturalWidth: image.naturalWidth, naturalHeight: image.naturalHeight, shownWidth: image.clientWidth}))"""
+
+
+def page_problems(path: Path) -> tuple[list[str], list[dict]]:
+    """Open `path` in headless Chromium: (console/browser errors and images that did not render, the images)."""
+    with HeadlessChromium() as browser:
+        page = browser.open(path)
+        images = page.evaluate(IMAGES)
+        problems = page.errors()
+    problems += [f"image {image['alt']!r} did not render" for image in images
+                 if not (image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0)]
+    return problems, images
+
+
+if __name__ == "__main__":  # python tests/report/headless_chromium.py PAGE.html (scripts/check_fresh_demo.sh)
+    import sys
+
+    found, rendered = page_problems(Path(sys.argv[1]))
+    print(f"{sys.argv[1]}: {len(rendered)} images rendered, {len(found)} problem(s)")
+    for problem in found:
+        print(f"  {problem}")
+    sys.exit(1 if found or not rendered else 0)

@@ -13,10 +13,7 @@ import pytest
 
 from detkeeper.report import build_report
 from detkeeper.report.page import CONTENT_SECURITY_POLICY
-from headless_chromium import CHROMIUM, HeadlessChromium
-
-IMAGES = """Array.from(document.images).map(image => ({alt: image.alt, complete: image.complete,
-  naturalWidth: image.naturalWidth, naturalHeight: image.naturalHeight, shownWidth: image.clientWidth}))"""
+from headless_chromium import CHROMIUM, IMAGES, HeadlessChromium
 
 
 @pytest.fixture(scope="module")
