@@ -46,6 +46,33 @@ class Augmentation:
         return cls(bool(config.horizontal_flip), tuple(config.scale_jitter), float(config.colour_jitter))
 
 
+@dataclasses.dataclass(frozen=True)
+class InputShard:
+    """The part of every global batch one input pipeline makes under ``tf.distribute``.
+
+    Pipeline `index` of `count` (one per worker) makes the `index`-th of `count` equal slices of
+    each global batch, as consecutive batches of `replica_batch_size` (one per local replica).
+    Together the pipelines make exactly the global batches one pipeline would, and no pipeline
+    decodes another's images (the slicing happens on record indices, before decoding).
+    """
+
+    index: int
+    count: int
+    replica_batch_size: int
+
+    @classmethod
+    def from_input_context(cls, context: tf.distribute.InputContext, global_batch_size: int) -> "InputShard":
+        return cls(context.input_pipeline_id, context.num_input_pipelines,
+                   context.get_per_replica_batch_size(global_batch_size))
+
+    def slice_of(self, global_batch_size: int) -> tuple[int, int]:
+        if global_batch_size % self.count or (global_batch_size // self.count) % self.replica_batch_size:
+            raise ValueError(f"a global batch of {global_batch_size} does not split into {self.count} pipelines "
+                             f"of batches of {self.replica_batch_size}")
+        size = global_batch_size // self.count
+        return self.index * size, (self.index + 1) * size
+
+
 class _RecordTensors:
     """The records as flat tensors that a tf.data map function can index by position."""
 
@@ -112,11 +139,13 @@ def _finish(image, boxes, classes, keep, image_id, image_size, factors, max_boxe
 
 def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
                      batch_size: int, max_boxes: int, augmentation: Augmentation | None, seed: int,
-                     start_step: int = 0) -> tf.data.Dataset:
+                     start_step: int = 0, shard: InputShard | None = None) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented batches; batch ``k`` depends only on ``(seed, k)``.
 
     `start_step` skips the first batches cheaply (on record indices, before any decoding), so a
-    resumed run continues with the batch it would have seen next.
+    resumed run continues with the batch it would have seen next. With `shard` this pipeline makes
+    only its slice of each global batch of `batch_size` (see :class:`InputShard`); every example
+    keeps the augmentation it has without sharding.
     """
     tensors = _RecordTensors(records, label_map)
     count = tensors.count
@@ -141,9 +170,16 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
                 scale_range=augmentation.scale_jitter, colour_strength=augmentation.colour_jitter)
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
-    dataset = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+    indices = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
                .flat_map(epoch_indices)
-               .skip(skip_in_epoch)
+               .skip(skip_in_epoch))
+    if shard is not None:
+        first, end = shard.slice_of(batch_size)
+        indices = (indices.batch(batch_size, drop_remainder=True)
+                   .map(lambda epochs, positions, order: (epochs[first:end], positions[first:end], order[first:end]))
+                   .unbatch())
+        batch_size = shard.replica_batch_size
+    dataset = (indices
                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .batch(batch_size, drop_remainder=True)
                .prefetch(tf.data.AUTOTUNE))
@@ -164,6 +200,42 @@ def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, 
     dataset = (tf.data.Dataset.range(tensors.count)
                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .batch(batch_size)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_deterministic_options())
+
+
+def evaluation_steps(num_records: int, global_batch_size: int) -> int:
+    """Global batches a sharded evaluation pass takes (the last one padded)."""
+    return -(-num_records // global_batch_size)
+
+
+def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
+                               batch_size: int, max_boxes: int, shard: InputShard) -> tf.data.Dataset:
+    """One pass over `records` in global batches of `batch_size`, this pipeline's slice of each.
+
+    The last global batch is padded to full size (with copies of record 0) so every replica runs
+    the same number of equal steps, as collective ops need. Each example carries
+    ``record_index``: its position in `records`, -1 for padding.
+    """
+    tensors = _RecordTensors(records, label_map)
+    total = evaluation_steps(tensors.count, batch_size) * batch_size
+    first, end = shard.slice_of(batch_size)
+
+    def load(index):
+        real = index < tensors.count
+        image, boxes, classes, image_id = tensors.example(tf.where(real, index, 0))
+        original_size = tf.shape(image)[:2]
+        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+        example = _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
+        example["record_index"] = tf.where(real, tf.cast(index, tf.int32), -1)
+        return example
+
+    dataset = (tf.data.Dataset.range(total)
+               .batch(batch_size)
+               .map(lambda indices: indices[first:end])
+               .unbatch()
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(shard.replica_batch_size, drop_remainder=True)
                .prefetch(tf.data.AUTOTUNE))
     return dataset.with_options(_deterministic_options())
 

@@ -53,14 +53,17 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     `dataset` is a detkeeper evaluation dataset (:func:`detkeeper.data.pipeline.evaluation_dataset`).
     Pass the split's records as `ground_truth` for exact COCO numbers (every box, crowd flags);
     without them the batch's own padded boxes are used. With `weight_average`
-    (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated.
+    (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated. With
+    `distributed` (:class:`detkeeper.evaluation.distributed.DistributedValidation`, under a
+    tf.distribute strategy) every replica detects its share, the chief scores and the stats it
+    computed are broadcast, so every worker's logs hold the same values; `dataset` is then unused.
     """
 
     def __init__(self, dataset, label_map: LabelMap, *, ground_truth: Sequence[DetectionRecord] | None = None,
                  every_epochs: int = 1, prefix: str = "val_", backend: str = "faster_coco_eval",
                  max_detections: int = 100, weight_average=None,
                  monitors: Mapping[str, Monitor] | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None, distributed=None) -> None:
         super().__init__()
         if every_epochs < 1:
             raise ValueError(f"every_epochs must be >= 1, got {every_epochs}")
@@ -70,14 +73,16 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.weight_average = weight_average
         self.monitors = dict(monitors or {})
         self.on_progress = on_progress
-        self.last: ValidationPass | None = None
+        self.distributed = distributed
+        self.last: ValidationPass | None = None  # None on a worker that is not the chief
         self.seconds: list[float] = []  # wall time of each validation pass, for the training benchmark
         self._detect = None
 
-    def evaluate(self) -> ValidationPass:
-        """One validation pass now (EMA weights when configured); also kept as ``self.last``."""
+    def evaluate(self) -> ValidationPass | None:
+        """One validation pass now (EMA weights when configured); also kept as ``self.last``.
+        Distributed, only the chief gets the result (None elsewhere)."""
         started = time.perf_counter()
-        if self._detect is None:
+        if self._detect is None and self.distributed is None:
             self._detect = compiled_detect(self.model)
         if self.weight_average is not None:
             with self.weight_average.swapped_in(self.model):
@@ -87,7 +92,9 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - started)
         return self.last
 
-    def _run(self) -> ValidationPass:
+    def _run(self) -> ValidationPass | None:
+        if self.distributed is not None:
+            return self.distributed.run(self.model, self.on_progress)
         return run_validation(self._detect, self.dataset, self.label_map, ground_truth=self.ground_truth,
                               backend=self.backend, max_detections=self.max_detections,
                               progress=self.on_progress)
@@ -99,9 +106,16 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             stats[name] = float(function(stats))
         return stats
 
+    def stat_names(self) -> list[str]:
+        """The names :meth:`stats` returns, in its order."""
+        return [*STAT_NAMES, "latency_ms", *{**_MONITORS, **self.monitors}]
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_epochs and not self.model.stop_training:
             return
-        stats = self.stats(self.evaluate())
+        validation = self.evaluate()
+        stats = self.stats(validation) if validation is not None else None
+        if self.distributed is not None:
+            stats = self.distributed.broadcast(stats, self.stat_names())
         if logs is not None:
             logs.update({f"{self.prefix}{name}": value for name, value in stats.items()})

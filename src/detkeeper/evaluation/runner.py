@@ -62,7 +62,7 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
             yield (image_ids, original_detections(detections, label_map, scales, sizes), seconds,
                    None if ground_truth is not None else _batch_ground_truth(batch, label_map, image_ids, scales))
 
-    return _score(batches(), label_map, ground_truth, backend, max_detections, progress, on_batch)
+    return score_batches(batches(), label_map, ground_truth, backend, max_detections, progress, on_batch)
 
 
 def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, np.ndarray]],
@@ -90,12 +90,13 @@ def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, n
                    {"boxes": boxes, "scores": np.asarray(outputs["detection_scores"]), "classes": classes,
                     "num_detections": count}, seconds, None)
 
-    return _score(batches(), label_map, records, backend, max_detections, progress, on_batch)
+    return score_batches(batches(), label_map, records, backend, max_detections, progress, on_batch)
 
 
-def _score(batches, label_map: LabelMap, ground_truth, backend: str, max_detections: int, progress,
+def score_batches(batches, label_map: LabelMap, ground_truth, backend: str, max_detections: int, progress,
            on_batch) -> ValidationPass:
-    """Feed each ``(image ids, original-pixel detections, seconds, batch ground truth)`` to COCO."""
+    """Feed each ``(image ids, original-pixel detections, seconds, batch ground truth)`` to COCO
+    (``batch ground truth`` None when `ground_truth`, the records, is given)."""
     evaluator = CocoEvaluator(label_map, backend=backend, max_detections=max_detections)
     records = {record.image_id: record for record in ground_truth} if ground_truth is not None else None
     timings: list[tuple[float, int]] = []

@@ -20,3 +20,36 @@ def huber_loss(targets: tf.Tensor, predictions: tf.Tensor, delta: float = 1.0) -
     error = tf.abs(targets - predictions)
     quadratic = tf.minimum(error, delta)
     return 0.5 * tf.square(quadratic) + delta * (error - quadratic)
+
+
+# -- under tf.distribute -----------------------------------------------------------------------
+# Each replica computes its loss on its slice of the global batch and the optimizer sums the
+# replicas' gradients. A loss normalised by the number of positives is therefore normalised by the
+# positives of the *global* batch (``replica_sum``), so the replicas' losses add up to exactly the
+# one-device loss of that batch. Keras' loss tracker multiplies each replica's loss by the number
+# of replicas before averaging them; the per-term trackers do the same with ``for_tracking``.
+# With one replica (no strategy, or the default) all three are the identity.
+
+
+def num_replicas() -> int:
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def replica_sum(value: tf.Tensor) -> tf.Tensor:
+    """`value` summed over the replicas training in sync (in a replica context), else `value`."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def replica_share(value: tf.Tensor) -> tf.Tensor:
+    """One replica's share of a loss that every replica computes whole (e.g. weight decay terms)."""
+    count = num_replicas()
+    return value if count == 1 else value / float(count)
+
+
+def for_tracking(value: tf.Tensor) -> tf.Tensor:
+    """A replica's loss term as a metric tracker should average it (the global batch's value)."""
+    count = num_replicas()
+    return value if count == 1 else value * float(count)

@@ -129,20 +129,20 @@ class Distribution:
             return  # one process: restoring a mirrored variable already sets every local replica
         variables = list(variables)
 
-        def contribution():
+        sizes = [int(tf.size(variable)) for variable in variables]
+
+        def contribution():  # one flat float64 vector: a single all-reduce for everything
             first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
-            values = []
-            for variable in variables:
-                value = tf.cast(tf.convert_to_tensor(getattr(variable, "value", variable)), tf.float64)
-                values.append(tf.where(first, value, tf.zeros_like(value)))
-            return values
+            flat = tf.concat([tf.reshape(tf.cast(variable.value if isinstance(variable, keras.Variable) else variable,
+                                                 tf.float64), [-1]) for variable in variables], axis=0)
+            return tf.where(first, flat, tf.zeros_like(flat))
 
         @tf.function
         def gather():
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(contribution), axis=None)
 
-        for variable, value in zip(variables, gather()):
-            variable.assign(tf.cast(value, variable.dtype))
+        for variable, value in zip(variables, tf.split(gather(), sizes)):
+            variable.assign(tf.reshape(tf.cast(value, variable.dtype), variable.shape))
 
 
 def create_distribution(config: DistributeConfig) -> Distribution:

@@ -115,7 +115,8 @@ def build_schedule(schedule: ScheduleConfig, peak_learning_rate: float, total_st
                           decay_steps=schedule.decay_steps)
 
 
-def build_optimizer(train_config: TrainConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+def build_optimizer(train_config: TrainConfig, total_steps: int | None = None, *,
+                    num_replicas: int = 1) -> keras.optimizers.Optimizer:
     """The optimizer ``train.optimizer`` names, its learning rate the ``train.schedule``.
 
     `total_steps` is where the cosine schedule reaches 0; default ``train.steps``.
@@ -135,25 +136,68 @@ def build_optimizer(train_config: TrainConfig, total_steps: int | None = None) -
     - ``mixed_precision: true`` wraps the optimizer in ``keras.optimizers.LossScaleOptimizer``
       (dynamic loss scaling; clipping applies to the unscaled gradients). Setting the
       ``mixed_float16`` dtype policy before building the model is the caller's job.
+    - ``num_replicas`` > 1 (tf.distribute) with clipping: the optimizer clips the gradients summed
+      over the replicas, as one device would (see :class:`ClipSummedGradients`).
     """
     settings = train_config.optimizer
     schedule = build_schedule(train_config.schedule, settings.learning_rate,
                               train_config.steps if total_steps is None else total_steps)
     common = {"learning_rate": schedule, "global_clipnorm": settings.clipnorm}
     weight_decay = settings.weight_decay or None  # None: Keras skips the decay step entirely
+    classes = _SUMMED_CLIPPING if num_replicas > 1 and settings.clipnorm else _KERAS_CLASSES
     if settings.name == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=settings.momentum, nesterov=False,
+        optimizer = classes["sgd"](momentum=settings.momentum, nesterov=False,
                                          weight_decay=weight_decay, **common)
     elif settings.name == "adam":
-        optimizer = keras.optimizers.Adam(weight_decay=weight_decay, **common)
+        optimizer = classes["adam"](weight_decay=weight_decay, **common)
     elif settings.name == "adamw":
         # AdamW needs a float (its own default is 0.004, not the config's 0).
-        optimizer = keras.optimizers.AdamW(weight_decay=settings.weight_decay, **common)
+        optimizer = classes["adamw"](weight_decay=settings.weight_decay, **common)
     else:
         raise ConfigError(f"train.optimizer.name: expected sgd, adam or adamw, got {settings.name!r}")
     if train_config.mixed_precision:
         optimizer = StepCountingLossScaleOptimizer(optimizer)
     return optimizer
+
+
+class ClipSummedGradients:
+    """Mixin: clip the gradients of the *global* batch under tf.distribute.
+
+    Keras 3 (TF backend) clips each replica's gradients in ``_clip_gradients`` and only then sums
+    them over the replicas (``_backend_update_step``), so with 2 replicas a clip norm of 10 lets
+    through up to 20, and training differs from one device whenever clipping is active. Here each
+    replica first sums the gradients over all replicas, clips that sum, and hands on its
+    ``1/replicas`` share, so Keras' own sum afterwards is the clipped global gradient (exactly, for
+    a power-of-two number of replicas). One extra all-reduce per step; with one replica this is
+    Keras' own clipping.
+    """
+
+    def _clip_gradients(self, grads):
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return super()._clip_gradients(grads)
+        count = context.num_replicas_in_sync
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
+        return [gradient / count for gradient in super()._clip_gradients(summed)]
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class ReplicaClippedSGD(ClipSummedGradients, keras.optimizers.SGD):
+    """SGD whose clipping sees the gradient summed over tf.distribute replicas."""
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class ReplicaClippedAdam(ClipSummedGradients, keras.optimizers.Adam):
+    """Adam whose clipping sees the gradient summed over tf.distribute replicas."""
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class ReplicaClippedAdamW(ClipSummedGradients, keras.optimizers.AdamW):
+    """AdamW whose clipping sees the gradient summed over tf.distribute replicas."""
+
+
+_KERAS_CLASSES = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}
+_SUMMED_CLIPPING = {"sgd": ReplicaClippedSGD, "adam": ReplicaClippedAdam, "adamw": ReplicaClippedAdamW}
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")

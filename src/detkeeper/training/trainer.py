@@ -55,9 +55,13 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
     if not isinstance(config, RunConfig):
         from detkeeper.config import load_config
         config = load_config(config, overrides)
-    run = RunDirectory(config.run_dir)
-    with run.lock(), _log_to_file(run.log_file_path), _dtype_policy(config.train.mixed_precision):
-        return _Training(config, run, reporter or Reporter()).run()
+    from detkeeper.training.distribution import create_distribution, worker_config
+
+    distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op
+    with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
+        run = RunDirectory(config.run_dir)
+        with run.lock(), _log_to_file(run.log_file_path), _dtype_policy(config.train.mixed_precision):
+            return _Training(config, run, reporter or Reporter(), distribution).run()
 
 
 @contextlib.contextmanager
@@ -93,8 +97,9 @@ def _log_to_file(path: Path) -> Iterator[None]:
 class _Training:
     """One train call's objects, built in dependency order."""
 
-    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter) -> None:
+    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter, distribution) -> None:
         self.config, self.rundir, self.reporter = config, run, reporter
+        self.distribution = distribution  # detkeeper.training.distribution.Distribution
 
     def run(self) -> TrainResult:
         config = self.config
@@ -110,21 +115,28 @@ class _Training:
 
         keras.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
-        model, weight_average = self._build_model(label_map.num_classes, val_split.records, label_map)
-        state = EarlyStoppingState()
+        distribution = self.distribution
+        logger.info(distribution.describe(config))
+        with distribution.strategy.scope():  # model, optimizer, EMA, metrics and states: one copy per replica
+            model, weight_average = self._build_model(label_map.num_classes, val_split.records, label_map)
+            state = EarlyStoppingState()
         checkpointer = BestCheckpoints(
             self.rundir.checkpoints_path, config.evaluation.monitor, mode=config.checkpoint.mode,
             keep_best=config.checkpoint.keep_best, keep_last=config.checkpoint.keep_last,
             min_delta=config.checkpoint.min_delta, weight_average=weight_average,
-            extra={"early_stopping": state})
+            extra={"early_stopping": state}, is_chief=distribution.is_chief)
         for message in checkpointer.store.tidy():
             logger.warning(message)
 
         start = checkpointer.restore(model, "latest")
         for problem in checkpointer.problems:
             logger.warning(problem)
-        start_step = start.step if start else 0
         self._init_from(model, weight_average, start)
+        # Only the chief read the run directory: every worker continues from the chief's values.
+        distribution.broadcast_from_chief(list(model.weights) + list(model.optimizer.variables)
+                                          + (list(weight_average.averages) if weight_average else [])
+                                          + list(state.variables))
+        start_step = int(model.optimizer.iterations.numpy())
         finished = self._already_done(checkpointer, state, start_step)
         if finished is not None:
             return finished
@@ -149,11 +161,12 @@ class _Training:
         evaluation = config.evaluation
         model = build_model(config.model, num_classes, Postprocess(
             evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
-        model.compile(optimizer=build_optimizer(config.train))
+        model.compile(optimizer=build_optimizer(config.train, num_replicas=self.distribution.num_replicas))
         sample = next(iter(evaluation_dataset(val_records[:4], label_map, image_size=config.model.image_size,
                                               batch_size=4, max_boxes=config.data.max_boxes)))
         model(sample["images"][:1], training=False)  # create the variables, so a checkpoint can fill them
         model.optimizer.build(model.trainable_variables)
+        self.distribution.synchronise_batch_norm(model)
         self.sample_batch = sample
         weight_average = WeightAverage(model, config.train.ema_decay) if config.train.ema_decay else None
         return model, weight_average
@@ -201,12 +214,31 @@ class _Training:
 
         config = self.config
         every, total = config.evaluation.every_steps, config.train.steps
-        train_data = training_dataset(
-            train_records, label_map, image_size=config.model.image_size, batch_size=config.train.batch_size,
-            max_boxes=config.data.max_boxes, augmentation=Augmentation.from_config(config.data.augment),
-            seed=config.train.seed, start_step=start_step).map(fit_inputs)
-        val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
-                                      batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
+        distribution = self.distribution
+
+        def train_data_for(shard=None):
+            return training_dataset(
+                train_records, label_map, image_size=config.model.image_size, batch_size=config.train.batch_size,
+                max_boxes=config.data.max_boxes, augmentation=Augmentation.from_config(config.data.augment),
+                seed=config.train.seed, start_step=start_step, shard=shard).map(fit_inputs)
+
+        distributed_validation = None
+        if distribution.uses_keras_fit:
+            train_data = train_data_for()
+            val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
+                                          batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
+        else:  # each worker makes only its replicas' slices of every global batch
+            from detkeeper.data.pipeline import InputShard
+            from detkeeper.evaluation.distributed import DistributedValidation
+
+            distribution.replica_batch_size(config.train.batch_size)
+            train_data = distribution.strategy.distribute_datasets_from_function(
+                lambda context: train_data_for(InputShard.from_input_context(context, config.train.batch_size)))
+            val_data = None
+            distributed_validation = DistributedValidation(
+                distribution.strategy, val_records, label_map, image_size=config.model.image_size,
+                batch_size=config.train.batch_size, max_boxes=config.data.max_boxes,
+                is_chief=distribution.is_chief, max_detections=config.evaluation.max_detections)
         monitors = {name: weighted_monitor(weights) for name, weights in config.evaluation.weighted_monitors.items()}
         early_stopping = None
         if config.early_stopping.enabled:
@@ -217,7 +249,7 @@ class _Training:
         self.evaluation = CocoEvaluationCallback(
             val_data, label_map, ground_truth=val_records, weight_average=weight_average,
             max_detections=config.evaluation.max_detections, monitors=monitors,
-            on_progress=self.reporter.evaluated_images)
+            on_progress=self.reporter.evaluated_images, distributed=distributed_validation)
         callbacks = [
             StopOnNonFiniteLoss(lambda: f"Kept checkpoints are intact; best: {_describe(checkpointer.ledger.best)}."),
             *([EmaCallback(weight_average)] if weight_average is not None else []),
@@ -233,8 +265,14 @@ class _Training:
         ]
         started = time.perf_counter()
         try:
-            model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
-                      steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
+            if distribution.uses_keras_fit:
+                model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
+                          steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
+            else:
+                from detkeeper.training.distributed_loop import fit_distributed
+
+                fit_distributed(model, train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
+                                steps_per_epoch=every, callbacks=callbacks)
         finally:
             self.fit_seconds = time.perf_counter() - started
             self.reporter.close()

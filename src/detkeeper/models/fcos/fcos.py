@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-from detkeeper.models import boxes
+from detkeeper.models import boxes, losses
 from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
 from detkeeper.models.fcos.head import FCOSHead
 from detkeeper.models.fpn import FeaturePyramid
@@ -155,7 +155,7 @@ class FCOS(Detector):
                                  self.center_sampling_radius)
         labels = targets["labels"]
         positive = tf.cast(labels >= 0, tf.float32)
-        num_positive = tf.maximum(tf.reduce_sum(positive), 1.0)
+        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)  # of the global batch
 
         class_targets = tf.one_hot(tf.maximum(labels, 0), self.num_classes) * positive[..., None]
         class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits)) / num_positive
@@ -164,18 +164,18 @@ class FCOS(Detector):
         predicted = distances_to_boxes(self.centers[None], box_distances)
         box_loss = tf.math.divide_no_nan(
             tf.reduce_sum((1.0 - boxes.giou(predicted, targets["matched_boxes"])) * box_weights),
-            tf.reduce_sum(box_weights))
+            losses.replica_sum(tf.reduce_sum(box_weights)))
 
         centerness_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets["centerness"],
                                                                   logits=centerness_logits)
         centerness_loss = tf.reduce_sum(centerness_loss * positive) / num_positive
 
-        self.class_loss_tracker.update_state(class_loss)
-        self.box_loss_tracker.update_state(box_loss)
-        self.centerness_loss_tracker.update_state(centerness_loss)
+        self.class_loss_tracker.update_state(losses.for_tracking(class_loss))
+        self.box_loss_tracker.update_state(losses.for_tracking(box_loss))
+        self.centerness_loss_tracker.update_state(losses.for_tracking(centerness_loss))
         total = class_loss + self.box_loss_weight * box_loss + centerness_loss
         if self.losses:
-            total = total + tf.add_n(self.losses)
+            total = total + losses.replica_share(tf.add_n(self.losses))
         return total
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from detkeeper.models import boxes
+from detkeeper.models import boxes, losses
 from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
 from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model
@@ -57,7 +57,7 @@ class RetinaNet(Detector):
         labels = match["labels"]
         positive = tf.cast(labels >= 0, tf.float32)
         not_ignored = tf.cast(labels >= -1, tf.float32)
-        num_positive = tf.maximum(tf.reduce_sum(positive), 1.0)
+        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)  # of the global batch
 
         class_targets = tf.one_hot(tf.maximum(labels, 0), self.num_classes) * positive[..., None]
         class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits) * not_ignored[..., None])
@@ -66,11 +66,11 @@ class RetinaNet(Detector):
         box_targets = boxes.encode(match["matched_boxes"], self.anchors)
         box_loss = tf.reduce_sum(huber_loss(box_targets, box_deltas) * positive[..., None]) / num_positive
 
-        self.class_loss_tracker.update_state(class_loss)
-        self.box_loss_tracker.update_state(box_loss)
+        self.class_loss_tracker.update_state(losses.for_tracking(class_loss))
+        self.box_loss_tracker.update_state(losses.for_tracking(box_loss))
         total = class_loss + self.box_loss_weight * box_loss
         if self.losses:
-            total = total + tf.add_n(self.losses)
+            total = total + losses.replica_share(tf.add_n(self.losses))
         return total
 
     @property
