@@ -9,32 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from detkeeper.cli.main import build_parser, main
+from detkeeper.cli.main import main
 
 
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _subcommand_parsers(parser, prefix=()):
-    for action in parser._actions:
-        if action.__class__.__name__ == "_SubParsersAction":
-            for name, sub in action.choices.items():
-                yield from _subcommand_parsers(sub, prefix + (name,))
-    if prefix and not any(a.__class__.__name__ == "_SubParsersAction" for a in parser._actions):
-        yield prefix, parser
-
-
-def test_every_subcommand_help_says_what_it_does_with_an_example():
-    found = list(_subcommand_parsers(build_parser()))
-    assert {" ".join(p) for p, _ in found} >= {"demo", "data check", "data convert", "data generate",
-                                               "data show", "config show", "config presets"}
-    for path, parser in found:
-        text = parser.format_help()
-        assert parser.description, path
-        assert "examples:" in text and "detkeeper " + path[0] in text, path
 
 
 def test_data_check_on_bccd_reports_the_two_zero_area_boxes(capsys, bccd_root):

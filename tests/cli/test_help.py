@@ -20,7 +20,7 @@ OTHER_SPELLINGS = {"--output": "--out", "--output-dir": "--out", "--outdir": "--
                    "--overrides": "--set", "--silent": "--quiet", "--verbose": "--debug",
                    "--traceback": "--debug", "--as-json": "--json", "--format-json": "--json"}
 
-JSON_COMMANDS = {"data check", "data convert", "train", "checkpoints", "evaluate", "export", "predict"}
+JSON_COMMANDS = {"data check", "data convert", "train", "checkpoints", "evaluate", "export", "predict", "demo"}
 
 
 def leaf_commands(parser, path=()):
@@ -43,7 +43,8 @@ LEAVES = list(leaf_commands(build_parser()))
 def test_the_tree_has_every_command():
     names = {" ".join(path) for path, _ in LEAVES}
     assert names >= {"demo", "data check", "data convert", "data generate", "data show", "train", "checkpoints",
-                     "evaluate", "export", "predict", "config show", "config presets", "config reference"}
+                     "evaluate", "export", "predict", "report", "config show", "config presets", "config reference",
+                     "config import"}
 
 
 @pytest.mark.parametrize("path", [path for path, _ in LEAVES], ids=" ".join)

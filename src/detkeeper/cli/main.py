@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
-        description="TensorFlow object detection that keeps the best model. Available now: run configs, "
-                    "dataset checks and conversion (VOC, COCO, TF OD API TFRecords), the built-in "
-                    "dataset, training with COCO mAP evaluation, best-k checkpoints, early stopping "
-                    "and exact resume, COCO evaluation, verified SavedModel export and prediction.")
+        description="TensorFlow object detection that keeps the best model: train with COCO mAP evaluation, "
+                    "keep the best checkpoints by it, stop early, resume exactly after a crash, export a "
+                    "verified SavedModel with the TF OD API's outputs, predict, evaluate and report. Reads "
+                    "VOC, COCO and TF OD API TFRecords, and imports TF OD API pipeline.config files.")
     parser.add_argument("--version", action="version", version=f"detkeeper {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
