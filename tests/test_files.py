@@ -2,7 +2,7 @@
 
 import pytest
 
-from detkeeper.errors import DataError
+from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.files import atomic_write_bytes, atomic_write_text, resolve_inside
 
 
@@ -22,8 +22,8 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("detkeeper.files.os.replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
-        atomic_write_bytes(target, b"new")
+    with pytest.raises(DetkeeperError, match=r"ledger.json: cannot write: no space left for it \(No space left on device\)"):
+        atomic_write_bytes(target, b"new")  # a full disk is the user's to fix: one clear paragraph
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
 

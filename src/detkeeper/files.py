@@ -8,12 +8,16 @@ never a half-written one. Paths named inside datasets are confined to the datase
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from detkeeper.errors import DataError
+from detkeeper.errors import DataError, DetkeeperError
+
+OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+OUT_OF_SPACE_TEXTS = ("no space left", "file too large", "disk quota exceeded")
 
 
 @contextlib.contextmanager
@@ -31,10 +35,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if is_out_of_space(error):
+            raise out_of_space(path, error) from None
         raise
     fsync_directory(path.parent)
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether `error` (an OSError, or TensorFlow's error for a failed file write) says the disk is
+    full, the quota is used up or a file size limit was reached."""
+    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
+        return True
+    text = str(getattr(error, "message", error)).lower()
+    return type(error).__module__.startswith("tensorflow") and any(part in text for part in OUT_OF_SPACE_TEXTS)
+
+
+def out_of_space(path: str | os.PathLike, error: BaseException, what: str = "") -> DetkeeperError:
+    """The user error for a write to `path` that failed for lack of space (see `is_out_of_space`)."""
+    if isinstance(error, OSError) and error.strerror:
+        detail = error.strerror
+    else:  # TensorFlow's: "{{function_node ...}} PATH.tempstate123; File too large [Op:SaveV2]"
+        detail = str(getattr(error, "message", error)).strip().splitlines()[-1].rsplit(";", 1)[-1]
+    return DetkeeperError(
+        f"{path}: cannot write{' ' + what if what else ''}: no space left for it ({detail.strip()}); the disk is "
+        "full, the quota is used up or a file size limit is set. Nothing half-written was kept. Free some space "
+        "and run the same command again.")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.files import atomic_write_text, fsync_directory
+from detkeeper.files import atomic_write_text, fsync_directory, is_out_of_space, out_of_space
 from detkeeper.rundir import RunDirectory
 
 logger = logging.getLogger("detkeeper.export")
@@ -89,6 +89,7 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     records = _verification_records(config, run, split, verify_images)
 
     out_dir = Path(out) if out is not None else run.path / "exports" / entry.name
+    _finish_interrupted_publish(out_dir)
     if out_dir.exists() and not overwrite:
         raise DetkeeperError(f"{out_dir} already exists; choose another --out, or --overwrite to replace it "
                              "(the old export stays until the new one is verified)")
@@ -183,8 +184,13 @@ def _save_saved_model(module, path: Path) -> None:
 
     try:
         tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
-    except OSError as error:  # e.g. the disk is full: the staging folder is removed, nothing published
-        raise DetkeeperError(f"{path}: cannot write the SavedModel ({error})") from None
+    except Exception as error:  # e.g. the disk is full: the staging folder is removed, nothing published
+        if is_out_of_space(error):
+            raise DetkeeperError(f"{out_of_space(path, error, 'the SavedModel')} No export was published; "
+                                 "exports made before are unchanged.") from None
+        if isinstance(error, OSError):
+            raise DetkeeperError(f"{path}: cannot write the SavedModel ({error})") from None
+        raise
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -199,6 +205,20 @@ def _publish(staging: Path, out_dir: Path) -> None:
     fsync_directory(out_dir.parent)
     if replaced is not None:
         shutil.rmtree(replaced)
+
+
+def _finish_interrupted_publish(out_dir: Path) -> None:
+    """An export killed between the two renames of `_publish` left the export it was replacing in
+    ``.partial-replaced-<name>`` and nothing at `out_dir`: put it back (it was verified when it was
+    published). Killed after both renames, only the removal of the old one is left to do."""
+    replaced = out_dir.parent / f"{PARTIAL_PREFIX}replaced-{out_dir.name}"
+    if not replaced.is_dir():
+        return
+    if out_dir.exists():
+        shutil.rmtree(replaced)
+    else:
+        os.replace(replaced, out_dir)
+        logger.warning("%s: put back the export an interrupted --overwrite had moved aside", out_dir)
 
 
 def _verification_split(run: RunDirectory) -> str | None:

@@ -22,7 +22,7 @@ from typing import Mapping
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.files import atomic_write_text
+from detkeeper.files import atomic_write_text, is_out_of_space, out_of_space
 from detkeeper.training.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
 
 logger = logging.getLogger("detkeeper.training")
@@ -125,7 +125,17 @@ class CheckpointStore:
         partial = self.directory / f"{PARTIAL_PREFIX}{name}"
         if partial.exists():
             shutil.rmtree(partial)
-        checkpoint.write(str(partial / "ckpt"))
+        try:
+            checkpoint.write(str(partial / "ckpt"))
+        except Exception as error:
+            if not is_out_of_space(error):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            latest = self.ledger.latest
+            raise DetkeeperError(
+                f"{out_of_space(partial, error, f'the checkpoint of step {step}')} The checkpoints kept so far and "
+                f"{LEDGER_NAME} are unchanged: the rerun resumes from "
+                f"{latest.name if latest else 'the start'}.") from None
         files = hash_files(partial)
         final = self.directory / name
         if final.exists():  # the same step saved before a crash, never committed: set it aside

@@ -190,6 +190,10 @@ class _Training:
     def _already_done(self, checkpointer: BestCheckpoints, state: EarlyStoppingState,
                       start_step: int) -> TrainResult | None:
         best = checkpointer.ledger.best
+        if (state.stopped or start_step >= self.config.train.steps) and checkpointer.ledger.status.get("state") == "training":
+            # killed after its last checkpoint was committed, before the end was recorded: record it now
+            checkpointer.store.set_status(state="stopped_early" if state.stopped else "finished", step=start_step,
+                                          best=best.name if best else None)
         if state.stopped:
             logger.info("%s stopped early at step %d (no improvement of %s for %d evaluations); best: %s. "
                         "Not training again: use a new run_dir, or raise early_stopping.patience and remove "
