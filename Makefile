@@ -30,3 +30,8 @@ clean:
 .PHONY: docs
 docs: $(INSTALLED)
 	$(BIN)/detkeeper config reference --out docs/config-reference.md
+
+# The fault suite alone (SIGKILLs, full disks, two trainers, bad input, parser fuzzing); `make test` runs it too.
+.PHONY: faults
+faults: $(INSTALLED)
+	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)

@@ -44,20 +44,25 @@ def arm(moment: str, step: int) -> None:
 
         checkpoints.hash_files = kill_while_saving
     elif moment == "ledger":
-        write_text = ledger.atomic_write_text
-
-        def kill_mid_commit(path, text):
-            if Path(path).name == checkpoints.LEDGER_NAME and any(
-                    entry["step"] == step for entry in json.loads(text)["checkpoints"]):
-                data = text.encode("utf-8")
-                with files.atomic_path(path) as partial:
-                    partial.write_bytes(data[: len(data) // 2])
-                    die()
-            return write_text(path, text)
-
-        ledger.atomic_write_text = kill_mid_commit
+        kill_mid_ledger_write(lambda new: any(entry["step"] == step for entry in new["checkpoints"]))
     elif moment != "none":
         raise SystemExit(f"unknown moment {moment!r}")
+
+
+def kill_mid_ledger_write(picks) -> None:
+    """Die halfway through the first ledger write whose new content (a dict) `picks` returns true for:
+    half of it in atomic_path's temporary file beside ``ledger.json``, not yet renamed over it."""
+    write_text = ledger.atomic_write_text
+
+    def kill_mid_write(path, text):
+        if Path(path).name == checkpoints.LEDGER_NAME and picks(json.loads(text)):
+            data = text.encode("utf-8")
+            with files.atomic_path(path) as partial:
+                partial.write_bytes(data[: len(data) // 2])
+                die()
+        return write_text(path, text)
+
+    ledger.atomic_write_text = kill_mid_write
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""A full disk (RLIMIT_FSIZE from a chosen moment on, SIGXFSZ ignored: writes fail with EFBIG as they
+do with ENOSPC) during a checkpoint save, during an export and under every atomic write: a clear
+one-paragraph error, nothing half-written kept, what was there before intact, and the rerun with room
+again carries on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_driver
+from fault_runs import (assert_consistent, assert_same_as_reference, error_line, tree_digest, visible_exports,
+                        write_fault_config)
+
+LIMIT = 1_000_000  # bytes: a checkpoint's data file (3 MB) and the SavedModel's variables do not fit; logs do
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_checkpoint_save_is_a_clear_error_and_the_rerun_resumes(
+        fault_reference, shapes_dataset, tmp_path, faults):
+    _, reference_dir, _ = fault_reference
+    config = write_fault_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run")
+    full = run_driver(f"full-save:30:{LIMIT}", "train", str(config), "--quiet")
+    faults.injected()
+    assert full.returncode == 1, full.stderr[-3000:]
+    message = error_line(full.stderr, "train")
+    assert ".partial-step-0000030: cannot write the checkpoint of step 30: no space left" in message
+    assert "File too large" in message and "resumes from step-0000020" in message
+    ledger, lost = assert_consistent(tmp_path / "run")  # the kept ones, the best among them, match their sha256
+    faults.lost(lost)
+    assert lost == 0 and [row["step"] for row in ledger["history"]] == [10, 20]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".partial-*"))
+
+    resumed = run_driver("none", "train", str(config), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_as_reference(tmp_path / "run", reference_dir)
+    faults.recovered()
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_an_export_publishes_nothing_and_keeps_the_previous_export(fault_reference, tmp_path,
+                                                                                      faults):
+    _, reference_dir, _ = fault_reference
+    out = tmp_path / "exports" / "best"
+    command = ["export", str(reference_dir), "--out", str(out), "--quiet"]
+    first = run_driver("none", *command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    previous = tree_digest(out)
+
+    full = run_driver(f"full-export:{LIMIT}", *command, "--overwrite")
+    faults.injected()
+    assert full.returncode == 1, full.stderr[-3000:]
+    message = error_line(full.stderr, "export")
+    assert ".partial-best/saved_model: cannot write the SavedModel: no space left" in message
+    assert "No export was published" in message
+    exports = visible_exports(out.parent)
+    assert list(exports) == ["best"] and exports["best"]["passed"] is True
+    lost = 0 if tree_digest(out) == previous else 1
+    faults.lost(lost)
+    assert lost == 0
+    assert not list(out.parent.glob(".*"))  # the staging folder is gone
+    faults.recovered()
+
+
+ATOMIC_WRITES = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from detkeeper.errors import DetkeeperError
+from detkeeper.files import atomic_write_text
+from detkeeper.training.ledger import Ledger, RetentionPolicy
+
+folder = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+results = {}
+for name, write in {"text": lambda: atomic_write_text(folder / "notes.txt", "x" * 10000),
+                    "ledger": lambda: Ledger(RetentionPolicy("val_mAP"), history=[
+                        {"step": step, "checkpoint": "c", "monitor_value": 0.5, "metrics": {}}
+                        for step in range(200)]).write(folder / "ledger.json")}.items():
+    try:
+        write()
+        results[name] = "written"
+    except DetkeeperError as error:
+        results[name] = str(error)
+print(json.dumps(results))
+"""
+
+
+def test_every_atomic_write_on_a_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path, faults):
+    (tmp_path / "notes.txt").write_text("before")
+    (tmp_path / "ledger.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-c", ATOMIC_WRITES, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    faults.injected(2)
+    for name, message in results.items():
+        assert "no space left for it (File too large)" in message, (name, message)
+        assert "Free some space and run the same command again" in message
+    assert str(tmp_path / "notes.txt") in results["text"] and str(tmp_path / "ledger.json") in results["ledger"]
+    assert (tmp_path / "notes.txt").read_text() == "before" and (tmp_path / "ledger.json").read_text() == "{}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ledger.json", "notes.txt"]  # no temporary files
+    faults.recovered(2)
