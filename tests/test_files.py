@@ -1,5 +1,7 @@
 """Atomic writes leave the old file or the new one, never a torn one; dataset paths stay inside their root."""
 
+import stat
+
 import pytest
 
 from detkeeper.errors import DataError, DetkeeperError
@@ -12,6 +14,13 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["ledger.json"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path):
+    """Not mkstemp's 0600: a report or export written by detkeeper is as readable as any file the user writes."""
+    written = atomic_write_text(tmp_path / "report.html", "<html></html>")
+    (tmp_path / "plain.html").write_text("<html></html>")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.html").stat().st_mode)
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):

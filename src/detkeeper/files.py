@@ -20,6 +20,16 @@ OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 OUT_OF_SPACE_TEXTS = ("no space left", "file too large", "disk quota exceeded")
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside `path` for a writer that needs a file name (e.g. Keras' ``save_model``).
@@ -30,6 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp_name, _NEW_FILE_MODE)  # mkstemp's 0600 would make reports and exports private
     try:
         yield Path(tmp_name)
         with open(tmp_name, "rb") as handle:

@@ -116,7 +116,8 @@ class _Training:
         keras.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
         distribution = self.distribution
-        logger.info(distribution.describe(config))
+        # Worth a line where there is something to say: a strategy was chosen.
+        logger.log(logging.DEBUG if distribution.name == "default" else logging.INFO, distribution.describe(config))
         with distribution.strategy.scope():  # model, optimizer, EMA, metrics and states: one copy per replica
             model, weight_average = self._build_model(label_map.num_classes, val_split.records, label_map)
             state = EarlyStoppingState()
