@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from training_runs import write_config
 
+DRIVER = Path(__file__).with_name("fault_driver.py")
 STEPS, EVERY, KEEP_BEST, KEEP_LAST = 50, 10, 2, 1
 SECTIONS = {
     "model": {"image_size": 128, "neck": {"channels": 16, "max_level": 5}, "head": {"channels": 16, "convs": 0}},
@@ -28,6 +32,20 @@ SECTIONS = {
 
 def write_fault_config(path: Path, shapes: Path, run_dir: Path) -> Path:
     return write_config(path, shapes, run_dir, **SECTIONS)
+
+
+def run_driver(moment: str, *args: str, limit: int = 900) -> subprocess.CompletedProcess:
+    """``detkeeper ARGS`` in a fresh process with the fault `moment` armed (see fault_driver.py)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, str(DRIVER), moment, *args], env=env, capture_output=True,
+                          text=True, timeout=limit)
+
+
+def train_reference(config: Path, run_dir: Path) -> tuple[Path, Path, dict]:
+    """The run of `config`, uninterrupted, through `detkeeper train`: (config, run_dir, its ledger)."""
+    done = run_driver("none", "train", str(config), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return config, run_dir, read_ledger(run_dir)
 
 
 def read_ledger(run_dir: Path) -> dict:

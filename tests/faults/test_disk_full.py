@@ -1,43 +1,68 @@
-"""A full disk (RLIMIT_FSIZE from a chosen moment on, SIGXFSZ ignored: writes fail with EFBIG as they
-do with ENOSPC) during a checkpoint save, during an export and under every atomic write: a clear
-one-paragraph error, nothing half-written kept, what was there before intact, and the rerun with room
-again carries on."""
+"""A full disk (a small tmpfs where one can be mounted; else RLIMIT_FSIZE from a chosen moment on with
+SIGXFSZ ignored, so writes fail with EFBIG as they do with ENOSPC) during a checkpoint save, during an
+export and under every atomic write: a clear one-paragraph error, nothing half-written kept, what was
+there before intact, and the rerun with room again carries on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import run_driver
-from fault_runs import (assert_consistent, assert_same_as_reference, error_line, tree_digest, visible_exports,
-                        write_fault_config)
+from fault_runs import (assert_consistent, assert_same_as_reference, error_line, run_driver, tree_digest,
+                        visible_exports, write_fault_config)
 
 LIMIT = 1_000_000  # bytes: a checkpoint's data file (3 MB) and the SavedModel's variables do not fit; logs do
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: int):
+    """A tmpfs of `size` bytes at `path`, and a function that grows it; None where mounting is refused
+    (not root, or a sandbox that forbids it): the caller falls back to RLIMIT_FSIZE."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        yield None
+        return
+    try:
+        yield lambda new_size: subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_save_is_a_clear_error_and_the_rerun_resumes(
         fault_reference, shapes_dataset, tmp_path, faults):
+    """On a tmpfs with room for two checkpoints and a bit (a real ENOSPC) where one can be mounted, else
+    with a file size limit from step 30's save on; then room again and the same command."""
     _, reference_dir, _ = fault_reference
-    config = write_fault_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run")
-    full = run_driver(f"full-save:30:{LIMIT}", "train", str(config), "--quiet")
-    faults.injected()
-    assert full.returncode == 1, full.stderr[-3000:]
-    message = error_line(full.stderr, "train")
-    assert ".partial-step-0000030: cannot write the checkpoint of step 30: no space left" in message
-    assert "File too large" in message and "resumes from step-0000020" in message
-    ledger, lost = assert_consistent(tmp_path / "run")  # the kept ones, the best among them, match their sha256
-    faults.lost(lost)
-    assert lost == 0 and [row["step"] for row in ledger["history"]] == [10, 20]
-    assert not list((tmp_path / "run" / "checkpoints").glob(".partial-*"))
+    checkpoint_size = sum(path.stat().st_size for path in (reference_dir / "checkpoints" / "step-0000050").iterdir())
+    with small_filesystem(tmp_path / "disk", int(2.5 * checkpoint_size) + 1_000_000) as grow:
+        run_dir = (tmp_path / "disk" if grow else tmp_path) / "run"
+        config = write_fault_config(tmp_path / "config.yaml", shapes_dataset, run_dir)
+        full = run_driver("none" if grow else f"full-save:30:{LIMIT}", "train", str(config), "--quiet")
+        faults.injected()
+        assert full.returncode == 1, full.stderr[-3000:]
+        message = error_line(full.stderr, "train")
+        assert ".partial-step-0000030: cannot write the checkpoint of step 30: no space left for it (" in message
+        assert ("No space left on device" if grow else "File too large") in message, message
+        assert "resumes from step-0000020" in message
+        ledger, lost = assert_consistent(run_dir)  # the kept ones, the best among them, match their sha256
+        faults.lost(lost)
+        assert lost == 0 and [row["step"] for row in ledger["history"]] == [10, 20]
+        assert not list((run_dir / "checkpoints").glob(".partial-*"))
 
-    resumed = run_driver("none", "train", str(config), "--quiet")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_as_reference(tmp_path / "run", reference_dir)
-    faults.recovered()
+        if grow:
+            grow(64 << 20)
+        resumed = run_driver("none", "train", str(config), "--quiet")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert_same_as_reference(run_dir, reference_dir)
+        faults.recovered()
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import DRIVER, run_driver
-from fault_runs import assert_consistent, assert_same_as_reference, error_line, write_fault_config
+from fault_runs import (DRIVER, assert_consistent, assert_same_as_reference, error_line, run_driver,
+                        write_fault_config)
 
 
 @pytest.mark.slow
