@@ -19,6 +19,7 @@ export (``detkeeper export``)
   ``export-publish``  verified, at the rename that publishes it (with --overwrite: the old export
                       already moved aside)
 full disk (RLIMIT_FSIZE, SIGXFSZ ignored, so writes fail with EFBIG as on a full disk)
+  ``full:BYTES``          no file may grow past BYTES, from the start (any command)
   ``full-save:S:BYTES``   no file may grow past BYTES from the checkpoint save of step S on
   ``full-export:BYTES``   the same from the SavedModel write of an export on
 
@@ -183,6 +184,8 @@ def arm(moment: str) -> None:
         kill_mid_ledger_write(lambda data: data["status"]["state"] != "training")
     elif kind in EXPORT_KINDS:
         arm_export(kind)
+    elif kind == "full":
+        limit_file_size(int(arguments[0]))
     elif kind in ("full-save", "full-export"):
         arm_full_disk(kind, arguments)
     else:

@@ -129,3 +129,20 @@ def test_every_atomic_write_on_a_full_disk_is_a_clear_error_and_keeps_the_old_fi
     assert (tmp_path / "notes.txt").read_text() == "before" and (tmp_path / "ledger.json").read_text() == "{}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ledger.json", "notes.txt"]  # no temporary files
     faults.recovered(2)
+
+
+def test_converting_to_tfrecords_on_a_full_disk_is_a_clear_error_and_leaves_no_shard(shapes_dataset, tmp_path,
+                                                                                    faults):
+    out = tmp_path / "records"
+    full = run_driver("full:4000", "data", "convert", str(shapes_dataset), "--split", "val", "--to", "tfrecord",
+                      "--out", str(out / "val"), "--quiet")
+    faults.injected()
+    assert full.returncode == 1, full.stderr[-3000:]
+    message = error_line(full.stderr, "data")
+    assert f"{out / 'val'}: cannot write 1 TFRecord shard(s): no space left for it (File too large)" in message
+    assert not out.exists() or not list(out.iterdir())  # no shard, no temporary file
+    again = run_driver("none", "data", "convert", str(shapes_dataset), "--split", "val", "--to", "tfrecord",
+                       "--out", str(out / "val"), "--quiet")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "val-00000-of-00001").is_file()
+    faults.recovered()

@@ -54,6 +54,7 @@ from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx, normalize_yxyx
 from detkeeper.errors import DataError
+from detkeeper.files import is_out_of_space, out_of_space
 
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
@@ -94,9 +95,11 @@ def write_tfrecords(records: Sequence[DetectionRecord], label_map: LabelMap,
         for name, path in zip(temporary, paths):
             _fsync(name)
             os.replace(name, path)
-    except BaseException:
+    except BaseException as error:
         for name in temporary:
             Path(name).unlink(missing_ok=True)
+        if is_out_of_space(error):
+            raise out_of_space(output_prefix, error, f"{num_shards} TFRecord shard(s)") from None
         raise
     return paths
 
