@@ -185,3 +185,30 @@ def test_converting_records_named_like_paths_writes_only_inside_the_out_dir(zoo,
     written = json.loads((out / "annotations.json").read_text())
     assert [image["file_name"] for image in written["images"]] == [".._.._evil.png"]
     assert (out / ".._.._evil.png").read_bytes() == good
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated tail"])
+def test_a_damaged_tfrecord_is_counted_and_the_records_before_the_damage_kept(zoo, tmp_path, damage, capsys, faults):
+    path = tmp_path / "data.tfrecord"
+    good = (zoo / "JPEGImages" / "good.png").read_bytes()
+    if damage == "random bytes":
+        path.write_bytes(np.random.default_rng(9).bytes(4000))
+        expected_usable = 0
+    else:
+        _tfrecord_with(path, "first", good)
+        first = path.read_bytes()
+        _tfrecord_with(path, "second", good)
+        path.write_bytes(first + path.read_bytes()[:-7])
+        expected_usable = 1
+    faults.bad_input()
+    code = main(["data", "check", str(path), "--label-map", str(zoo / "label_map.pbtxt"), "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    split = json.loads(out)["splits"][0]
+    assert split["problems"].get("corrupt_record") == 1 and split["records_usable"] == expected_usable, split
+    if damage == "random bytes":  # without a label map there are no class names to read: say why
+        code = main(["data", "check", str(path), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 3 and "Traceback" not in err, err[-3000:]
+        assert "no record could be read, so no label map can be derived from them: " in err
+        assert f"{path}#0: " in err and "[corrupt_record]" in err, err

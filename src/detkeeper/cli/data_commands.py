@@ -149,7 +149,7 @@ def run_check(args) -> int:
     for split in target.splits:
         readout = target.sources.readout(split)
         with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet or args.json) as update:
-            prepared = target.sources.prepare(split, progress=update, log_problems=False)
+            prepared = target.sources.prepare(split, progress=update, log_problems=False, allow_empty=True)
         summaries.append(_summary(target.labels[split], prepared))
         any_errors |= prepared.report.has_errors
         if not args.json:

@@ -124,10 +124,11 @@ class DataSources:
         return self._readouts[split]
 
     def prepare(self, split: str, progress: Callable[[int], None] | None = None,
-                log_problems: bool = True) -> PreparedSplit:
+                log_problems: bool = True, allow_empty: bool = False) -> PreparedSplit:
         """Read, check and apply ``data.bad_records`` to one split (once; later calls reuse it).
 
-        Problems are logged unless the caller shows the report itself (`log_problems=False`).
+        Problems are logged unless the caller shows the report itself (`log_problems=False`). A split
+        with no usable record left is an error unless `allow_empty` (``data check`` reports it).
         """
         if split in self._prepared:
             return self._prepared[split]
@@ -139,7 +140,7 @@ class DataSources:
         if self.config.bad_records == "strict":
             report.raise_if_strict(where)
         records = drop_bad(readout.records, found)
-        if not records:
+        if not records and not allow_empty:
             raise DataError(f"{where}: no usable records ({len(readout.records)} read); "
                             "run `detkeeper data check` on it to see why")
         if report.problems and log_problems:

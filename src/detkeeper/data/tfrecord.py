@@ -206,6 +206,11 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
         if damage is not None:
             problems.append(Problem("corrupt_record", f"{file}#{len(raw_records)}", damage))
     if label_map is None:
+        if not records and problems:  # nothing readable to take class names from: say why, not "no classes"
+            raise DataError(f"no record could be read, so no label map can be derived from them: "
+                            f"{'; '.join(str(problem) for problem in problems[:3])}"
+                            f"{' ...' if len(problems) > 3 else ''}. Give the label map they were made with "
+                            "(--label-map, data.label_map) to have every problem counted.")
         label_map = _derived_label_map(texts_of_label)
     return Readout(records, label_map, problems)
 
