@@ -10,8 +10,9 @@ sorted into chains: in one run directory the command is killed at each moment of
 state on disk is checked (the ledger reads, every checkpoint it lists matches its sha256 and loads,
 the kept set is the retention rule's over the history, nothing committed earlier is gone, no export
 looks finished unless verified); after the last, the final ledger and every kept tensor must equal
-the uninterrupted reference run's. The chains run side by side in a thread pool, a few processes at a time, while the rest of the fault
-suite runs (conftest.py starts them first); tests/faults/test_kills.py waits for them.
+the uninterrupted reference run's. The chains run side by side in a thread pool, a few processes at a
+time, while the rest of the fault suite runs (conftest.py starts them first); test_kills.py waits for
+them.
 """
 
 from __future__ import annotations

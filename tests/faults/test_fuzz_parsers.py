@@ -141,7 +141,8 @@ KEYS = ["image/encoded", "image/format", "image/height", "image/width", "image/s
         "image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax", "image/object/bbox/ymax",
         "image/object/class/label", "image/object/class/text", "image/object/is_crowd"]
 feature_values = st.one_of(
-    st.lists(st.binary(max_size=16), max_size=3).map(lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))),
+    st.lists(st.binary(max_size=16), max_size=3).map(
+        lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))),
     st.lists(st.integers(-2**63, 2**63 - 1), max_size=3).map(
         lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))),
     st.lists(st.floats(width=32), max_size=3).map(lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v))),
