@@ -101,9 +101,9 @@ def checkpoint_damage(run_dir: Path, ledger: dict) -> list[str]:
 
 def assert_consistent(run_dir: Path, before: dict | None = None) -> tuple[dict, int]:
     """The on-disk state a fault left: the ledger reads, every checkpoint it lists is intact and loads,
-    the kept set and best are the retention rule's over the history. Returns (ledger, lost) where
-    lost counts checkpoints or history rows of `before` (an earlier ledger) that are gone although the
-    rule still keeps them, plus damaged checkpoints."""
+    the kept set and best are the retention rule's over the history. Returns (ledger, lost) where lost
+    counts damaged checkpoints, and what `before` (an earlier ledger) committed that is gone or changed:
+    history rows missing or with other metrics, kept checkpoints whose files are no longer the same."""
     ledger = read_ledger(run_dir)
     damage = checkpoint_damage(run_dir, ledger)
     kept, best = retention(ledger["history"])
@@ -111,10 +111,10 @@ def assert_consistent(run_dir: Path, before: dict | None = None) -> tuple[dict, 
     assert ledger["best"] == best
     lost = len(damage)
     if before is not None:
-        rows = {row["step"]: row["metrics"] for row in ledger["history"]}
-        lost += sum(1 for row in before["history"] if row["step"] not in rows)
-        names = {entry["name"] for entry in ledger["checkpoints"]}
-        lost += sum(1 for entry in before["checkpoints"] if entry["name"] in kept and entry["name"] not in names)
+        metrics = {row["step"]: row["metrics"] for row in ledger["history"]}
+        lost += sum(1 for row in before["history"] if metrics.get(row["step"]) != row["metrics"])
+        files = {entry["name"]: entry["files"] for entry in ledger["checkpoints"]}
+        lost += sum(1 for entry in before["checkpoints"] if files.get(entry["name"], entry["files"]) != entry["files"])
     assert not damage, damage
     return ledger, lost
 
