@@ -12,10 +12,12 @@ change the first updates by far more than 1e-4.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import tensorflow as tf
 
-from conftest import MIRRORED_2_CPUS, run_driver
+from distribute_runs import DRIVER, MIRRORED_2_CPUS, driver_env, run_driver
 
 
 def _ledger(run_dir) -> dict:
@@ -59,11 +61,6 @@ def test_two_replicas_follow_the_one_device_loss_curve_and_keep_the_same_ledger(
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(sgd_config):
-    import subprocess
-    import sys
-
-    from conftest import DRIVER, driver_env
-
     config = sgd_config("odd", train={"batch_size": 7})
     completed = subprocess.run([sys.executable, str(DRIVER), str(config), *MIRRORED_2_CPUS], capture_output=True,
                                text=True, timeout=120, env=driver_env())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DRIVER, driver_env
+from distribute_runs import DRIVER, driver_env
 
 pytestmark = pytest.mark.slow  # two processes sharing 2 cores: ~2-3 minutes
 
