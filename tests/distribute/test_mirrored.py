@@ -17,6 +17,8 @@ import sys
 
 import tensorflow as tf
 
+from detkeeper.export.exporter import export_model
+
 from distribute_runs import DRIVER, MIRRORED_2_CPUS, driver_env, run_driver
 
 
@@ -25,8 +27,10 @@ def _ledger(run_dir) -> dict:
 
 
 def test_two_replicas_follow_the_one_device_loss_curve_and_keep_the_same_ledger(sgd_config, tmp_path):
-    one = sgd_config("one")
-    two = sgd_config("two")
+    # EMA on in both: it does not touch the training loss, and the mirrored run's averages must be
+    # created in the strategy's scope, saved, and exported like one device's.
+    one = sgd_config("one", train={"ema_decay": 0.9})
+    two = sgd_config("two", train={"ema_decay": 0.9})
     result_one, _ = run_driver(one, "--curve", str(tmp_path / "one.json"))
     result_two, log_two = run_driver(two, "--curve", str(tmp_path / "two.json"), *MIRRORED_2_CPUS)
 
@@ -58,6 +62,10 @@ def test_two_replicas_follow_the_one_device_loss_curve_and_keep_the_same_ledger(
                  for run in ("one", "two")]
         assert names[0] == names[1]
     assert (tmp_path / "two" / "checkpoints" / "best" / "checkpoint").exists()
+    assert all(entry["ema"] for entry in ledger_two["checkpoints"])
+    # The mirrored run's best checkpoint exports (on one device) and passes verification.
+    exported = export_model(tmp_path / "two")
+    assert exported.verification.passed and exported.metadata["source"]["ema"] is True
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(sgd_config):
