@@ -236,7 +236,7 @@ class _Training:
             from detkeeper.data.pipeline import InputShard
             from detkeeper.evaluation.distributed import DistributedValidation
 
-            distribution.replica_batch_size(config.train.batch_size)
+            distribution.replica_batch_size(config.train.batch_size)  # refuses a batch that does not split evenly
             train_data = distribution.strategy.distribute_datasets_from_function(
                 lambda context: train_data_for(InputShard.from_input_context(context, config.train.batch_size)))
             val_data = None
