@@ -5,6 +5,11 @@ rewritten atomically after every save, and that write is the commit point: a che
 the ledger does not list is an interrupted save, never a checkpoint to trust. Retention keeps the
 ``keep_best`` entries with the best monitored value plus the ``keep_last`` most recent ones;
 only folders the ledger itself recorded are ever pruned.
+
+"The best checkpoint" is always the top of the ranking of the kept entries (:attr:`Ledger.best`),
+computed, never stored apart from them: every reader (``detkeeper checkpoints``, ``export``,
+``evaluate``, ``predict``, the report, ``checkpoints/best``) gets it from there. ``min_delta`` is
+what counts as an improvement for early stopping's patience; it never moves the best.
 """
 
 from __future__ import annotations
@@ -66,7 +71,10 @@ class LedgerEntry:
 
 @dataclasses.dataclass(frozen=True)
 class RetentionPolicy:
-    """What to keep: the best `keep_best` by `monitor` (`mode` max or min) and the latest `keep_last`."""
+    """What to keep: the best `keep_best` by `monitor` (`mode` max or min) and the latest `keep_last`.
+
+    `min_delta` is only read by :meth:`improves` (patience); the ranking, and so the best, ignore it.
+    """
 
     monitor: str
     mode: str = "max"
@@ -98,13 +106,12 @@ class RetentionPolicy:
 
 @dataclasses.dataclass
 class Ledger:
-    """Kept entries, every evaluation's history, the best pointer and the run's status."""
+    """Kept entries, every evaluation's history and the run's status; the best is derived from them."""
 
     policy: RetentionPolicy
     entries: list[LedgerEntry] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pruned: list[str] = dataclasses.field(default_factory=list)
-    best_name: str | None = None
     status: dict[str, Any] = dataclasses.field(default_factory=lambda: {"state": "training"})
 
     # -- queries ---------------------------------------------------------------------------
@@ -113,7 +120,16 @@ class Ledger:
 
     @property
     def best(self) -> LedgerEntry | None:
-        return self.by_name(self.best_name) if self.best_name else None
+        """The top of the ranking (None when every kept value is NaN): the one "best checkpoint".
+
+        Derived on every call, so replacing or forgetting an entry can never leave it stale."""
+        top = next(iter(self.ranked()), None)
+        return top if top is not None and not math.isnan(top.monitor_value) else None
+
+    @property
+    def best_name(self) -> str | None:
+        best = self.best
+        return best.name if best is not None else None
 
     @property
     def latest(self) -> LedgerEntry | None:
@@ -136,20 +152,17 @@ class Ledger:
         """Record `entry` and apply retention; returns the entries to prune (already removed here).
 
         An entry for a step already recorded replaces it (a rerun after a crash that happened after
-        the save but before training moved on writes the same step again).
+        the save but before training moved on writes the same step again, or a resume from an older
+        checkpoint after the latest was damaged), with whatever value it scores this time.
         """
         self.entries = [kept for kept in self.entries if kept.step != entry.step]
+        self.pruned = [name for name in self.pruned if name != entry.name]  # tidy() must not delete it
         self.history = [row for row in self.history if row["step"] != entry.step]
         self.entries.append(entry)
         self.history.append({"step": entry.step, "epoch": entry.epoch, "checkpoint": entry.name,
                              "monitor_value": entry.monitor_value, "metrics": dict(entry.metrics)})
         self.history.sort(key=lambda row: row["step"])
-        current_best = self.best
-        if current_best is None or self.policy.improves(entry.monitor_value, current_best.monitor_value):
-            self.best_name = entry.name if not math.isnan(entry.monitor_value) else self.best_name
-        keep = self.best_names() | self.last_names()
-        if self.best_name:
-            keep.add(self.best_name)  # with min_delta the pointer may lag the top of the ranking
+        keep = self.best_names() | self.last_names()  # best_names() holds the best
         dropped = [kept for kept in self.entries if kept.name not in keep]
         self.entries = [kept for kept in self.entries if kept.name in keep]
         self.pruned = sorted(set(self.pruned) | {dropped_entry.name for dropped_entry in dropped})
@@ -159,9 +172,6 @@ class Ledger:
         """Drop entries whose files were found damaged (kept in `history`)."""
         names = set(names)
         self.entries = [entry for entry in self.entries if entry.name not in names]
-        if self.best_name in names:
-            best = next(iter(self.ranked()), None)
-            self.best_name = best.name if best and not math.isnan(best.monitor_value) else None
 
     def mark_pruned_done(self, names: Iterable[str]) -> None:
         self.pruned = sorted(set(self.pruned) - set(names))
@@ -186,7 +196,10 @@ class Ledger:
 
     @classmethod
     def read(cls, path: str | Path, policy: RetentionPolicy | None = None) -> "Ledger":
-        """Load a ledger; `policy` (from the current config) wins over the stored one when given."""
+        """Load a ledger; `policy` (from the current config) wins over the stored one when given.
+
+        The stored ``best`` is not read back: it is derived from the entries (a ledger written
+        when min_delta could hold it back may name an entry below the top)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -196,7 +209,7 @@ class Ledger:
                         "metrics": {key: _float(value) for key, value in row["metrics"].items()}}
                        for row in data.get("history", [])]
             ledger = cls(policy=policy or stored, entries=entries, history=history,
-                         pruned=list(data.get("pruned", [])), best_name=data.get("best"),
+                         pruned=list(data.get("pruned", [])),
                          status=dict(data.get("status") or {"state": "training"}))
         except FileNotFoundError:
             raise
