@@ -36,6 +36,8 @@ class BestCheckpoints(keras.callbacks.Callback):
     The checkpoint holds the model, its optimizer (with the step and the learning-rate schedule
     position), the EMA weights when `weight_average` is given, and every object in `extra`.
     Only the chief writes under ``tf.distribute``; other workers write to a scratch folder.
+    The best is always the top of the ledger's ranking: `min_delta` is only recorded with the
+    policy and changes neither the best nor what is kept (patience is :class:`EarlyStopping`'s).
     """
 
     def __init__(self, directory, monitor: str = "val_mAP", *, mode: str = "max", keep_best: int = 3,

@@ -3,9 +3,12 @@
 Each save writes a ``tf.train.Checkpoint`` into ``checkpoints/.partial-<name>/``, hashes its
 files, renames the folder to ``checkpoints/<name>/`` and then commits it to the ledger. A crash
 at any moment leaves either a committed checkpoint or a folder the ledger does not list, which is
-reported and set aside, never loaded. TF's ``checkpoint`` state files are written too, so
+reported and set aside as ``unrecorded-<name>-<time>``, never loaded, and removed once a checkpoint
+of that step (or a later one) is committed. A recorded checkpoint saved again (a resume from an
+older one because it was damaged) is set aside as ``replaced-<name>-<time>`` and left for the user
+to inspect. TF's ``checkpoint`` state files are written too, so
 ``tf.train.latest_checkpoint(run/checkpoints)`` gives the latest checkpoint and
-``tf.train.latest_checkpoint(run/checkpoints/best)`` the best one.
+``tf.train.latest_checkpoint(run/checkpoints/best)`` the best one (the ledger's top).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +33,9 @@ logger = logging.getLogger("detkeeper.training")
 
 LEDGER_NAME = "ledger.json"
 PARTIAL_PREFIX = ".partial-"
-SET_ASIDE_PREFIX = "unrecorded-"
+SET_ASIDE_PREFIX = "unrecorded-"  # interrupted saves: removed once their step is committed again
+REPLACED_PREFIX = "replaced-"  # recorded checkpoints saved again: kept, the user decides
+_SET_ASIDE_NAME = re.compile(rf"{SET_ASIDE_PREFIX}step-(\d+)-\d+(?:-\d+)?")
 
 
 def checkpoint_name(step: int) -> str:
@@ -86,6 +92,8 @@ class CheckpointStore:
         """Finish what an interrupted run left: prunes the ledger decided, partial and unrecorded
         folders. Returns one message per thing done, for the log."""
         messages = []
+        if self.ledger.entries and self.is_chief:
+            self._write_state_files()  # a ledger from before best was derived may have pointed elsewhere
         for name in list(self.ledger.pruned):
             folder = self.directory / name
             if folder.exists():
@@ -104,8 +112,7 @@ class CheckpointStore:
                 shutil.rmtree(folder)
                 messages.append(f"removed {folder.name}: a save that was interrupted before it finished")
             elif folder.name.startswith("step-") and folder.name not in recorded:
-                target = self.directory / f"{SET_ASIDE_PREFIX}{folder.name}-{int(time.time())}"
-                folder.rename(target)
+                target = self._set_aside(folder, SET_ASIDE_PREFIX)
                 messages.append(f"set aside {folder.name} as {target.name}: complete on disk but never "
                                 "committed to the ledger (the run was interrupted during the save)")
         return messages
@@ -138,8 +145,8 @@ class CheckpointStore:
                 f"{latest.name if latest else 'the start'}.") from None
         files = hash_files(partial)
         final = self.directory / name
-        if final.exists():  # the same step saved before a crash, never committed: set it aside
-            final.rename(self.directory / f"{SET_ASIDE_PREFIX}{name}-{int(time.time())}")
+        if final.exists():
+            self._set_aside_before_saving_again(final, step)
         partial.rename(final)
         entry = LedgerEntry(name=name, step=step, epoch=epoch, monitor_value=value,
                             metrics={key: float(val) for key, val in metrics.items()}, ema=ema,
@@ -151,6 +158,7 @@ class CheckpointStore:
         self.ledger.mark_pruned_done(old.name for old in dropped)
         if dropped:
             self.ledger.write(self.ledger_path)
+        self._remove_superseded_set_asides(entry)
         self.last_save_seconds = time.perf_counter() - started
         return entry
 
@@ -160,9 +168,53 @@ class CheckpointStore:
         if self.is_chief:
             self.ledger.write(self.ledger_path)
 
+    def _set_aside(self, folder: Path, prefix: str) -> Path:
+        """Rename `folder` to ``<prefix><name>-<time>`` (a suffix when that name is taken)."""
+        stem = f"{prefix}{folder.name}-{int(time.time())}"
+        target, count = self.directory / stem, 1
+        while target.exists():
+            target, count = self.directory / f"{stem}-{count}", count + 1
+        folder.rename(target)
+        return target
+
+    def _set_aside_before_saving_again(self, final: Path, step: int) -> None:
+        """`final` is in the way of the save of `step`: a recorded checkpoint (resumed from an older
+        one because this one was damaged) is kept aside for inspection; anything else is an
+        interrupted save, set aside until this save commits."""
+        recorded = self.ledger.by_name(final.name)
+        if recorded is None:
+            target = self._set_aside(final, SET_ASIDE_PREFIX)
+            logger.warning("set aside %s as %s: complete on disk but never committed to the ledger",
+                           final.name, target.name)
+            return
+        reason = damage(final, recorded) or "its files match the ledger"
+        target = self._set_aside(final, REPLACED_PREFIX)
+        logger.warning("set aside the recorded checkpoint %s as %s: step %d is saved again (%s). detkeeper "
+                       "never removes it; delete it once you no longer need it.", final.name, target.name,
+                       step, reason)
+
+    def _remove_superseded_set_asides(self, committed: LedgerEntry) -> None:
+        """Remove ``unrecorded-step-*`` folders of a step at or before `committed`: the run has a
+        committed checkpoint of that point now, so the interrupted save they hold is of no use."""
+        for folder in sorted(self.directory.glob(f"{SET_ASIDE_PREFIX}step-*")):
+            match = _SET_ASIDE_NAME.fullmatch(folder.name)
+            if match is None or not folder.is_dir() or int(match.group(1)) > committed.step:
+                continue
+            try:
+                shutil.rmtree(folder)
+            except OSError as error:  # the checkpoint is committed; a leftover folder must not stop training
+                logger.warning("could not remove %s (%s); it is not used, delete it by hand", folder, error)
+                continue
+            what = "committed again" if int(match.group(1)) == committed.step else f"passed by {committed.name}"
+            logger.info("removed %s: step-%s is %s, so the interrupted save it held is not needed",
+                        folder.name, match.group(1), what)
+
     def _commit(self) -> None:
         """Ledger first (the commit point), then TF's state files that point into it."""
         self.ledger.write(self.ledger_path)
+        self._write_state_files()
+
+    def _write_state_files(self) -> None:
         by_step = sorted(self.ledger.entries, key=lambda entry: entry.step)
         if by_step:
             write_state_file(self.directory, [f"{entry.name}/{entry.prefix}" for entry in by_step])
@@ -191,7 +243,7 @@ class CheckpointStore:
         entries = self.ledger.entries
         if not entries:
             raise DetkeeperError(f"{self.directory}: no checkpoints recorded in {LEDGER_NAME} yet")
-        if which == "best":
+        if which == "best":  # the top of the ledger's ranking; the latest when every value is NaN
             entry = self.ledger.best or self.ledger.latest
         elif which == "latest":
             entry = self.ledger.latest
