@@ -426,7 +426,10 @@ class CheckpointConfig:
         "max", help="max: a higher monitored metric is better; min: lower is better."
     )
     min_delta: float = setting(
-        0.0, help="Smallest change of the metric that counts as an improvement.", ge=0
+        0.0, help="Changes neither the best checkpoint nor what is kept: the best is always the top of "
+        "the ranking by evaluation.monitor (export, evaluate, checkpoints/best and the report use it). "
+        "What counts as an improvement for patience is early_stopping.min_delta. Recorded in the "
+        "ledger's policy; accepted so existing configs load.", ge=0
     )
 
 
