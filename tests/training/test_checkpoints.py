@@ -99,10 +99,14 @@ def test_non_chief_writes_nothing_in_the_run(tmp_path):
 
 def test_with_min_delta_every_reader_of_best_gets_the_top_of_the_ranking(tmp_path, capsys):
     """0.500 then 0.509 with min_delta 0.01: the best is step 200 for the ledger, TF's pointer,
-    resolve("best") (export, evaluate, predict) and ``detkeeper checkpoints``."""
+    the entry export, evaluate and predict restore, ``detkeeper checkpoints`` and the report."""
     from argparse import Namespace
 
     from detkeeper.cli.train_commands import run_checkpoints
+    from detkeeper.model_source import checkpoint_entry
+    from detkeeper.report.page import _ledger
+    from detkeeper.report.rundata import read_run
+    from detkeeper.rundir import RunDirectory
 
     store = CheckpointStore(tmp_path / "checkpoints", RetentionPolicy("val_mAP", keep_best=2, keep_last=1,
                                                                       min_delta=0.01))
@@ -112,6 +116,13 @@ def test_with_min_delta_every_reader_of_best_gets_the_top_of_the_ranking(tmp_pat
     assert tf.train.latest_checkpoint(str(store.directory / "best")).endswith("step-0000200/ckpt")
     run_checkpoints(Namespace(run_dir=str(tmp_path), json=False))
     assert capsys.readouterr().out.splitlines()[1].startswith("*step-0000200")
+    (tmp_path / "config.yaml").write_text("run_dir: .\n")
+    assert checkpoint_entry(RunDirectory(tmp_path), "best")[1].step == 200
+    contents = read_run(tmp_path)
+    assert contents.best_text() == "val_mAP 0.5090 @ step 200 (step-0000200)"
+    html = _ledger(contents)
+    assert html.count('<tr class="best">') == 1 and '<tr class="best"><td class="num">200</td>' in html
+    assert "min_delta" not in html  # it does not decide what is kept
 
 
 def test_an_older_ledger_whose_best_lags_the_top_is_read_with_the_top(tmp_path):

@@ -138,7 +138,8 @@ def _ledger(contents: RunContents) -> str:
         kept = ledger.by_name(name) is not None
         reasons = [reason for reason, names in (("best-k", best_k), ("latest", last)) if name in names]
         is_best = name == ledger.best_name
-        state = ("★ best, kept" if is_best else f"kept ({', '.join(reasons) or 'pointer'})" if kept else "pruned")
+        why = ", ".join(reasons) or "an older ledger named it best"
+        state = "★ best, kept" if is_best else f"kept ({why})" if kept else "pruned"
         css = "best" if is_best else "" if kept else "pruned"
         cells = [f'<td class="num">{step}</td>', f"<td>{_e(name)}</td>",
                  f'<td class="num">{format_number(row.get("monitor_value"))}</td>',
@@ -146,7 +147,7 @@ def _ledger(contents: RunContents) -> str:
                  f'<td class="num">{format_number(row["metrics"].get("loss"))}</td>', f"<td>{_e(state)}</td>"]
         lines.append(f'<tr class="{css}">{"".join(cells)}</tr>')
     policy = ledger.policy
-    note = (f"<p>Kept: the {policy.keep_best} best by {_e(monitor)} ({policy.mode}, min_delta {policy.min_delta}) "
+    note = (f"<p>Kept: the {policy.keep_best} best by {_e(monitor)} ({policy.mode}; ★ the top of this ranking) "
             f"and the {policy.keep_last} latest; every evaluation is listed, pruned ones included "
             "(checkpoints/ledger.json).</p>")
     return head + note + f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(lines)}</tbody></table></section>"
