@@ -8,8 +8,10 @@ Layout (later stages add to it; every reader goes through this class)::
       train.log          the training log (appended on every resume)
       logs/              TensorBoard: train/ (losses, learning rate), validation/ (stats, pictures)
       checkpoints/       ledger.json (the source of truth), step-NNNNNNN/ folders, TF `checkpoint`
-                         state file (latest) and best/checkpoint (the best), both for
-                         tf.train.latest_checkpoint
+                         state file (latest) and best/checkpoint (the best: the top of the
+                         ledger's ranking), both for tf.train.latest_checkpoint; after a crash,
+                         unrecorded-step-*/ (an uncommitted save, removed once its step is
+                         committed) and replaced-step-*/ (a damaged checkpoint saved again, kept)
       init_from.json     with model.init_from: what each variable was restored from
       report.html        the run report (detkeeper.report)
       eval/              detkeeper evaluate's outputs, <checkpoint>-<data>/ each
