@@ -17,7 +17,10 @@ from detkeeper.training.ledger import RetentionPolicy
 
 
 class EarlyStoppingState(tf.Module):
-    """Best value, its step, the wait counter and the step training stopped at (-1: not stopped)."""
+    """Best value, its step, the wait counter and the step training stopped at (-1: not stopped).
+
+    `best` is patience's reference (the last value that improved by more than `min_delta`), so it
+    can lag the best checkpoint, which is always the top of the ledger's ranking."""
 
     def __init__(self) -> None:
         super().__init__(name="early_stopping")
