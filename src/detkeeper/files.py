@@ -10,14 +10,31 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from detkeeper.errors import DataError, DetkeeperError
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: What TF OD API sample configs leave for the user to fill in: ``gs://${YOUR_GCS_BUCKET}/...``
+#: (the older samples) and ``PATH_TO_BE_CONFIGURED`` (the TF2 model zoo's).
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}|PATH_TO_BE_CONFIGURED")
+
 OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 OUT_OF_SPACE_TEXTS = ("no space left", "file too large", "disk quota exceeded")
+
+
+def is_url(path: str) -> bool:
+    """``gs://bucket/x``, ``s3://...``, ``ram://...``: a location tf.io.gfile reads, never a local
+    path to make absolute or relative."""
+    return bool(_URL_SCHEME.match(path))
+
+
+def unfilled_placeholders(path: str) -> list[str]:
+    """The placeholders in `path` a user still has to replace (``${YOUR_GCS_BUCKET}``), in order."""
+    return _PLACEHOLDER.findall(path)
 
 
 def _new_file_mode() -> int:

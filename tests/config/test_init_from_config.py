@@ -14,6 +14,7 @@ def test_init_from_is_off_by_default() -> None:
 
 
 def test_path_is_relative_to_the_yaml_file_and_include_defaults_to_backbone_and_neck(write_config, tmp_path):
+    (tmp_path / "configs" / "runs" / "cells").mkdir(parents=True)
     config = load_config(write_config("""
         preset: demo
         model:
@@ -24,6 +25,7 @@ def test_path_is_relative_to_the_yaml_file_and_include_defaults_to_backbone_and_
 
 
 def test_a_set_override_turns_it_on_relative_to_the_working_directory(in_tmp_cwd) -> None:
+    (in_tmp_cwd / "runs" / "cells" / "checkpoints" / "step-0000100").mkdir(parents=True)
     config = load_config("demo", ["model.init_from.path=runs/cells/checkpoints/step-0000100",
                                   "model.init_from.include=all"])
     assert config.model.init_from == InitFromConfig(

@@ -163,7 +163,7 @@ def test_save_load_round_trip(write_config, tmp_path: Path) -> None:
               schedule: {name: step, decay_steps: [100, 200]}
               ema_decay: 0.999
         """),
-        overrides=["train.steps=300"],
+        overrides=["train.steps=600"],
     )
     saved = save_config(config, tmp_path / "run" / "config.yaml")
     text = saved.read_text()

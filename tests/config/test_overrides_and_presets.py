@@ -112,5 +112,5 @@ def test_unknown_preset_in_file(write_config) -> None:
 
 
 def test_a_file_named_like_a_preset_wins(in_tmp_cwd: Path) -> None:
-    (in_tmp_cwd / "demo").write_text("train: {steps: 7}\n")
+    (in_tmp_cwd / "demo").write_text("train: {steps: 7, schedule: {warmup_steps: 0}}\n")
     assert load_config("demo").train.steps == 7

@@ -123,6 +123,9 @@ def run_import(args) -> int:
         print("\n".join(f"  {entry.describe()}" for entry in result.mapped))
     print(f"\nnot carried over ({len(result.not_carried)}):")
     print("\n".join(f"  {note.describe()}" for note in result.not_carried) or "  nothing")
+    if result.placeholders:
+        print(f"\nplaceholders to fill in ({len(result.placeholders)}; the sample config's, not a real location):")
+        print("\n".join(f"  {placeholder}" for placeholder in result.placeholders))
     if result.missing_files:
         print(f"\nnot found yet ({len(result.missing_files)}; `detkeeper train {path}` needs them):")
         print("\n".join(f"  {missing}" for missing in result.missing_files))

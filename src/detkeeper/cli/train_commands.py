@@ -121,11 +121,9 @@ class _SkipLogger(logging.Filter):
 
 
 def run_train(args) -> int:
-    from detkeeper.config import load_config
-
     overrides = list(args.set) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
     overrides += [f"distribute.strategy={args.strategy}"] if args.strategy else []
-    result = train_with_progress(load_config(args.config, overrides), args.quiet or args.json)
+    result = train_with_progress(args.config, args.quiet or args.json, overrides)
     if args.json:
         print_json({"run_dir": str(result.run_dir), "status": result.status, "step": result.step,
                     "best": result.best.to_json() if result.best else None,
@@ -140,8 +138,9 @@ def run_train(args) -> int:
     return 0
 
 
-def train_with_progress(config, quiet: bool):
-    """Train `config` with progress bars on stderr and training's messages printed once, plainly."""
+def train_with_progress(config, quiet: bool, overrides=()):
+    """Train `config` (a RunConfig, or a file or preset with `overrides`) with progress bars on
+    stderr and training's messages printed once, plainly."""
     from detkeeper.training.trainer import train
 
     training_logger = logging.getLogger("detkeeper.training")
@@ -153,7 +152,7 @@ def train_with_progress(config, quiet: bool):
     for root_handler in logging.getLogger().handlers:
         root_handler.addFilter(skip_training)
     try:
-        return train(config, reporter=BarReporter(quiet))
+        return train(config, overrides, reporter=BarReporter(quiet))
     finally:
         training_logger.removeHandler(handler)
         for root_handler in logging.getLogger().handlers:

@@ -14,7 +14,7 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from detkeeper.config.schema import WEIGHTS_KEYWORDS, RunConfig, SourceConfig
 from detkeeper.config.validate import KeyPath, Problem, format_key, from_data
 from detkeeper.config.yamlio import dump_yaml, parse_yaml
 from detkeeper.errors import ConfigError
-from detkeeper.files import atomic_write_text
+from detkeeper.files import atomic_write_text, is_url, unfilled_placeholders
 
 _PRESET_SUFFIX = ".yaml"
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -54,11 +54,18 @@ def list_presets() -> list[str]:
     )
 
 
-def load_config(source: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
+ConfigCheck = Callable[[RunConfig], Sequence[Problem]]
+"""A check from a layer above config (the model registry, the monitors): its problems are
+reported like the schema's, with the file each key came from."""
+
+
+def load_config(source: str | os.PathLike, overrides: Sequence[str] = (),
+                checks: Sequence[ConfigCheck] = ()) -> RunConfig:
     """Load, merge, validate and resolve a run config; raise one ConfigError listing every problem.
 
     `source` is a YAML file, or the name of a preset when no such file exists. `overrides` are
     ``key.path=value`` strings, values parsed as YAML (``data.val=null``, ``x.y=[1, 2]``).
+    `checks` run on the resolved config once the schema and the files pass.
     """
     layers = _source_layers(os.fspath(source), chain=())
     fallback = layers[-1].origin.label
@@ -72,9 +79,18 @@ def load_config(source: str | os.PathLike, overrides: Sequence[str] = ()) -> Run
         raise ConfigError(_problems_message(problems, origins, fallback))
     config = _resolve_paths(config, (), origins)
     problems = _missing_files(config)
+    if not problems:
+        problems = [problem for check in checks for problem in check(config)]
     if problems:
         raise ConfigError(_problems_message(problems, origins, fallback))
     return config
+
+
+def check_config(config: RunConfig, checks: Sequence[ConfigCheck], label: str = "config") -> None:
+    """Run `checks` on a config that was built in code (no file to name); one ConfigError listing all."""
+    problems = [problem for check in checks for problem in check(config)]
+    if problems:
+        raise ConfigError(_problems_message(problems, {}, label))
 
 
 def config_to_dict(config: Any) -> Any:
@@ -225,23 +241,63 @@ def _is_path(field: dataclasses.Field, value: Any) -> bool:
 
 
 def _absolute(path: str, base: str) -> str:
+    if is_url(path):
+        return path
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _placeholders(config: Any, key: KeyPath = ()) -> list[Problem]:
+    """Every path field still holding a sample config's placeholder (``gs://${YOUR_GCS_BUCKET}/..``)."""
+    problems = []
+    for field in dataclasses.fields(config):
+        value, child = getattr(config, field.name), key + (field.name,)
+        if dataclasses.is_dataclass(value):
+            problems += _placeholders(value, child)
+        elif field.metadata.get("path") and isinstance(value, str):
+            for placeholder in unfilled_placeholders(value):
+                problems.append(Problem(child, f"unfilled placeholder {placeholder} in {value!r}; replace "
+                                               "it with the real location"))
+    return problems
+
+
+def _path_exists(path: str, kind: str = "any") -> bool:
+    """`path` is there (`kind` "file", "dir" or "any"); URLs are asked of tf.io.gfile."""
+    if not is_url(path):
+        return {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(path)
+    import tensorflow as tf  # here: only a URL needs it, and `detkeeper config` starts without TensorFlow
+
+    return tf.io.gfile.isdir(path) if kind == "dir" else tf.io.gfile.exists(path)
+
+
+def _matches(pattern: str) -> bool:
+    if not is_url(pattern):
+        return bool(glob.glob(pattern))
+    import tensorflow as tf  # here: only a URL needs it
+
+    return bool(tf.io.gfile.glob(pattern))
 
 
 def _missing_files(config: RunConfig) -> list[Problem]:
     """Every input file the config names that is not on disk (generated and output paths aside)."""
-    problems = []
+    problems = _placeholders(config)
+    if problems:
+        return problems
     for split in ("train", "val", "test"):
         source = getattr(config.data, split)
         if source is not None:
             problems += _missing_source_files(source, ("data", split))
     label_map = config.data.label_map
-    if label_map is not None and not os.path.isfile(label_map):
+    if label_map is not None and not _path_exists(label_map, "file"):
         problems.append(
             Problem(("data", "label_map"), f"expected an existing label map, got {label_map!r}")
         )
+    init_from = config.model.init_from
+    if init_from is not None and not (_path_exists(init_from.path) or _path_exists(init_from.path + ".index")):
+        problems.append(Problem(
+            ("model", "init_from", "path"),
+            f"expected an existing run directory, checkpoint or export, got {init_from.path!r}"))
     weights = config.model.backbone.weights
-    if weights not in WEIGHTS_KEYWORDS and not os.path.exists(weights):
+    if weights not in WEIGHTS_KEYWORDS and not _path_exists(weights):
         problems.append(
             Problem(
                 ("model", "backbone", "weights"),
@@ -253,21 +309,21 @@ def _missing_files(config: RunConfig) -> list[Problem]:
 
 def _missing_source_files(source: SourceConfig, key: KeyPath) -> list[Problem]:
     path_key = key + ("path",)
-    if source.format == "voc" and not os.path.isdir(source.path):
+    if source.format == "voc" and not _path_exists(source.path, "dir"):
         return [Problem(path_key, f"expected an existing VOC dataset folder, got {source.path!r}")]
     if source.format == "coco":
         problems = []
-        if not os.path.isfile(source.path):
+        if not _path_exists(source.path, "file"):
             problems.append(
                 Problem(path_key, f"expected an existing COCO JSON file, got {source.path!r}")
             )
-        if source.images is not None and not os.path.isdir(source.images):
+        if source.images is not None and not _path_exists(source.images, "dir"):
             problems.append(
                 Problem(key + ("images",), f"expected an existing folder, got {source.images!r}")
             )
         return problems
     if source.format == "tfrecord":
-        unmatched = [pattern for pattern in source.patterns() if not glob.glob(pattern)]
+        unmatched = [pattern for pattern in source.patterns() if not _matches(pattern)]
         if unmatched:
             missing = ", ".join(map(repr, unmatched))
             return [

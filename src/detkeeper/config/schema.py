@@ -320,6 +320,13 @@ class TrainConfig:
         lt=1,
     )
 
+    def validate(self) -> list[str]:
+        warmup = self.schedule.warmup_steps
+        if warmup > self.steps:
+            return [f"schedule.warmup_steps: expected at most train.steps ({self.steps}): the rate would "
+                    f"never reach its peak; got {warmup}"]
+        return []
+
 
 DistributeStrategy = Literal["default", "mirrored", "multi_worker", "tpu"]
 

@@ -27,7 +27,7 @@ from detkeeper.config.tfod_training import map_evaluation, map_inputs, map_train
 from detkeeper.config.validate import format_key, from_data
 from detkeeper.config.yamlio import dump_yaml
 from detkeeper.errors import ConfigError
-from detkeeper.files import atomic_write_text
+from detkeeper.files import atomic_write_text, is_url, unfilled_placeholders
 
 __all__ = ["ImportResult", "Mapped", "Note", "import_pipeline_config", "write_imported_config"]
 
@@ -43,6 +43,9 @@ class ImportResult:
     not_carried: tuple[Note, ...]
     missing_files: tuple[str, ...]
     """Input files the config names that do not exist (yet): `load_config` refuses it until they do."""
+    placeholders: tuple[str, ...] = ()
+    """Paths still holding a sample config's placeholder (``gs://${YOUR_GCS_BUCKET}/...``), as
+    ``key: placeholder in 'path'``: `load_config` refuses them until they are filled in."""
 
     def to_yaml(self) -> str:
         """The YAML file: a header with the not-carried-over notes as comments, then the config."""
@@ -95,8 +98,9 @@ def import_pipeline_config(path: str | os.PathLike, *, out_dir: str | os.PathLik
     if config is None:
         listed = "\n".join(f"  {format_key(problem.key)}: {problem.message}" for problem in problems)
         raise ConfigError(f"{source}: the imported values are outside detkeeper's ranges:\n{listed}")
+    placeholders = _placeholders(data)
     return ImportResult(source=source, data=data, mapped=tuple(tracker.mapped), not_carried=tuple(notes),
-                        missing_files=tuple(_missing_files(data, out)))
+                        missing_files=tuple(_missing_files(data, out)), placeholders=tuple(placeholders))
 
 
 def write_imported_config(result: ImportResult, out: str | os.PathLike, *, force: bool = False) -> Path:
@@ -136,18 +140,36 @@ def _read(source: Path) -> str:
                           "protobuf text format") from None
 
 
-def _missing_files(data: dict[str, Any], out_dir: Path) -> list[str]:
-    """Each input pattern or file the config names that matches nothing, as written in the YAML."""
-    missing = []
+def _input_paths(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(key, path)`` of every input the imported config names, one per TFRecord pattern."""
+    paths = []
     for split in ("train", "val"):
         source = data["data"].get(split)
         if source:
-            for pattern in source["path"].split(","):
-                if not glob.glob(str(out_dir / pattern)):
-                    missing.append(f"data.{split}.path: {pattern}")
-    label_map = data["data"].get("label_map")
-    if label_map and not (out_dir / label_map).is_file():
-        missing.append(f"data.label_map: {label_map}")
+            paths += [(f"data.{split}.path", pattern) for pattern in source["path"].split(",")]
+    if data["data"].get("label_map"):
+        paths.append(("data.label_map", data["data"]["label_map"]))
+    init_from = data["model"].get("init_from")
+    if init_from:
+        paths.append(("model.init_from.path", init_from["path"]))
+    return paths
+
+
+def _placeholders(data: dict[str, Any]) -> list[str]:
+    return [f"{key}: {placeholder} in {path!r}" for key, path in _input_paths(data)
+            for placeholder in unfilled_placeholders(path)]
+
+
+def _missing_files(data: dict[str, Any], out_dir: Path) -> list[str]:
+    """Each local input pattern or file the config names that matches nothing, as written in the YAML.
+    URLs are not looked up here (that needs TensorFlow; `load_config` does it); placeholders are
+    reported by :func:`_placeholders` instead."""
+    missing = []
+    for key, path in _input_paths(data):
+        if is_url(path) or unfilled_placeholders(path) or key == "model.init_from.path":
+            continue
+        if not glob.glob(str(out_dir / path)):
+            missing.append(f"{key}: {path}")
     return missing
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from detkeeper.config.pbtxt import Message, Value
 from detkeeper.config.tfod_reasons import reason_for
 from detkeeper.errors import ConfigError
+from detkeeper.files import is_url
 
 FOCAL_PRIOR_BIAS = -math.log(0.99 / 0.01)  # detkeeper's heads start at foreground probability 0.01
 EVALUATE_EVERY = 1000  # model_main_tf2's --checkpoint_every_n default: its evaluator sees each 1000th step
@@ -69,7 +70,10 @@ class Tracker:
         return ConfigError(f"{self.label}: {path}: {message}")
 
     def path_for_yaml(self, path: str) -> str:
-        """A pipeline path resolved from base_dir, written relative to the YAML's folder (absolute stays)."""
+        """A pipeline path resolved from base_dir, written relative to the YAML's folder (absolute paths
+        and URLs such as ``gs://bucket/train.record``, which tf.io.gfile reads, stay as they are)."""
+        if is_url(path):
+            return path
         expanded = os.path.expanduser(path)
         if os.path.isabs(expanded):
             return os.path.normpath(expanded)

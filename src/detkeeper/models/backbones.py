@@ -55,28 +55,33 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def build_backbone(name: str, weights: str = "none", image_size: int | None = None) -> keras.Model:
-    """The backbone `name` with `weights` "none" (random), "imagenet" or a local weights file.
-
-    `image_size` fixes a square input side (a multiple of 32, so C5 has stride exactly 32); None
-    leaves height and width dynamic.
-    """
+def check_backbone(name: str, weights: str = "none", image_size: int | None = None) -> None:
+    """Raise the ``ConfigError`` :func:`build_backbone` would raise for these settings, building nothing."""
     if name not in _BACKBONES:
         raise ConfigError(f"model.backbone.name: unknown backbone {name!r}; available backbones: "
                           f"{', '.join(list_backbones())}")
     if image_size is not None and (image_size < 32 or image_size % 32):
         raise ConfigError(f"model.image_size: expected a multiple of 32 for backbone {name!r}, "
                           f"got {image_size}")
+    if weights == "imagenet" and not _BACKBONES[name].imagenet:
+        raise ConfigError(f"model.backbone.weights: backbone {name!r} has no ImageNet weights; "
+                          "use `model.backbone.weights: none` or a path to a local weights file")
+    if weights not in ("none", "imagenet") and not os.path.isfile(weights):
+        raise ConfigError(f"model.backbone.weights: weights file {weights!r} not found")
+
+
+def build_backbone(name: str, weights: str = "none", image_size: int | None = None) -> keras.Model:
+    """The backbone `name` with `weights` "none" (random), "imagenet" or a local weights file.
+
+    `image_size` fixes a square input side (a multiple of 32, so C5 has stride exactly 32); None
+    leaves height and width dynamic.
+    """
+    check_backbone(name, weights, image_size)
     spec = _BACKBONES[name]
     input_shape = (image_size, image_size, 3)
     if weights == "imagenet":
-        if not spec.imagenet:
-            raise ConfigError(f"model.backbone.weights: backbone {name!r} has no ImageNet weights; "
-                              "use `model.backbone.weights: none` or a path to a local weights file")
         backbone = _build_imagenet(name, spec, input_shape)
     else:
-        if weights != "none" and not os.path.isfile(weights):
-            raise ConfigError(f"model.backbone.weights: weights file {weights!r} not found")
         backbone = spec.build(input_shape, None)
         if weights == "none":
             _track_statistics_quickly(backbone)

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
 from detkeeper.models import boxes
-from detkeeper.models.backbones import build_backbone
+from detkeeper.models.backbones import build_backbone, check_backbone
+from detkeeper.models.custom import tower_layer
 
 
 def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
@@ -161,6 +162,14 @@ class PyramidDefaults:
     head_convs: int
     min_level: int
     max_level: int
+
+
+def check_pyramid_config(model_config) -> None:
+    """The registry check of families built by :func:`build_pyramid_detector`: their backbone and
+    head block exist (the ``ConfigError`` building would raise, without building the model)."""
+    check_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
+    if model_config.head.block is not None:
+        tower_layer(model_config.head.block, 8, "head_block_check")
 
 
 def build_pyramid_detector(detector_class: type, model_config, num_classes: int, postprocess,

@@ -252,17 +252,7 @@ def _check_widths(model_config) -> None:
 
 def _encoder_from_config(keras_hub, model_config):
     """A randomly initialized keras-hub ResNetBackbone named by ``model.backbone``."""
-    backbone = model_config.backbone
-    if backbone.name not in RESNET_CONFIGS:
-        raise ConfigError(f"model.backbone.name: {model_config.name} builds keras-hub ResNet backbones "
-                          f"{', '.join(RESNET_CONFIGS)} from config (or anything from `model.preset`); "
-                          f"got {backbone.name!r}")
-    if backbone.weights != "none":
-        raise ConfigError(f"model.backbone.weights: {model_config.name} takes pretrained weights only from a "
-                          f"keras-hub preset (e.g. `model.preset: resnet_50_imagenet` for an ImageNet "
-                          f"ResNet-50, or `retinanet_resnet50_fpn_coco` for a COCO ResNet-50 + FPN); "
-                          f"expected none, got {backbone.weights!r}")
-    size = model_config.image_size
+    backbone, size = model_config.backbone, model_config.image_size
     return keras_hub.models.ResNetBackbone(**RESNET_CONFIGS[backbone.name], image_shape=(size, size, 3),
                                            name=f"{backbone.name}_encoder")
 
@@ -270,9 +260,6 @@ def _encoder_from_config(keras_hub, model_config):
 def _load_preset(keras_hub, model_config):
     """The preset's backbone and its image normalization ``(scale, offset)``."""
     preset, size = model_config.preset, model_config.image_size
-    if model_config.backbone.weights != "none":
-        raise ConfigError(f"model.backbone.weights: the weights come from `model.preset` ({preset!r}); "
-                          f"expected none, got {model_config.backbone.weights!r}")
     try:
         backbone = keras_hub.models.Backbone.from_preset(preset, image_shape=(size, size, 3))
     # kagglehub, huggingface_hub and keras-hub report a preset they cannot get with many unrelated
@@ -326,11 +313,30 @@ def _pyramid_backbone(keras_hub, model_config):
     return backbone, scale, offset
 
 
-@register_model("hub_retinanet")
+def _check_hub_config(model_config) -> None:
+    """What hub_retinanet refuses before it downloads or builds anything."""
+    import_keras_hub(model_config.name)
+    _check_widths(model_config)
+    backbone, preset = model_config.backbone, model_config.preset
+    if preset is None and backbone.name not in RESNET_CONFIGS:
+        raise ConfigError(f"model.backbone.name: {model_config.name} builds keras-hub ResNet backbones "
+                          f"{', '.join(RESNET_CONFIGS)} from config (or anything from `model.preset`); "
+                          f"got {backbone.name!r}")
+    if backbone.weights != "none" and preset is not None:
+        raise ConfigError(f"model.backbone.weights: the weights come from `model.preset` ({preset!r}); "
+                          f"expected none, got {backbone.weights!r}")
+    if backbone.weights != "none":
+        raise ConfigError(f"model.backbone.weights: {model_config.name} takes pretrained weights only from a "
+                          f"keras-hub preset (e.g. `model.preset: resnet_50_imagenet` for an ImageNet "
+                          f"ResNet-50, or `retinanet_resnet50_fpn_coco` for a COCO ResNet-50 + FPN); "
+                          f"expected none, got {backbone.weights!r}")
+
+
+@register_model("hub_retinanet", check=_check_hub_config)
 def hub_retinanet(model_config, num_classes: int, postprocess: Postprocess) -> HubRetinaNet:
     """keras-hub's RetinaNet (ResNet + FPN P3-P7, 256 wide, four-conv heads) from a preset or config."""
+    _check_hub_config(model_config)
     keras_hub = import_keras_hub(model_config.name)
-    _check_widths(model_config)
     backbone, scale, offset = _pyramid_backbone(keras_hub, model_config)
     stride = 2 ** backbone.max_level
     if model_config.image_size % stride:

@@ -28,16 +28,24 @@ class Postprocess:
 
 
 ModelBuilder = Callable[..., object]  # (model_config, num_classes, postprocess) -> Detector
+ModelCheck = Callable[[object], None]  # (model_config) -> None; raises ConfigError("model.<key>: ...")
 _BUILDERS: dict[str, ModelBuilder] = {}
+_CHECKS: dict[str, ModelCheck] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`."""
+def register_model(name: str, check: ModelCheck | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`.
+
+    `check(model_config)` raises the ``ConfigError`` the builder would raise for the config's names
+    and sizes, without building anything, so a run can refuse a config before it reads its data.
+    """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
+        if check is not None:
+            _CHECKS[name] = check
         return builder
 
     return add
@@ -51,6 +59,39 @@ def _load_families() -> None:
 def list_models() -> list[str]:
     _load_families()
     return sorted(_BUILDERS)
+
+
+def model_config_problems(model_config) -> list[str]:
+    """What `build_model` would refuse in ``model``, as ``"<key under model>: <message>"`` lines.
+
+    Imports ``model.custom_objects_module`` (it may register the model) and runs the family's
+    registered check; builds nothing and reads no data.
+    """
+    from detkeeper.models.custom import import_custom_objects  # here: it imports Keras, this module does not
+
+    _load_families()
+    try:
+        import_custom_objects(model_config.custom_objects_module)
+    except ConfigError as error:
+        return [_relative_to_model(str(error), "custom_objects_module")]
+    if model_config.name not in _BUILDERS:
+        return [f"name: unknown model {model_config.name!r}; registered models: {', '.join(sorted(_BUILDERS))}"]
+    check = _CHECKS.get(model_config.name)
+    if check is None:
+        return []
+    try:
+        check(model_config)
+    except ConfigError as error:
+        return [_relative_to_model(str(error), "name")]
+    return []
+
+
+def _relative_to_model(message: str, fallback_key: str) -> str:
+    """``"model.backbone.name: unknown ..."`` -> ``"backbone.name: unknown ..."``."""
+    key, separator, rest = message.partition(": ")
+    if separator and key.startswith("model."):
+        return f"{key[len('model.'):]}: {rest}"
+    return f"{fallback_key}: {message}"
 
 
 def build_model(model_config, num_classes: int, postprocess: Postprocess | None = None):

@@ -21,12 +21,14 @@ from typing import Iterator, Sequence
 import keras
 import tensorflow as tf
 
+from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
 from detkeeper.errors import ConfigError
 from detkeeper.rundir import RunDirectory
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
 from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
 from detkeeper.training.ledger import LedgerEntry
+from detkeeper.training.preflight import TRAINING_CHECKS
 from detkeeper.training.progress import ProgressCallback, Reporter
 
 logger = logging.getLogger("detkeeper.training")
@@ -51,10 +53,14 @@ class TrainResult:
 
 def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), *,
           reporter: Reporter | None = None) -> TrainResult:
-    """Train (or resume) the run `config` describes; returns when it finished or stopped early."""
-    if not isinstance(config, RunConfig):
-        from detkeeper.config import load_config
-        config = load_config(config, overrides)
+    """Train (or resume) the run `config` describes; returns when it finished or stopped early.
+
+    The config is checked whole (schema, files, model, monitor: detkeeper.training.preflight)
+    before any data is read."""
+    if isinstance(config, RunConfig):
+        check_config(config, TRAINING_CHECKS)
+    else:
+        config = load_config(config, overrides, checks=TRAINING_CHECKS)
     from detkeeper.training.distribution import create_distribution, worker_config
 
     distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op

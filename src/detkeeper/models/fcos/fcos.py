@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from detkeeper.models import boxes, losses
-from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
+from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector, check_pyramid_config
 from detkeeper.models.fcos.head import FCOSHead
 from detkeeper.models.fpn import FeaturePyramid
 from detkeeper.models.losses import sigmoid_focal_loss
@@ -200,14 +200,14 @@ class FCOS(Detector):
 
 
 
-@register_model("fcos_tiny")
+@register_model("fcos_tiny", check=check_pyramid_config)
 def fcos_tiny(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """Small and fast: 64-channel pyramid P3-P6 and two-conv towers; for the tests and the demo."""
     return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,
                                   PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6))
 
 
-@register_model("fcos")
+@register_model("fcos", check=check_pyramid_config)
 def fcos(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv towers."""
     return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,

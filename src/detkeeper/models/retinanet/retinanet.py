@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from detkeeper.models import boxes, losses
-from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector
+from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector, check_pyramid_config
 from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model
 from detkeeper.models.fpn import FeaturePyramid
@@ -89,14 +89,14 @@ class RetinaNet(Detector):
 
 
 
-@register_model("retinanet_tiny")
+@register_model("retinanet_tiny", check=check_pyramid_config)
 def retinanet_tiny(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
     """Small and fast: 64-channel pyramid P3-P6 and two-conv heads; the demo's and the tests' model."""
     return build_pyramid_detector(RetinaNet, model_config, num_classes, postprocess,
                                   PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6))
 
 
-@register_model("retinanet")
+@register_model("retinanet", check=check_pyramid_config)
 def retinanet(model_config, num_classes: int, postprocess: Postprocess) -> RetinaNet:
     """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv heads."""
     return build_pyramid_detector(RetinaNet, model_config, num_classes, postprocess,
