@@ -170,13 +170,13 @@ def test_write_read_round_trip_keeps_string_ids_boxes_and_writes_carried_images(
     path = write_coco(records, label_map, tmp_path / "out" / "instances.json", images_dir=tmp_path / "images")
 
     document = json.loads(path.read_text())
-    assert [i["id"] for i in document["images"]] == [1, 2, 3]
+    assert [i["id"] for i in document["images"]] == [1, 3, 2]  # numbered in COCO's order of the string ids
     assert [i[ORIGINAL_ID_KEY] for i in document["images"]] == ["BloodImage_00001", "sub/b", "from-tfrecord:17"]
     assert [i["file_name"] for i in document["images"]] == ["a.jpg", "sub/b.jpg", "from-tfrecord_17.jpg"]
     assert document["images"][2]["width"] == 20 and document["images"][2]["height"] == 10
     assert document["categories"] == [{"id": 1, "name": "RBC", "supercategory": "none"},
                                       {"id": 2, "name": "WBC", "supercategory": "none"}]
-    assert document["annotations"][1] == {"id": 2, "image_id": 2, "category_id": 1, "bbox": [2.0, 1.0, 2.0, 2.0],
+    assert document["annotations"][1] == {"id": 2, "image_id": 3, "category_id": 1, "bbox": [2.0, 1.0, 2.0, 2.0],
                                           "area": 4.0, "iscrowd": 1}
     assert (tmp_path / "images" / "from-tfrecord_17.jpg").read_bytes() == records[2].encoded_image
 
@@ -199,14 +199,59 @@ def test_carried_images_never_overwrite_other_images(tmp_path):
 
 
 def test_integer_ids_are_written_as_they_are(tmp_path):
-    records = [DetectionRecord(image_id, [[1, 2, 3, 4]], [1], [False], "t", encoded_image=jpeg_bytes())
-               for image_id in ["139", "0", "42"]]
+    records = [DetectionRecord(str(image_id), [[1, 2, 3, 4]], [1], [False], "t", encoded_image=jpeg_bytes(),
+                               original_id=image_id) for image_id in [139, 0, 42]]
     path = write_coco(records, LabelMap.from_names(["x"]), tmp_path / "instances.json")
     document = json.loads(path.read_text())
     assert [i["id"] for i in document["images"]] == [139, 0, 42]
     assert all(ORIGINAL_ID_KEY not in i for i in document["images"])
     assert [a["image_id"] for a in document["annotations"]] == [139, 0, 42]
+    assert [r.original_id for r in read_coco(path).records] == [139, 0, 42]
     assert [r.image_id for r in read_coco(path).records] == ["139", "0", "42"]
+
+
+def test_digit_string_ids_stay_strings_numbered_in_their_string_order(tmp_path):
+    """VOC stems such as "139" and "1000" are strings: COCO's order for them is "1000" < "139", and
+    the numbers written keep that order, so pycocotools on the file breaks ties as detkeeper does."""
+    records = [DetectionRecord(image_id, [[1, 2, 3, 4]], [1], [False], "t", encoded_image=jpeg_bytes())
+               for image_id in ["139", "1000", "2"]]
+    path = write_coco(records, LabelMap.from_names(["x"]), tmp_path / "instances.json")
+    document = json.loads(path.read_text())
+    assert [(i["id"], i[ORIGINAL_ID_KEY]) for i in document["images"]] == [(2, "139"), (1, "1000"), (3, "2")]
+    assert [r.original_id for r in read_coco(path).records] == ["139", "1000", "2"]
+
+
+def test_area_crowd_and_id_type_are_read_and_written_back(tmp_path):
+    document = {"images": [{"id": 1000, "file_name": "a.jpg"}, {"id": "x7", "file_name": "b.jpg"}],
+                "annotations": [{"id": 1, "image_id": 1000, "bbox": [0, 0, 10, 20], "category_id": 1, "area": 120.5,
+                                 "iscrowd": 1},
+                                {"id": 2, "image_id": 1000, "bbox": [5, 5, 4, 4], "category_id": 1},
+                                {"id": 3, "image_id": "x7", "bbox": [1, 1, 2, 2], "category_id": 1, "area": 3}],
+                "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "in.json").write_text(json.dumps(document))
+    first, second = read_coco(tmp_path / "in.json").records
+    assert (first.original_id, first.image_id, second.original_id) == (1000, "1000", "x7")
+    np.testing.assert_array_equal(first.area, [120.5, np.nan])  # NaN: the annotation declares none
+    np.testing.assert_array_equal(first.coco_areas(), [120.5, 16.0])
+    np.testing.assert_array_equal(first.is_crowd, [True, False])
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "b.jpg").write_bytes(jpeg_bytes())
+    written = json.loads(write_coco([first], LabelMap.from_names(["x"]), tmp_path / "out.json").read_text())
+    assert [(a["image_id"], a["area"], a["iscrowd"]) for a in written["annotations"]] == [(1000, 120.5, 1),
+                                                                                          (1000, 16.0, 0)]
+
+
+@pytest.mark.parametrize("area", [-1, "12", float("nan"), True])
+def test_a_bad_area_is_a_malformed_annotation_naming_it(tmp_path, area):
+    document = {"images": [{"id": 1, "file_name": "a.jpg"}],
+                "annotations": [{"id": 9, "image_id": 1, "bbox": [0, 0, 2, 2], "category_id": 1, "area": area}],
+                "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "in.json").write_text(json.dumps(document))  # NaN: Python's json writes and reads it
+    readout = read_coco(tmp_path / "in.json")
+    assert readout.records == []
+    (problem,) = readout.problems
+    assert problem.kind == "malformed_annotation" and "annotation id 9: area must be" in problem.detail
+    assert problem.source.endswith("#annotations[0]") and problem.image_id == "1"
 
 
 def test_images_outside_images_dir_ask_for_images_dir(tmp_path):

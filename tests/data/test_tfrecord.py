@@ -375,3 +375,44 @@ def test_rewriting_with_another_shard_count_refuses_instead_of_mixing(tmp_path, 
     with pytest.raises(DataError, match="val-00000-of-00002.*another output prefix"):
         write_tfrecords(readout.records, readout.label_map, prefix, num_shards=3)
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["val-00000-of-00002", "val-00001-of-00002"]
+
+
+# --- what COCO evaluation needs ------------------------------------------------------------------
+
+def test_area_is_written_for_the_tf_od_api_and_read_back(tmp_path):
+    record = make_record(0, num_boxes=3, area=[100.5, np.nan, 7.25])  # the middle one declares none
+    (path,) = write_tfrecords([record, make_record(1)], LABEL_MAP, tmp_path / "train")
+    first, second = (tf.io.parse_single_example(raw, TF_OD_API_KEYS_TO_FEATURES)
+                     for raw in tf.data.TFRecordDataset(str(path)))
+    np.testing.assert_allclose(tf.sparse.to_dense(first["image/object/area"]).numpy(), record.coco_areas(), rtol=1e-7)
+    assert tf.sparse.to_dense(second["image/object/area"]).numpy().size == 0  # no area known: key not written
+    back, back_second = read_tfrecords(path).records
+    np.testing.assert_array_equal(back.area, np.float32(record.coco_areas()))  # float32 in the file
+    assert np.isnan(back_second.area).all()
+
+
+@pytest.mark.parametrize("source_id, original", [(b"139", 139), (b"1000", 1000), (b"0", 0), (b"000139", "000139"),
+                                                 (b"-5", "-5"), (b"img_7", "img_7"), (b"12345678901234567890",
+                                                                                      "12345678901234567890")])
+def test_source_id_is_an_int_when_canonical_else_the_string(tmp_path, source_id, original):
+    path = write_raw(tmp_path / "a.tfrecord", [one_box_example(image__source_id=[source_id])])
+    (record,) = read_tfrecords(path).records
+    assert record.original_id == original and type(record.original_id) is type(original)
+    assert record.image_id == source_id.decode()
+
+
+def test_coco_ids_and_areas_survive_coco_to_tfrecord(tmp_path):
+    records = [make_record(i, image_id=str(image_id), original_id=image_id, area=[50.0, 60.0])
+               for i, image_id in enumerate([139, 1000])]
+    back = read_tfrecords(write_tfrecords(records, LABEL_MAP, tmp_path / "coco")).records
+    assert [r.original_id for r in back] == [139, 1000]
+    np.testing.assert_array_equal([r.area for r in back], [[50.0, 60.0], [50.0, 60.0]])
+
+
+@pytest.mark.parametrize("area", [[-1.0], [float("inf")], [1.0, 2.0]])
+def test_a_bad_area_makes_the_record_malformed(tmp_path, area):
+    path = write_raw(tmp_path / "a.tfrecord", [one_box_example(image__object__area=area)])
+    readout = read_tfrecords(path, LABEL_MAP)
+    (problem,) = readout.problems
+    assert readout.records == [] and problem.kind == "malformed_annotation" and problem.image_id == "a"
+    assert "image/object/area" in problem.detail

@@ -7,9 +7,15 @@ out of its record, and its problem's ``box_index`` is the annotation's position 
 image's annotations in the file. Box geometry is not checked here (:mod:`detkeeper.data.check`
 does that against the real images).
 
-Writing gives COCO tools the integer image ids they expect. When every image id is a canonical
-integer (``"139"``, as in COCO itself) it is written as that integer; otherwise images are
-numbered 1..N in record order and the original id is kept in ``detkeeper_image_id``, which
+What COCO's evaluation reads is kept, so scoring the records equals pycocotools on the file: each
+annotation's ``area`` (its segmentation's area, which decides small/medium/large; the box's area
+when absent), ``iscrowd``, and the image ``id`` in the file's own type as the record's
+``original_id`` (integers sort numerically; ``image_id`` is its string form).
+
+Writing gives COCO tools the integer image ids they expect. When every record's original id is an
+integer (as in COCO itself) it is written as it is; otherwise images are numbered 1..N in the
+order COCO evaluates the original ids (:func:`coco_order`, so pycocotools on the file breaks ties
+as detkeeper does on the records) and the original id is kept in ``detkeeper_image_id``, which
 :func:`read_coco` prefers, so ``read_coco(write_coco(records))`` gives back the same ids.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from collections import defaultdict
@@ -28,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
-from detkeeper.data.record import DetectionRecord, xywh_to_yxyx, yxyx_to_xywh
+from detkeeper.data.record import DetectionRecord, coco_order, xywh_to_yxyx, yxyx_to_xywh
 from detkeeper.errors import DataError
 from detkeeper.files import atomic_write_bytes, atomic_write_text, read_user_text, resolve_inside
 
@@ -36,7 +43,6 @@ from detkeeper.files import atomic_write_bytes, atomic_write_text, read_user_tex
 ORIGINAL_ID_KEY = "detkeeper_image_id"
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
-_CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
@@ -54,29 +60,29 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
                          for item in file_label_map.items}
 
     problems: list[Problem] = []
-    images: list[tuple[str, str, dict[str, Any]]] = []  # (source, image id, entry)
+    images: list[tuple[str, int | str, dict[str, Any]]] = []  # (source, original id, entry)
     unusable: set[str] = set()  # raw ids of image entries already reported
     for position, entry in enumerate(data["images"]):
         source = f"{path}#images[{position}]"
-        image_id = _image_id(entry)
-        if image_id is None or not isinstance(entry.get("file_name"), str):
-            problems.append(Problem("malformed_annotation", source,
-                                    "image entry needs an 'id' and a string 'file_name'", image_id))
+        original_id = _original_id(entry)
+        if original_id is None or not isinstance(entry.get("file_name"), str):
+            problems.append(Problem("malformed_annotation", source, "image entry needs an 'id' and a string "
+                                    "'file_name'", None if original_id is None else str(original_id)))
             if isinstance(entry, dict) and "id" in entry:
                 unusable.add(str(entry["id"]))
         else:
-            images.append((source, image_id, entry))
-    id_of_raw = {str(entry["id"]): image_id for _, image_id, entry in images}
+            images.append((source, original_id, entry))
+    id_of_raw = {str(entry["id"]): str(original_id) for _, original_id, entry in images}
     known_ids = set(id_of_raw.values())
 
-    objects: dict[str, list[tuple[int, list[float], int, bool]]] = defaultdict(list)
+    objects: dict[str, list[tuple[int, list[float], int, bool, float]]] = defaultdict(list)
     dropped: set[str] = set()  # image ids with a malformed annotation
     for position, annotation in enumerate(data["annotations"]):
         source = f"{path}#annotations[{position}]"
         if isinstance(annotation, dict) and str(annotation.get("image_id")) in unusable:
             continue  # its image entry is already reported
         try:
-            image_id, bbox, category_id, crowd = _parse_annotation(annotation, id_of_raw)
+            image_id, bbox, category_id, crowd, area = _parse_annotation(annotation, id_of_raw)
         except _Malformed as error:
             known = error.image_id in known_ids
             detail = f"{error}; image {error.image_id!r} left out" if known else str(error)
@@ -84,10 +90,11 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
             if known:
                 dropped.add(error.image_id)
             continue
-        objects[image_id].append((position, bbox, category_id, crowd))
+        objects[image_id].append((position, bbox, category_id, crowd, area))
 
     records: list[DetectionRecord] = []
-    for source, image_id, entry in images:
+    for source, original_id, entry in images:
+        image_id = str(original_id)
         if image_id in dropped:
             continue
         try:
@@ -97,8 +104,8 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
             detail = str(error).removeprefix(f"{source}: ")
             problems.append(Problem("malformed_annotation", source, detail, image_id))
             continue
-        boxes, class_ids, crowd = [], [], []
-        for box_index, (position, bbox, category_id, is_crowd) in enumerate(objects.get(image_id, [])):
+        boxes, class_ids, crowd, areas = [], [], [], []
+        for box_index, (position, bbox, category_id, is_crowd, area) in enumerate(objects.get(image_id, [])):
             class_id = class_of_category.get(category_id)
             if class_id is None:
                 problems.append(Problem(
@@ -109,9 +116,11 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
             boxes.append(bbox)
             class_ids.append(class_id)
             crowd.append(is_crowd)
+            areas.append(area)
         records.append(DetectionRecord(
             image_id=image_id, boxes=xywh_to_yxyx(boxes), class_ids=class_ids, is_crowd=crowd,
-            source=source, image_path=image_path, width=width, height=height))
+            source=source, image_path=image_path, width=width, height=height, area=areas,
+            original_id=original_id))
     return Readout(records, label_map or file_label_map, problems)
 
 
@@ -123,19 +132,23 @@ def write_coco(records: Sequence[DetectionRecord], label_map: LabelMap,
     ``file_name`` is relative to `images_dir` (default: the JSON's folder), so every image file
     must lie inside it; images carried as bytes (from TFRecords) are written into it. A record
     that declares no size gets it from its image header: COCO tools expect width and height.
+    An object's ``area`` is its declared one, else its box's.
     """
     path = Path(annotations_path)
     root = Path(images_dir) if images_dir is not None else path.parent
-    keep_ids = all(_CANONICAL_INT.fullmatch(r.image_id) for r in records) and (
-        len({r.image_id for r in records}) == len(records))
+    keep_ids = all(isinstance(r.original_id, int) for r in records) and (
+        len({r.original_id for r in records}) == len(records))
+    numbers = [0] * len(records)
+    for rank, position in enumerate(coco_order([r.original_id for r in records]), start=1):
+        numbers[position] = rank
     used_names: set[str] = set()
     images, annotations = [], []
-    for number, record in enumerate(records, start=1):
+    for number, record in zip(numbers, records):
         unknown = [int(c) for c in record.class_ids if not label_map.has_id(c)]
         if unknown:
             raise DataError(f"{record.source}: class id {unknown[0]} is not in the label map "
                             f"(ids: {label_map.ids})")
-        image: dict[str, Any] = {"id": int(record.image_id) if keep_ids else number}
+        image: dict[str, Any] = {"id": record.original_id if keep_ids else number}
         if not keep_ids:
             image[ORIGINAL_ID_KEY] = record.image_id
         image["file_name"] = _file_name(record, root, used_names)
@@ -144,11 +157,11 @@ def write_coco(records: Sequence[DetectionRecord], label_map: LabelMap,
         else:
             image["width"], image["height"] = _probe(record.read_encoded(), record)[1]
         images.append(image)
-        for xywh, class_id, crowd in zip(yxyx_to_xywh(record.boxes).tolist(), record.class_ids.tolist(),
-                                         record.is_crowd.tolist()):
+        for xywh, class_id, crowd, area in zip(yxyx_to_xywh(record.boxes).tolist(), record.class_ids.tolist(),
+                                               record.is_crowd.tolist(), record.area.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image["id"], "category_id": class_id,
-                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": int(crowd),
+                "bbox": xywh, "area": xywh[2] * xywh[3] if math.isnan(area) else area, "iscrowd": int(crowd),
             })
     categories = [{"id": item.id, "name": item.name, "supercategory": "none"} for item in label_map.items]
     document = {"images": images, "annotations": annotations, "categories": categories}
@@ -193,19 +206,20 @@ def _categories_label_map(categories: list[Any], path: Path) -> LabelMap:
     return LabelMap(items, source=f"{path} categories")
 
 
-def _image_id(entry: Any) -> str | None:
-    """detkeeper's id of an image entry: the kept original id, else ``str(id)``."""
+def _original_id(entry: Any) -> int | str | None:
+    """The original id of an image entry: the one detkeeper kept when it numbered the file, else
+    ``id`` in its JSON type (COCO's are integers); None when there is none."""
     if not isinstance(entry, dict):
         return None
     original = entry.get(ORIGINAL_ID_KEY)
     if isinstance(original, str) and original:
         return original
     raw = entry.get("id")
-    return str(raw) if _is_int(raw) or (isinstance(raw, str) and raw) else None
+    return raw if _is_int(raw) or (isinstance(raw, str) and raw) else None
 
 
-def _parse_annotation(annotation: Any, id_of_raw: dict[str, str]) -> tuple[str, list[float], int, bool]:
-    """(image id, xywh, category id, crowd); raises _Malformed saying why not."""
+def _parse_annotation(annotation: Any, id_of_raw: dict[str, str]) -> tuple[str, list[float], int, bool, float]:
+    """(image id, xywh, category id, crowd, area: NaN when absent); raises _Malformed saying why not."""
     if not isinstance(annotation, dict):
         raise _Malformed(f"annotation is not an object: {annotation!r}", None)
     name = f"annotation id {annotation.get('id', '(none)')}"
@@ -221,7 +235,12 @@ def _parse_annotation(annotation: Any, id_of_raw: dict[str, str]) -> tuple[str, 
     category_id = annotation.get("category_id")
     if not _is_int(category_id):
         raise _Malformed(f"{name}: category_id must be an integer, found {category_id!r}", image_id)
-    return image_id, [float(v) for v in bbox], category_id, bool(annotation.get("iscrowd", 0))
+    area = annotation.get("area")
+    if area is not None and not (_is_number(area) and math.isfinite(area) and area >= 0):
+        raise _Malformed(f"{name}: area must be a finite number >= 0 (the object's area in pixels), "
+                         f"found {area!r}", image_id)
+    return (image_id, [float(v) for v in bbox], category_id, bool(annotation.get("iscrowd", 0)),
+            math.nan if area is None else float(area))
 
 
 def _declared_size(entry: dict[str, Any]) -> tuple[int | None, int | None]:

@@ -4,17 +4,25 @@ Box convention inside detkeeper (converted only at the edges: readers, writers, 
 
 * order ``[ymin, xmin, ymax, xmax]`` -- the order of ``tf.image`` ops and of the TF Object
   Detection API;
-* absolute pixel coordinates as float32, continuous: a box covering pixel columns 0..9 has
-  ``xmin = 0`` and ``xmax = 10``. VOC's integer corners are taken as they are (no -1 shift),
-  as the TF OD API's VOC converter does;
+* absolute pixel coordinates as float64 (so a COCO annotation's coordinates reach the evaluator
+  as the file wrote them), continuous: a box covering pixel columns 0..9 has ``xmin = 0`` and
+  ``xmax = 10``. VOC's integer corners are taken as they are (no -1 shift), as the TF OD API's
+  VOC converter does;
 * class ids are label-map ids (1-based, as in ``label_map.pbtxt``); the shift to the contiguous
   0-based indices a model predicts happens in one place, :class:`detkeeper.data.label_map.LabelMap`.
+
+What COCO evaluation needs besides boxes travels with the record, so scoring a dataset gives the
+numbers pycocotools gives on its files: each object's crowd flag and declared ``area`` (COCO's
+segmentation area, which sorts objects into small/medium/large; NaN where the format has none,
+and the box's area is used), and the image's ``original_id`` in its original type (COCO's
+integer ids order images numerically, as pycocotools sorts them; see :func:`coco_order`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -27,10 +35,15 @@ class DetectionRecord:
     point at files, the TFRecord reader carries the encoded bytes it found in the record.
     `width` and `height` are what the annotation declares (None when it declares nothing).
     `source` names where the record came from (a file, or ``file.tfrecord#17``) for messages.
+    `area` is each object's declared area in pixels (NaN: none declared). `original_id` is the
+    image's id as the dataset gives it, in its type (COCO: the JSON's integer ``id``; VOC: the
+    file stem; TFRecord: ``image/source_id``, an int when it is a canonical decimal integer); it
+    defaults to `image_id`, which is always its string form: detkeeper's key in messages, the
+    input pipeline and file names.
     """
 
     image_id: str
-    boxes: np.ndarray  # float32 [N, 4], yxyx pixels
+    boxes: np.ndarray  # float64 [N, 4], yxyx pixels
     class_ids: np.ndarray  # int64 [N], label-map ids
     is_crowd: np.ndarray  # bool [N], COCO crowd regions (kept for evaluation)
     source: str
@@ -38,24 +51,40 @@ class DetectionRecord:
     encoded_image: bytes | None = None
     width: int | None = None
     height: int | None = None
+    area: np.ndarray | None = None  # float64 [N], NaN where the format declares none
+    original_id: int | str | None = None
 
     def __post_init__(self) -> None:
-        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "class_ids", np.asarray(self.class_ids, dtype=np.int64).reshape(-1))
         crowd = np.zeros(len(boxes), bool) if self.is_crowd is None else self.is_crowd
         object.__setattr__(self, "is_crowd", np.asarray(crowd, dtype=bool).reshape(-1))
-        if not (len(self.class_ids) == len(self.is_crowd) == len(boxes)):
+        area = np.full(len(boxes), np.nan) if self.area is None else self.area
+        object.__setattr__(self, "area", np.asarray(area, dtype=np.float64).reshape(-1))
+        if not (len(self.class_ids) == len(self.is_crowd) == len(self.area) == len(boxes)):
             raise ValueError(
-                f"{self.source}: {len(boxes)} boxes, {len(self.class_ids)} class ids and "
-                f"{len(self.is_crowd)} crowd flags; they must be equal"
+                f"{self.source}: {len(boxes)} boxes, {len(self.class_ids)} class ids, "
+                f"{len(self.is_crowd)} crowd flags and {len(self.area)} areas; they must be equal"
             )
+        if self.original_id is None:
+            object.__setattr__(self, "original_id", self.image_id)
+        elif isinstance(self.original_id, bool) or not isinstance(self.original_id, (int, str)):
+            raise ValueError(f"{self.source}: original_id must be an int or a str, got {self.original_id!r}")
+        if str(self.original_id) != self.image_id:
+            raise ValueError(f"{self.source}: image_id {self.image_id!r} must be the string form of "
+                             f"original_id {self.original_id!r}")
         if (self.image_path is None) == (self.encoded_image is None):
             raise ValueError(f"{self.source}: set exactly one of image_path and encoded_image")
 
     @property
     def num_boxes(self) -> int:
         return len(self.boxes)
+
+    def coco_areas(self) -> np.ndarray:
+        """The area COCO sorts each object by: the declared one, else the box's (float64)."""
+        box_area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+        return np.where(np.isnan(self.area), box_area, self.area)
 
     def read_encoded(self) -> bytes:
         """The encoded image (JPEG/PNG bytes), read from disk when the record points at a file."""
@@ -67,18 +96,28 @@ class DetectionRecord:
     def with_boxes(self, keep: np.ndarray, boxes: np.ndarray | None = None) -> "DetectionRecord":
         """A copy keeping only the boxes where `keep` is true (optionally with new coordinates)."""
         keep = np.asarray(keep, dtype=bool)
-        new_boxes = self.boxes if boxes is None else np.asarray(boxes, np.float32)
+        new_boxes = self.boxes if boxes is None else np.asarray(boxes, np.float64)
         return dataclasses.replace(
             self,
             boxes=new_boxes[keep],
             class_ids=self.class_ids[keep],
             is_crowd=self.is_crowd[keep],
+            area=self.area[keep],
         )
+
+
+def coco_order(original_ids: Sequence[int | str]) -> list[int]:
+    """Positions of `original_ids` in the order pycocotools evaluates images (it sorts ``imgIds``,
+    and breaks score ties across images by that order): numerically when every id is an int, else
+    every id compared as a string, as the TF OD API's string ``source_id`` s would be."""
+    every_int = all(isinstance(value, int) and not isinstance(value, bool) for value in original_ids)
+    keys = list(original_ids) if every_int else [str(value) for value in original_ids]
+    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 def xyxy_to_yxyx(boxes: np.ndarray) -> np.ndarray:
     """``[xmin, ymin, xmax, ymax]`` (VOC, Pascal-style) to detkeeper's ``[ymin, xmin, ymax, xmax]``."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return boxes[:, [1, 0, 3, 2]]
 
 
@@ -91,7 +130,7 @@ def xywh_to_yxyx(boxes: np.ndarray) -> np.ndarray:
     """COCO ``[x, y, width, height]`` to ``[ymin, xmin, ymax, xmax]``."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x, y, w, h = boxes.T
-    return np.stack([y, x, y + h, x + w], axis=1).astype(np.float32)
+    return np.stack([y, x, y + h, x + w], axis=1)
 
 
 def yxyx_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -108,6 +147,6 @@ def normalize_yxyx(boxes: np.ndarray, height: float, width: float) -> np.ndarray
 
 
 def denormalize_yxyx(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
-    """[0, 1] boxes to pixels."""
+    """[0, 1] boxes to pixels (float64, the record's precision)."""
     scale = np.array([height, width, height, width], dtype=np.float64)
-    return (np.asarray(boxes, np.float64).reshape(-1, 4) * scale).astype(np.float32)
+    return np.asarray(boxes, np.float64).reshape(-1, 4) * scale

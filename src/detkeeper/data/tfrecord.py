@@ -10,13 +10,14 @@ key                               dtype  content
 image/encoded                     bytes  the JPEG/PNG file
 image/format                      bytes  ``jpeg`` / ``png`` (decoder default ``jpeg``)
 image/filename                    bytes  file name
-image/source_id                   bytes  image id (detkeeper's ``image_id``)
+image/source_id                   bytes  image id (detkeeper's ``image_id``; see below)
 image/key/sha256                  bytes  hex digest of image/encoded
 image/height, image/width         int64  image size in pixels (decoder default 1)
 image/object/bbox/{y,x}{min,max}  float  box corners NORMALIZED to [0, 1] by the image size
 image/object/class/label          int64  label-map id (1-based)
 image/object/class/text           bytes  label-map name
 image/object/is_crowd             int64  COCO crowd flag
+image/object/area                 float  COCO annotation area in pixels (written when known)
 image/object/difficult            int64  VOC difficult flag (written as 0)
 image/object/truncated            int64  VOC truncated flag (written as 0; decoder skips it)
 ================================  =====  ================================================
@@ -24,6 +25,11 @@ image/object/truncated            int64  VOC truncated flag (written as 0; decod
 ``image/object/view`` (VOC pose) is not written: the decoder never reads it. When the decoder is
 given a label map it maps ``class/text`` through it and uses ``class/label`` only as a fallback;
 detkeeper reads ``class/label`` and stops with an error where the two disagree.
+
+``image/source_id`` (else the file name, else ``file#position``) is the record's ``original_id``:
+an int when it is a canonical decimal integer (``create_coco_tf_record.py`` writes COCO's ids so;
+evaluation then orders them as numbers, as pycocotools does COCO's), else the string, as the API
+treats it. ``image/object/area`` (the COCO converter writes each annotation's area) is kept.
 
 Shards are named ``<prefix>-00000-of-00004`` and filled round-robin (record ``i`` goes to shard
 ``i % num_shards``), as ``tf_record_creation_util.open_sharded_output_tfrecords`` and the API's
@@ -58,6 +64,8 @@ from detkeeper.files import is_out_of_space, out_of_space
 
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
+#: ``image/source_id`` values read as integers: canonical decimal ones that fit in an int64.
+_CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def shard_paths(output_prefix: str | os.PathLike, num_shards: int) -> list[Path]:
@@ -145,6 +153,8 @@ def record_to_example(record: DetectionRecord, label_map: LabelMap) -> tf.train.
         "image/object/difficult": _ints(zeros),
         "image/object/truncated": _ints(zeros),
     }
+    if not np.isnan(record.area).all():  # objects without one get their box's, as evaluation would
+        feature["image/object/area"] = _floats(record.coco_areas())
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -200,9 +210,10 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                                             f"class {class_id}{text} is not in the label map; box left out",
                                             example.image_id, len(records), box_index))
             records.append(DetectionRecord(
-                image_id=example.image_id, boxes=example.boxes[keep], class_ids=class_ids[keep],
+                image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
                 is_crowd=example.is_crowd[keep], source=source, encoded_image=example.encoded,
-                width=example.width, height=example.height))
+                width=example.width, height=example.height, area=example.area[keep],
+                original_id=example.original_id))
         if damage is not None:
             problems.append(Problem("corrupt_record", f"{file}#{len(raw_records)}", damage))
     if label_map is None:
@@ -227,6 +238,8 @@ class _Example:
     labels: list[int]
     texts: list[str]
     is_crowd: np.ndarray
+    area: np.ndarray  # NaN where not given
+    original_id: int | str
 
 
 class _Unusable(Exception):
@@ -275,15 +288,19 @@ def _parse(raw: bytes, source: str) -> _Example:
     labels = _values(features, "image/object/class/label", "int64_list", image_id)
     texts = [_bytes_text(t) for t in _values(features, "image/object/class/text", "bytes_list", image_id)]
     crowd = _values(features, "image/object/is_crowd", "int64_list", image_id)
+    area = _values(features, "image/object/area", "float_list", image_id)
     count = len(corners[0])
     lengths = {key: len(values) for key, values in zip(_BOX_KEYS, corners)}
     lengths.update({"image/object/class/label": len(labels), "image/object/class/text": len(texts),
-                    "image/object/is_crowd": len(crowd)})
-    # The class and crowd lists may be absent (length 0); present, they have one value per box.
+                    "image/object/is_crowd": len(crowd), "image/object/area": len(area)})
+    # The class, crowd and area lists may be absent (length 0); present, they have one value per box.
     uneven = {key: n for key, n in lengths.items() if n != count and (n or key in _BOX_KEYS)}
     if uneven:
         listing = ", ".join(f"{key}: {n}" for key, n in lengths.items())
         raise _Unusable(f"per-object lists differ in length ({listing})", image_id)
+    areas = np.asarray(area, np.float64) if area else np.full(count, np.nan)
+    if area and not (np.isfinite(areas) & (areas >= 0)).all():
+        raise _Unusable(f"image/object/area must be finite and >= 0 (pixels), found {area}", image_id)
     boxes = np.asarray(corners, np.float32).T
     if count:
         size = (height, width) if height and width else _header_size(encoded)
@@ -292,7 +309,8 @@ def _parse(raw: bytes, source: str) -> _Example:
                             "the normalized boxes cannot be converted to pixels", image_id, "corrupt_image")
         boxes = denormalize_yxyx(boxes, *size)
     return _Example(image_id, encoded, width, height, boxes, labels, texts,
-                    np.asarray(crowd, bool) if crowd else np.zeros(count, bool))
+                    np.asarray(crowd, bool) if crowd else np.zeros(count, bool), areas,
+                    int(source_id) if _CANONICAL_INT.fullmatch(source_id) else image_id)
 
 
 def _class_ids(example: _Example, label_map: LabelMap | None, source: str) -> np.ndarray:

@@ -230,7 +230,7 @@ def _to_record(annotation: _VocAnnotation, label_map: LabelMap, record_index: in
         class_ids.append(class_id)
     return DetectionRecord(
         image_id=annotation.image_id,
-        boxes=xyxy_to_yxyx(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)),
+        boxes=xyxy_to_yxyx(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)),
         class_ids=np.asarray(class_ids, dtype=np.int64),
         is_crowd=np.zeros(len(class_ids), dtype=bool),
         source=annotation.source,
