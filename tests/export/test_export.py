@@ -118,7 +118,7 @@ def test_verification_compared_every_entry_point_and_the_map(exported):
     report = json.loads((exported.out_dir / "verification.json").read_text())
     assert report["passed"] and report["problems"] == []
     assert report["checked"] == ["loaded object (uint8)", "serving_default", "encoded_image_string_tensor",
-                                 "tf_example", "metadata", ".keras archive"]
+                                 "tf_example", "metadata", "TF OD API outputs and anchors", ".keras archive"]
     assert report["keras_archive_difference"] <= 1e-4
     assert report["num_images"] == 8 and report["detections_compared"] > 0
     assert report["max_box_difference"] <= report["tolerance"]["box"]

@@ -43,6 +43,11 @@ METADATA_FILE = "metadata.json"
 BOX_CONVENTION = "detection_boxes: [ymin, xmin, ymax, xmax] normalized to the original image (0..1)"
 CLASS_CONVENTION = ("detection_classes: label-map ids (1-based, as in label_map.pbtxt and the TF OD API); "
                     "the model's contiguous class index is id position in the label map")
+ANCHOR_CONVENTION = ("raw_detection_boxes [B, A, 4] and raw_detection_scores [B, A, C]: every anchor (FCOS: "
+                     "location) before NMS, boxes normalized to the original image and not clipped; "
+                     "detection_multiclass_scores [B, N, C] and detection_anchor_indices [B, N] (float32): the "
+                     "anchor each detection came from (0 in padding rows); score column c is label-map class c "
+                     "(the ids in score_columns), no background column")
 
 
 class ExportVerificationFailed(DetkeeperError):
@@ -268,6 +273,8 @@ def export_metadata(restored, settings, verification_images: tuple[str | None, i
         "class_id_offset": 1,
         "class_convention": CLASS_CONVENTION,
         "classes": {str(item.id): item.display_name for item in label_map.items},
+        "anchor_convention": ANCHOR_CONVENTION,
+        "score_columns": list(label_map.ids),
         "thresholds": dataclasses.asdict(settings),
         "signatures": list(SIGNATURES),
         "outputs": list(OUTPUT_KEYS),

@@ -23,7 +23,7 @@ import numpy as np
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DataError, DetkeeperError
-from detkeeper.export.serving import OUTPUT_KEYS
+from detkeeper.export.serving import DETECTION_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +50,8 @@ class Predictor:
 
     def __init__(self, detect_images, detect_encoded, label_map: LabelMap | None, metadata: dict,
                  source: str) -> None:
-        self._detect_images = detect_images  # uint8 [B, H, W, 3] -> the four outputs
-        self._detect_encoded = detect_encoded  # string [B] -> the four outputs
+        self._detect_images = detect_images  # uint8 [B, H, W, 3] -> the SavedModel's outputs
+        self._detect_encoded = detect_encoded  # string [B] -> the SavedModel's outputs
         self.label_map = label_map  # None for a TF OD API export, which carries none
         self.metadata = metadata
         self.source = source
@@ -146,10 +146,10 @@ def _from_saved_model(folder: Path) -> Predictor:
     signatures = getattr(module, "signatures", {})
     serving = signatures.get("serving_default") if hasattr(signatures, "get") else None
     outputs = set(serving.structured_outputs) if serving is not None else set()
-    if not set(OUTPUT_KEYS) <= outputs or "encoded_image_string_tensor" not in signatures:
+    if not set(DETECTION_KEYS) <= outputs or "encoded_image_string_tensor" not in signatures:
         raise DetkeeperError(
             f"{folder}: not a detection SavedModel: expected signatures serving_default (outputs "
-            f"{', '.join(OUTPUT_KEYS)}) and encoded_image_string_tensor, found "
+            f"{', '.join(DETECTION_KEYS)}) and encoded_image_string_tensor, found "
             f"{', '.join(sorted(signatures.keys())) or 'none'}")
     if "metadata" in signatures:
         described = signatures["metadata"]()
@@ -173,4 +173,6 @@ def _from_checkpoint(path, checkpoint) -> Predictor:
 
 
 def _numpy(outputs) -> dict[str, np.ndarray]:
-    return {key: np.asarray(outputs[key]) for key in OUTPUT_KEYS}
+    """Every output the SavedModel has: the eight of detkeeper and TF OD API exports, or the four
+    detection outputs of detkeeper exports made before the raw and per-anchor ones were added."""
+    return {key: np.asarray(value) for key, value in outputs.items()}

@@ -1,11 +1,32 @@
 """The serving module: what an exported SavedModel is, as the TF Object Detection API shapes it.
 
-``tf.saved_model.load(path)(uint8_images)`` returns ``detection_boxes`` float32 ``[B, N, 4]``
-(ymin, xmin, ymax, xmax) normalized to each original image, ``detection_scores`` ``[B, N]``,
-``detection_classes`` ``[B, N]`` holding label-map ids (float32, 1-based, as the TF OD API
-returns them; 0 in padding rows) and ``num_detections`` ``[B]`` (float32). Preprocessing (the
-evaluation pipeline's own aspect-preserving resize and padding) and NMS are in the graph, so the
-SavedModel needs nothing but TensorFlow.
+``tf.saved_model.load(path)(uint8_images)`` returns the eight float32 outputs of the TF OD API
+exporter's ``serving_default`` (``exporter_lib_v2``, after ``SSDMetaArch.postprocess``), with
+``N`` = max detections, ``A`` = anchors (for FCOS: locations) and ``C`` = classes:
+
+- ``detection_boxes`` ``[B, N, 4]`` (ymin, xmin, ymax, xmax) normalized to each original image,
+  ``detection_scores`` ``[B, N]``, ``detection_classes`` ``[B, N]`` label-map ids (1-based, as
+  the TF OD API returns them; 0 in padding rows) and ``num_detections`` ``[B]``;
+- ``raw_detection_boxes`` ``[B, A, 4]``: every anchor's decoded box before NMS, normalized to the
+  original image like ``detection_boxes`` but not clipped (rows of anchors over the padding lie
+  past 1);
+- ``raw_detection_scores`` ``[B, A, C]``: every anchor's per-class scores before NMS (what NMS
+  ranks: sigmoid probabilities; FCOS: ``sqrt(class * centerness)``);
+- ``detection_multiclass_scores`` ``[B, N, C]``: the ``raw_detection_scores`` row of the anchor
+  each detection came from; ``detection_anchor_indices`` ``[B, N]``: that anchor's index (0 in
+  padding rows, as the TF OD API pads). So ``detection_scores[i]`` is
+  ``detection_multiclass_scores[i, c]`` for the detection's class column ``c`` and
+  ``detection_boxes[i]`` is ``raw_detection_boxes[anchor]`` clipped to the image.
+
+Column ``c`` of the score outputs is the label map's ``c``-th class (id ``c + 1`` for ids
+1..C): detkeeper's detectors have no background logit, so there is no background column, as in
+the TF OD API's exports of models without one (``add_background_class: false``, e.g.
+EfficientDet). Exports of API models with a background class have ``C + 1`` columns, column 0
+the background. The API's EfficientDet export gives its raw boxes relative to the padded model
+input; here they are relative to the original image, the frame of ``detection_boxes``.
+
+Preprocessing (the evaluation pipeline's own aspect-preserving resize and padding) and NMS are in
+the graph, so the SavedModel needs nothing but TensorFlow.
 
 Signatures (each takes ``input_tensor``, as TF OD API exports do):
 ``serving_default`` uint8 ``[B, H, W, 3]`` (any size and batch), ``encoded_image_string_tensor``
@@ -24,7 +45,16 @@ from detkeeper.data import augment
 from detkeeper.data.label_map import LabelMap
 from detkeeper.models import boxes as box_ops
 
-OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+#: The detections every detection SavedModel has (detkeeper exports before the raw outputs too).
+DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+#: Every output's shape (all float32): B images, N max detections, A anchors, C classes.
+OUTPUT_LAYOUT = {
+    "detection_boxes": ("B", "N", 4), "detection_scores": ("B", "N"), "detection_classes": ("B", "N"),
+    "num_detections": ("B",), "raw_detection_boxes": ("B", "A", 4), "raw_detection_scores": ("B", "A", "C"),
+    "detection_multiclass_scores": ("B", "N", "C"), "detection_anchor_indices": ("B", "N"),
+}
+#: Everything ``serving_default`` returns: the TF OD API exporter's eight outputs.
+OUTPUT_KEYS = tuple(OUTPUT_LAYOUT)
 SIGNATURES = ("serving_default", "encoded_image_string_tensor", "tf_example", "metadata")
 
 
@@ -79,18 +109,27 @@ class DetectionModule(tf.Module):
     def _detect(self, canvases: tf.Tensor, factors: tf.Tensor, sizes: tf.Tensor) -> dict:
         outputs = self.model(canvases, training=False)
         candidate_boxes, probabilities = self.model.decode_boxes_and_scores(outputs)
+        candidate_boxes, probabilities = tf.cast(candidate_boxes, tf.float32), tf.cast(probabilities, tf.float32)
         found = box_ops.batched_nms(candidate_boxes, probabilities, max_detections=self.settings.max_detections,
                                     iou_threshold=self.settings.iou_threshold,
                                     score_threshold=self.settings.score_threshold, clip_size=self.image_size)
+        anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clip_size=self.image_size)
         limits = tf.tile(sizes, [1, 2])[:, None, :]
-        original = tf.clip_by_value(found["boxes"] / tf.tile(factors, [1, 2])[:, None, :], 0.0, limits)
+        scale = tf.tile(factors, [1, 2])[:, None, :]
+        original = tf.clip_by_value(found["boxes"] / scale, 0.0, limits)
         real = found["classes"] >= 0
         normalized = tf.where(real[..., None], original / tf.maximum(limits, 1.0), 0.0)
+        kept = tf.maximum(anchors, 0)
         return {
             "detection_boxes": normalized,
             "detection_scores": tf.where(real, found["scores"], 0.0),
             "detection_classes": tf.gather(self.label_ids, tf.where(real, found["classes"] + 1, 0)),
             "num_detections": tf.cast(found["num_detections"], tf.float32),
+            "raw_detection_boxes": candidate_boxes / scale / tf.maximum(limits, 1.0),
+            "raw_detection_scores": probabilities,
+            "detection_multiclass_scores": tf.where(real[..., None], tf.gather(probabilities, kept, batch_dims=1),
+                                                    0.0),
+            "detection_anchor_indices": tf.cast(tf.where(real, anchors, 0), tf.float32),
         }
 
     def _detect_images(self, images: tf.Tensor) -> dict:
@@ -138,3 +177,25 @@ class DetectionModule(tf.Module):
             "tf_example": self.detect_tf_examples.get_concrete_function(),
             "metadata": self.metadata.get_concrete_function(),
         }
+
+
+def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_size: float) -> tf.Tensor:
+    """The anchor each detection of ``box_ops.batched_nms(boxes, scores, clip_size=...)`` came from,
+    ``[B, N]`` int32 (-1 in padding rows).
+
+    ``combined_non_max_suppression`` returns no indices, and NMS rebuilt from per-class
+    ``non_max_suppression`` calls would order equal scores differently (an image's zero padding
+    gives many), so the detections could change. Instead the detections stay as they are and each
+    is traced back: NMS copies the kept (clipped) box and score bit for bit, so the anchor is the
+    one whose clipped box and score for the detection's class are exactly the detection's. Two
+    anchors can agree on both only if they are the same box with the same score, which NMS would
+    never both keep; the lowest such index is taken. Costs ``B x A x N`` comparisons."""
+    clipped = tf.clip_by_value(boxes, 0.0, float(clip_size))  # as batched_nms clips before NMS
+    classes = found["classes"]
+    class_scores = tf.gather(scores, tf.maximum(classes, 0), axis=2, batch_dims=1)  # [B, A, N]
+    same = tf.equal(class_scores, found["scores"][:, None, :])
+    for coordinate in range(4):
+        same &= tf.equal(clipped[:, :, coordinate, None], found["boxes"][:, None, :, coordinate])
+    positions = tf.range(tf.shape(boxes)[1], dtype=tf.int32)[None, :, None]
+    lowest = tf.reduce_min(tf.where(same, positions, tf.int32.max), axis=1)  # [B, N]
+    return tf.where((classes >= 0) & (lowest < tf.int32.max), lowest, -1)

@@ -6,6 +6,10 @@ detkeeper, so an export that secretly needs detkeeper's code fails here rather t
 It loads the SavedModel, calls the loaded object on each image as uint8 (the images differ in
 size), calls the ``encoded_image_string_tensor`` and ``tf_example`` signatures on all of them as
 one batch, reads the ``metadata`` signature and the assets, and writes one JSON object to stdout.
+Besides the detections it reports each entry point's output keys, dtypes and shapes, and per
+detection the anchor it names with that anchor's raw box and scores (not every anchor: the raw
+outputs are ``anchors x classes`` numbers per image), so verification can check what the TF OD
+API outputs mean without shipping them whole.
 """
 
 import importlib.abc
@@ -27,7 +31,28 @@ def _rows(outputs) -> list[dict]:
     return [{"boxes": outputs["detection_boxes"][row].numpy().tolist(),
              "scores": outputs["detection_scores"][row].numpy().tolist(),
              "classes": outputs["detection_classes"][row].numpy().tolist(),
-             "num_detections": float(count[row])} for row in range(len(count))]
+             "num_detections": float(count[row]), **_anchor_fields(outputs, row, int(count[row]))}
+            for row in range(len(count))]
+
+
+def _anchor_fields(outputs, row: int, count: int) -> dict:
+    """What the per-anchor outputs say about row `row`'s detections (empty when there are none)."""
+    keys = ("detection_anchor_indices", "detection_multiclass_scores", "raw_detection_boxes", "raw_detection_scores")
+    if not all(key in outputs for key in keys):
+        return {}
+    anchors = outputs["detection_anchor_indices"][row].numpy()
+    multiclass = outputs["detection_multiclass_scores"][row].numpy()
+    num_anchors = int(outputs["raw_detection_boxes"].shape[1])
+    usable = [int(value) for value in anchors[:count] if value == int(value) and 0 <= value < num_anchors]
+    return {"anchor_indices": anchors[:count].tolist(), "multiclass_scores": multiclass[:count].tolist(),
+            "padding_zero": bool(not anchors[count:].any() and not multiclass[count:].any()),
+            "raw_boxes_of_anchors": outputs["raw_detection_boxes"][row].numpy()[usable].tolist(),
+            "raw_scores_of_anchors": outputs["raw_detection_scores"][row].numpy()[usable].tolist()}
+
+
+def _layout(outputs) -> dict:
+    """``{key: [dtype, shape]}`` of one call's outputs."""
+    return {key: [value.dtype.name, [int(size) for size in value.shape]] for key, value in outputs.items()}
 
 
 def main(saved_model_dir: str, images_dir: str) -> dict:
@@ -40,18 +65,23 @@ def main(saved_model_dir: str, images_dir: str) -> dict:
     names = sorted(os.listdir(images_dir))
     encoded = [open(os.path.join(images_dir, name), "rb").read() for name in names]
 
-    called, sizes = [], []
+    called, sizes, layouts = [], [], {}
     for data in encoded:
         image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
         sizes.append([int(image.shape[0]), int(image.shape[1])])
-        called += _rows(model(image[None]))
-    default = _rows(model.signatures["serving_default"](
-        input_tensor=tf.io.decode_image(encoded[0], channels=3, expand_animations=False)[None]))
-    by_bytes = _rows(model.signatures["encoded_image_string_tensor"](input_tensor=tf.constant(encoded)))
+        outputs = model(image[None])
+        layouts.setdefault("call", _layout(outputs))
+        called += _rows(outputs)
+    outputs = model.signatures["serving_default"](
+        input_tensor=tf.io.decode_image(encoded[0], channels=3, expand_animations=False)[None])
+    layouts["serving_default"], default = _layout(outputs), _rows(outputs)
+    outputs = model.signatures["encoded_image_string_tensor"](input_tensor=tf.constant(encoded))
+    layouts["encoded_image_string_tensor"], by_bytes = _layout(outputs), _rows(outputs)
     examples = [tf.train.Example(features=tf.train.Features(feature={
         "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))})).SerializeToString()
         for data in encoded]
-    by_example = _rows(model.signatures["tf_example"](input_tensor=tf.constant(examples)))
+    outputs = model.signatures["tf_example"](input_tensor=tf.constant(examples))
+    layouts["tf_example"], by_example = _layout(outputs), _rows(outputs)
     described = model.signatures["metadata"]()
     assets = sorted(os.listdir(os.path.join(saved_model_dir, "assets")))
     return {
@@ -59,6 +89,7 @@ def main(saved_model_dir: str, images_dir: str) -> dict:
         "image_names": names,
         "image_sizes": sizes,
         "signatures": sorted(model.signatures.keys()),
+        "output_layouts": layouts,
         "call": called,
         "serving_default_first_image": default,
         "encoded_image_string_tensor": by_bytes,

@@ -5,7 +5,9 @@ evaluation pipeline, ``Detector.detect``, detections mapped back to original pix
 ``detkeeper evaluate`` scores. The export is run by :mod:`standalone_check` in a fresh Python
 process that refuses to import detkeeper, through the loaded object and every detection
 signature. Detections are matched per image (same class, boxes and scores within
-:data:`TOLERANCE`), and the COCO mAP of both on those images must agree.
+:data:`TOLERANCE`), and the COCO mAP of both on those images must agree. Every entry point must
+return the TF OD API's eight outputs with their dtypes and shapes, and each detection must be its
+anchor's: its box that anchor's raw box (clipped), its score that anchor's score for its class.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import numpy as np
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
+from detkeeper.errors import DataError
 
-#: Largest differences accepted between checkpoint and export (boxes normalized to the image).
-TOLERANCE = {"box": 2e-3, "score": 1e-3, "mAP": 1e-3, "keras": 1e-4}
+#: Largest differences accepted between checkpoint and export (boxes normalized to the image), and
+#: (``anchor_box``) between a detection's box and its anchor's raw box, both from the same export call.
+TOLERANCE = {"box": 2e-3, "score": 1e-3, "mAP": 1e-3, "keras": 1e-4, "anchor_box": 1e-5}
 _SIGNATURE_RESULTS = ("call", "encoded_image_string_tensor", "tf_example")
 
 
@@ -82,6 +86,7 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
         problems.append("the SavedModel's label map differs from the run's")
     if [list(size) for size in sizes] != answered["image_sizes"]:
         problems.append("the fresh process decoded the images at other sizes than detkeeper's pipeline")
+    problems += _output_problems(answered, label_map, model.max_detections)
     box_error = score_error = 0.0
     compared = 0
     for name in _SIGNATURE_RESULTS:
@@ -110,12 +115,77 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
                             f"{map_export:.4f}")
     return Verification(passed=not problems, problems=tuple(problems[:20]), num_images=len(records),
                         checked=("loaded object (uint8)", "serving_default", "encoded_image_string_tensor",
-                                 "tf_example", "metadata") + ((".keras archive",) if keras_path is not None else ()),
+                                 "tf_example", "metadata", "TF OD API outputs and anchors")
+                        + ((".keras archive",) if keras_path is not None else ()),
                         max_box_difference=box_error, max_score_difference=score_error,
                         detections_compared=compared, keras_archive_difference=keras_difference,
                         map_checkpoint=map_checkpoint, map_export=map_export,
                         load_seconds=answered["load_seconds"], seconds=time.perf_counter() - started,
                         tolerance=dict(TOLERANCE))
+
+
+def _output_problems(answered: dict, label_map: LabelMap, max_detections: int) -> list[str]:
+    """What is wrong with the outputs' keys, dtypes and shapes (``output_layouts``), and with the
+    anchors the detections name (``anchor_indices`` ... of each row), as the fresh process saw them."""
+    from detkeeper.export.serving import OUTPUT_LAYOUT
+
+    problems = []
+    anchors_of = {}
+    for name, layout in answered["output_layouts"].items():
+        if set(layout) != set(OUTPUT_LAYOUT):
+            problems.append(f"{name} returns {', '.join(sorted(layout))}; expected {', '.join(OUTPUT_LAYOUT)}")
+            continue
+        wrong = sorted(key for key, (dtype, _) in layout.items() if dtype != "float32")
+        if wrong:
+            problems.append(f"{name}: {', '.join(wrong)} not float32 (as the TF OD API returns them)")
+        dims = {"B": layout["num_detections"][1][0], "N": max_detections,
+                "A": layout["raw_detection_boxes"][1][1], "C": label_map.num_classes}
+        for key, shape in OUTPUT_LAYOUT.items():
+            expected = [dims.get(size, size) for size in shape]
+            if layout[key][1] != expected:
+                problems.append(f"{name}: {key} has shape {layout[key][1]}, expected {expected} "
+                                f"({', '.join(map(str, shape))})")
+        anchors_of[name] = dims["A"]
+    signatures = {"call": "call", "serving_default_first_image": "serving_default",
+                  "encoded_image_string_tensor": "encoded_image_string_tensor", "tf_example": "tf_example"}
+    for result, name in signatures.items():
+        if name not in anchors_of:
+            continue
+        for position, row in enumerate(answered[result]):
+            problem = _anchor_problem(row, label_map, anchors_of[name])
+            if problem:
+                problems.append(f"{name}, image {position}: {problem}")
+                break
+    return problems
+
+
+def _anchor_problem(row: dict, label_map: LabelMap, num_anchors: int) -> str | None:
+    """Is each detection of `row` the anchor's it names: an anchor index in range, the anchor's
+    scores as its multiclass scores, its score in its class's column, its box the anchor's clipped?"""
+    count = int(row["num_detections"])
+    anchors = np.asarray(row["anchor_indices"], np.float64)
+    if not row["padding_zero"]:
+        return "detection_anchor_indices or detection_multiclass_scores are not 0 past num_detections"
+    whole = (anchors == np.round(anchors)) & (anchors >= 0) & (anchors < num_anchors)
+    if len(anchors) != count or not whole.all():
+        return f"detection_anchor_indices {anchors.tolist()[:5]}... are not whole anchor numbers below {num_anchors}"
+    if count == 0:
+        return None
+    multiclass = np.asarray(row["multiclass_scores"], np.float32).reshape(count, -1)
+    if not np.array_equal(multiclass, np.asarray(row["raw_scores_of_anchors"], np.float32).reshape(count, -1)):
+        return "detection_multiclass_scores are not the raw_detection_scores of the detections' anchors"
+    try:
+        columns = label_map.ids_to_indices(np.asarray(row["classes"], np.float64)[:count].astype(np.int64))
+    except DataError as error:
+        return str(error)
+    scores = np.asarray(row["scores"], np.float32)[:count]
+    if not np.array_equal(multiclass[np.arange(count), columns], scores):
+        return "detection_scores are not the detections' anchors' scores for their classes"
+    raw = np.clip(np.asarray(row["raw_boxes_of_anchors"], np.float32).reshape(count, 4), 0.0, 1.0)
+    gap = float(np.abs(raw - np.asarray(row["boxes"], np.float32)[:count]).max())
+    if gap > TOLERANCE["anchor_box"]:
+        return f"detection_boxes differ from their anchors' raw_detection_boxes (clipped) by {gap:.3g}"
+    return None
 
 
 def _run_standalone(saved_model_dir, images_dir: str) -> dict:
