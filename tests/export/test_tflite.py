@@ -48,14 +48,16 @@ def test_export_with_tflite_writes_verified_float32_and_int8_models(trained_run,
     printed = capsys.readouterr().out
     assert in_staging == {"tflite": ["model_float32.tflite", "model_int8_dynamic.tflite", "tflite.json"],
                           "out_existed": False}
-    assert "float32: tflite/model_float32.tflite" in printed
-    assert "int8_dynamic: tflite/model_int8_dynamic.tflite" in printed
+    assert "float32 (not quantized): tflite/model_float32.tflite" in printed
+    assert "dynamic-range int8 (int8 weights, float32 activations): tflite/model_int8_dynamic.tflite" in printed
     assert "tflite/" in printed and "did not" not in printed
 
     report = json.loads((out / "verification.json").read_text())["tflite"]
     assert report == json.loads((out / "tflite" / "tflite.json").read_text())
     float32, int8 = report["models"]["float32"], report["models"]["int8_dynamic"]
     assert float32["status"] == int8["status"] == "verified"
+    assert int8["quantization"] == "dynamic-range int8 (int8 weights, float32 activations)"
+    assert report["contract"]["int8_dynamic"].startswith("dynamic-range quantization: weights int8, activations float32")
     assert report["map_checkpoint"] == pytest.approx(
         json.loads((out / "verification.json").read_text())["map_checkpoint"], abs=1e-9)
     # Measured: drop 0.0, boxes within 2e-7 of the input size, scores within 1e-6; bound = the
@@ -125,7 +127,8 @@ def test_a_graph_that_does_not_convert_is_reported_not_raised(verification_input
     written = json.loads((tmp_path / "tflite" / "tflite.json").read_text())
     assert {name: model["status"] for name, model in written["models"].items()} == {
         "float32": "did not convert", "int8_dynamic": "did not convert"}
-    assert report.summary_lines()[1].startswith("  float32: did not convert: ConverterError: 'tf.CombinedNon")
+    assert report.summary_lines()[1].startswith("  float32 (not quantized): did not convert: ConverterError: "
+                                                "'tf.CombinedNon")
 
 
 def test_a_float32_model_that_does_not_answer_like_the_checkpoint_is_not_written(verification_inputs, tmp_path,

@@ -245,8 +245,22 @@ def test_tflite_results_of_an_export_are_tabled(tmp_path):
     unconverted = TFLiteModel("int8_dynamic", "did not convert", "ConverterError: op not supported", None, None, 1.0,
                               None, None, None, None, None, None)
     tflite = TFLiteReport((verified, unconverted), {}, 0.6340, 8, 9.5).to_json_dict()
-    record = ExportRecord("step-0000060", tmp_path, True, None, {"passed": True, "tflite": tflite}, 0.0)
-    rows = parse_report(f'<section id="exports">{_export(record, 60)}</section>').rows("exports")
-    assert [cells for _, cells in rows] == [
-        ["float32", "verified", "2.92 MB", "0.6340", "0.0000", ""],
-        ["int8_dynamic", "did not convert", "-", "-", "-", "ConverterError: op not supported"]]
+    assert tflite["models"]["int8_dynamic"]["quantization"] == "dynamic-range int8 (int8 weights, float32 activations)"
+    # Exports written before tflite.json named the quantization are tabled the same way.
+    older = {**tflite, "models": {variant: {key: value for key, value in model.items() if key != "quantization"}
+                                  for variant, model in tflite["models"].items()}}
+    for written in (tflite, older):
+        record = ExportRecord("step-0000060", tmp_path, True, None, {"passed": True, "tflite": written}, 0.0)
+        rows = parse_report(f'<section id="exports">{_export(record, 60)}</section>').rows("exports")
+        assert [cells for _, cells in rows] == [
+            ["float32 (not quantized)", "verified", "2.92 MB", "0.6340", "0.0000", ""],
+            ["dynamic-range int8 (int8 weights, float32 activations)", "did not convert", "-", "-", "-",
+             "ConverterError: op not supported"]]
+
+
+def test_the_report_names_tflite_quantization_as_the_export_does():
+    """The report repeats the names so it reads JSON without importing the exporter; they must agree."""
+    from detkeeper.export.tflite import QUANTIZATION
+    from detkeeper.report.exports import TFLITE_QUANTIZATION
+
+    assert TFLITE_QUANTIZATION == QUANTIZATION

@@ -11,13 +11,15 @@ examples:
   detkeeper export runs/demo                               best checkpoint -> runs/demo/exports/step-…
   detkeeper export runs/demo --checkpoint latest --out exports/demo
   detkeeper export runs/demo --checkpoint 1200 --score-threshold 0.3 --max-detections 50
-  detkeeper export runs/demo --tflite                      also float32 and int8 TFLite models, scored
+  detkeeper export runs/demo --tflite                      also float32 and dynamic-range int8 TFLite models
   detkeeper export runs/demo --json | jq .verification     what was compared, for scripts
 
 Then, anywhere TensorFlow runs (detkeeper not needed):
   import tensorflow as tf
   model = tf.saved_model.load("runs/demo/exports/step-0000800/saved_model")
-  detections = model(tf.constant(uint8_images))   # detection_boxes/scores/classes, num_detections"""
+  detections = model(tf.constant(uint8_images))   # the TF OD API's 8 outputs: detection_boxes/scores/
+                                                  # classes, num_detections, raw_detection_boxes/scores,
+                                                  # detection_multiclass_scores, detection_anchor_indices"""
 
 
 def register(commands, common) -> None:
@@ -43,9 +45,10 @@ def register(commands, common) -> None:
     parser.add_argument("--verify-images", type=int, default=8, metavar="N",
                         help="validation images the verification compares on (default 8)")
     parser.add_argument("--tflite", action="store_true",
-                        help="also write TFLite models (float32, int8 dynamic-range) to OUT/tflite/, each scored by "
-                             "its mAP on the verification images; one that does not convert is reported, and the "
-                             "SavedModel is exported anyway")
+                        help="also write TFLite models to OUT/tflite/: float32 and dynamic-range int8 (int8 "
+                             "weights, float32 activations; not an integer-only model), each scored by its mAP on "
+                             "the verification images; one that does not convert is reported, and the SavedModel "
+                             "is exported anyway")
     parser.add_argument("--json", action="store_true", help="print the export folder, metadata and verification as JSON on stdout")
     parser.set_defaults(handler=run_export)
 
@@ -71,13 +74,15 @@ def run_export(args) -> int:
     if result.tflite is not None:
         print("\n".join(result.tflite.summary_lines()))
     print(f"\nwritten to {out}/")
-    print("  saved_model/       tf.saved_model.load(...)(uint8 images); signatures serving_default, "
-          "encoded_image_string_tensor, tf_example, metadata")
+    print("  saved_model/       tf.saved_model.load(...)(uint8 images): the TF OD API's 8 outputs (detections, "
+          "raw boxes and scores, anchor indices); signatures serving_default, encoded_image_string_tensor, "
+          "tf_example, metadata")
     print("  model.keras        Keras archive (detkeeper.models.archive.load_keras_archive)")
     print("  metadata.json      model, conventions, thresholds, source checkpoint; also label_map.pbtxt, "
           "config.yaml")
     if result.tflite is not None:
-        print("  tflite/            TFLite models; tflite.json: input [1, S, S, 3] float32 canvas, outputs, mAP")
+        print("  tflite/            float32 and dynamic-range int8 (int8 weights, float32 activations) TFLite "
+              "models; tflite.json: input [1, S, S, 3] float32 canvas, the 4 detection outputs, mAP")
     print("  verification.json  what was compared, and the result")
     print(f"\nnext: detkeeper predict {out} IMAGES... --out predictions")
     return 0

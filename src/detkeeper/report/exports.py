@@ -19,6 +19,9 @@ from detkeeper.rundir import RunDirectory
 FAILED_SUFFIX = ".verification-failed.json"
 #: detkeeper.export.exporter's names, repeated so the report does not import TensorFlow to read JSON.
 METADATA_FILE, VERIFICATION_FILE, PARTIAL_PREFIX = "metadata.json", "verification.json", ".partial-"
+#: detkeeper.export.tflite.QUANTIZATION, for exports written before tflite.json named each model's quantization.
+TFLITE_QUANTIZATION = {"float32": "float32 (not quantized)",
+                       "int8_dynamic": "dynamic-range int8 (int8 weights, float32 activations)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +51,10 @@ class ExportRecord:
 
     @property
     def tflite_models(self) -> dict[str, dict[str, Any]]:
+        """TFLite results by variant, each with its ``quantization`` (named here for older exports)."""
         tflite = (self.verification or {}).get("tflite") or {}
-        return dict(tflite.get("models") or {})
+        return {variant: {"quantization": TFLITE_QUANTIZATION.get(variant, variant), **model}
+                for variant, model in (tflite.get("models") or {}).items() if isinstance(model, dict)}
 
 
 def find_exports(run: RunDirectory) -> list[ExportRecord]:

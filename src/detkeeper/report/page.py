@@ -238,7 +238,7 @@ def _tflite(models: dict[str, dict[str, Any]]) -> str:
     rows = []
     for variant, model in models.items():
         size = model.get("size_bytes")
-        rows.append(f"<tr><td>{_e(variant)}</td><td>{_e(model.get('status'))}</td>"
+        rows.append(f"<tr><td>{_e(model.get('quantization') or variant)}</td><td>{_e(model.get('status'))}</td>"
                     f'<td class="num">{"-" if size is None else f"{size / 1e6:.2f} MB"}</td>'
                     f'<td class="num">{format_number(model.get("map"))}</td>'
                     f'<td class="num">{format_number(model.get("map_drop"))}</td>'
