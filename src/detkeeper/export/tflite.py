@@ -1,8 +1,8 @@
 """TFLite export: float32 and dynamic-range int8 models of a detector, each verified by its COCO mAP.
 
 Dynamic-range int8 (variant ``int8_dynamic``) stores the weights as int8 and computes with float32
-activations (the converter's default optimization without a representative dataset): about a
-quarter of the size, not an integer-only model for int8 accelerators.
+activations (the converter's default optimization without a representative dataset): weights in a
+quarter of the space, but not an integer-only model for int8 accelerators.
 
     report = export_tflite(model, label_map, records, OUT / "tflite", max_boxes=config.data.max_boxes)
     print("\\n".join(report.summary_lines()))
