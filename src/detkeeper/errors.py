@@ -1,26 +1,36 @@
-"""Error types for mistakes a user can fix.
+"""Error types for problems a user can fix, and the exit status each gives.
 
-Everything raised as a :class:`DetkeeperError` is a user error: the CLI prints its message as one
-paragraph and exits non-zero without a traceback. Anything else is a bug in detkeeper and keeps
-its traceback.
+Everything raised as a :class:`DetkeeperError` is a user-facing problem: the CLI prints its message
+as one paragraph and exits non-zero without a traceback. Anything else is a bug in detkeeper and
+keeps its traceback.
+
+Exit status, as for most command-line tools (argparse's usage errors are 2 too):
+
+- 2: the input cannot be used: a config, an argument, a dataset, a model or a file the user named
+  (:class:`DetkeeperError`, :class:`ConfigError`, :class:`DataError`).
+- 1: the input was fine but the work could not be done or did not pass: no space left, a loss
+  that diverged, a run directory another process is training in, an export that fails its
+  verification (:class:`RunFailed`); and ``data check`` finding records it would drop.
 """
 
 from __future__ import annotations
 
 
 class DetkeeperError(Exception):
-    """A problem with the user's input: a config, a dataset, a file on disk."""
+    """A problem with the user's input: a config, an argument, a dataset, a model, a file on disk."""
 
-    exit_code = 1
+    exit_code = 2
 
 
 class ConfigError(DetkeeperError):
     """The config file, a preset or a `--set` override is invalid."""
 
-    exit_code = 2
-
 
 class DataError(DetkeeperError):
     """A dataset, annotation, label map or image cannot be used."""
 
-    exit_code = 3
+
+class RunFailed(DetkeeperError):
+    """The input was usable, but the work stopped or failed: nothing written before is lost."""
+
+    exit_code = 1

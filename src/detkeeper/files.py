@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from detkeeper.errors import DataError, DetkeeperError
+from detkeeper.errors import DataError, RunFailed
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: What TF OD API sample configs leave for the user to fill in: ``gs://${YOUR_GCS_BUCKET}/...``
@@ -80,13 +80,13 @@ def is_out_of_space(error: BaseException) -> bool:
     return type(error).__module__.startswith("tensorflow") and any(part in text for part in OUT_OF_SPACE_TEXTS)
 
 
-def out_of_space(path: str | os.PathLike, error: BaseException, what: str = "") -> DetkeeperError:
-    """The user error for a write to `path` that failed for lack of space (see `is_out_of_space`)."""
+def out_of_space(path: str | os.PathLike, error: BaseException, what: str = "") -> RunFailed:
+    """The error for a write to `path` that failed for lack of space (see `is_out_of_space`)."""
     if isinstance(error, OSError) and error.strerror:
         detail = error.strerror
     else:  # TensorFlow's: "{{function_node ...}} PATH.tempstate123; File too large [Op:SaveV2]"
         detail = str(getattr(error, "message", error)).strip().splitlines()[-1].rsplit(";", 1)[-1]
-    return DetkeeperError(
+    return RunFailed(
         f"{path}: cannot write{' ' + what if what else ''}: no space left for it ({detail.strip()}); the disk is "
         "full, the quota is used up or a file size limit is set. Nothing half-written was kept. Free some space "
         "and run the same command again.")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from detkeeper.data.label_map import LabelMap
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import RunFailed
 
 
 class RunDirectory:
@@ -74,7 +74,7 @@ class RunDirectory:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise DetkeeperError(
+                raise RunFailed(
                     f"{self.path} is in use by {holder}; two runs writing one directory would mix their "
                     "checkpoints. Wait for it to finish, stop it, or choose another run_dir.") from None
             handle.seek(0)

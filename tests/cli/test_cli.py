@@ -93,7 +93,7 @@ def test_show_writes_a_png_of_the_pipeline_batch(capsys, tmp_path, shapes_datase
 
 def test_unknown_split_of_a_config_is_a_clear_error(capsys):
     code, _, err = run(capsys, "data", "check", "mobilenetv2_fpn_320", "--quiet")
-    assert code == 3 and "names no data split" in err
+    assert code == 2 and "names no data split" in err
 
 
 def test_console_script_exits_non_zero_without_traceback(tmp_path):
@@ -102,7 +102,7 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     missing = tmp_path / "no_such_dataset"
     result = subprocess.run([str(script), "data", "check", str(missing)], capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "no_such_dataset: no such file or folder" in result.stderr
     assert "Traceback" not in result.stderr
 

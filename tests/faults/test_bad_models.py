@@ -57,7 +57,7 @@ def test_a_model_from_elsewhere_is_refused_by_name(foreign, shapes_dataset, tmp_
             "evaluate": ["evaluate", str(path), "--data", str(shapes_dataset)]}[command]
     faults.bad_input()
     code, err = _run(capsys, *args)
-    assert code == 1, err[-3000:]
+    assert code == 2, err[-3000:]
     if model != "doubler":
         expected = NOT_OURS
     elif command == "export":
@@ -75,7 +75,7 @@ def test_a_foreign_checkpoint_as_init_from_is_refused_before_training(foreign, s
     config = write_fault_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run")
     faults.bad_input()
     code, err = _run(capsys, "train", str(config), "--set", f"model.init_from.path={foreign / 'dense' / 'ckpt'}")
-    assert code == 1 and f"model.init_from.path: {foreign / 'dense' / 'ckpt'}: {NOT_OURS}" in err, err[-3000:]
+    assert code == 2 and f"model.init_from.path: {foreign / 'dense' / 'ckpt'}: {NOT_OURS}" in err, err[-3000:]
     assert not list((tmp_path / "run").glob("checkpoints/step-*"))
 
 
@@ -93,7 +93,7 @@ def test_a_truncated_checkpoint_is_never_exported(run_copy, tmp_path, capsys, fa
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
     faults.bad_input()
     code, err = _run(capsys, "export", str(run_copy), "--out", str(tmp_path / "exports" / "best"))
-    assert code == 1, err[-3000:]
+    assert code == 2, err[-3000:]
     assert f"checkpoint {best} cannot be trusted: {data} has" in err and "the ledger recorded" in err
     assert visible_exports(tmp_path / "exports") == {} and not list((tmp_path / "exports").glob(".*"))
 
@@ -104,5 +104,5 @@ def test_a_ledger_changed_by_hand_is_named_not_trusted(run_copy, capsys, faults)
     faults.bad_input()
     for command in (["checkpoints", str(run_copy)], ["export", str(run_copy)]):
         code, err = _run(capsys, *command)
-        assert code == 1 and f"{ledger}: the checkpoint ledger cannot be read" in err, err[-3000:]
+        assert code == 2 and f"{ledger}: the checkpoint ledger cannot be read" in err, err[-3000:]
     assert not (run_copy / "exports").exists()

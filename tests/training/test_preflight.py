@@ -87,3 +87,14 @@ def test_a_checkpoint_prefix_is_an_existing_init_from_path(tmp_path, shapes_data
     config = load_config(write_config(tmp_path / "run.yaml", shapes_dataset, tmp_path / "run",
                                       model={"image_size": 128, "init_from": {"path": str(prefix)}}))
     assert config.model.init_from.path == str(prefix)
+
+
+def test_checkpoint_min_delta_is_accepted_with_a_warning_that_it_changes_nothing():
+    from detkeeper.config import RunConfig
+    from detkeeper.config.schema import CheckpointConfig
+    from detkeeper.training.preflight import deprecation_warnings
+
+    assert deprecation_warnings(RunConfig()) == []
+    (warning,) = deprecation_warnings(RunConfig(checkpoint=CheckpointConfig(min_delta=0.01)))
+    assert warning.startswith("checkpoint.min_delta (0.01) changes nothing any more") and \
+        "early_stopping.min_delta" in warning

@@ -151,12 +151,12 @@ def _check_splits(sources, steps: _Steps, quiet: bool) -> None:
 
 def _train(config, quiet: bool):
     from detkeeper.cli.train_commands import train_with_progress
-    from detkeeper.errors import DetkeeperError
+    from detkeeper.errors import RunFailed
 
     result = train_with_progress(config, quiet)
     if result.best is None:
-        raise DetkeeperError(f"training of {result.run_dir} kept no checkpoint, so there is nothing to export; "
-                             "see its train.log")
+        raise RunFailed(f"training of {result.run_dir} kept no checkpoint, so there is nothing to export; "
+                         "see its train.log")
     return result
 
 

@@ -20,12 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DetkeeperError, RunFailed
 from detkeeper.training.checkpoints import CheckpointStore
 from detkeeper.training.ledger import LedgerEntry, RetentionPolicy
 
 
-class TrainingDiverged(DetkeeperError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite."""
 
 

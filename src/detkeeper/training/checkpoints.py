@@ -25,7 +25,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DetkeeperError, RunFailed
 from detkeeper.files import atomic_write_text, is_out_of_space, out_of_space
 from detkeeper.training.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
 
@@ -139,7 +139,7 @@ class CheckpointStore:
                 raise
             shutil.rmtree(partial, ignore_errors=True)
             latest = self.ledger.latest
-            raise DetkeeperError(
+            raise RunFailed(
                 f"{out_of_space(partial, error, f'the checkpoint of step {step}')} The checkpoints kept so far and "
                 f"{LEDGER_NAME} are unchanged: the rerun resumes from "
                 f"{latest.name if latest else 'the start'}.") from None

@@ -37,5 +37,15 @@ def monitor_problems(config: RunConfig) -> list[Problem]:
                     f"expected one of {', '.join('val_' + name for name in known)}, got {monitor!r}")]
 
 
+def deprecation_warnings(config: RunConfig) -> list[str]:
+    """Settings that are accepted (saved run configs hold them) but no longer change anything."""
+    warnings = []
+    if config.checkpoint.min_delta:
+        warnings.append(f"checkpoint.min_delta ({config.checkpoint.min_delta:g}) changes nothing any more: the best "
+                        "checkpoint is always the top of the ranking by evaluation.monitor; what counts as an "
+                        "improvement for patience is early_stopping.min_delta")
+    return warnings
+
+
 #: In order: the model's checks import ``model.custom_objects_module``, which may register monitors.
 TRAINING_CHECKS = (model_problems, monitor_problems)

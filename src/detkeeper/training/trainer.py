@@ -28,7 +28,7 @@ from detkeeper.rundir import RunDirectory
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
 from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
 from detkeeper.training.ledger import LedgerEntry
-from detkeeper.training.preflight import TRAINING_CHECKS
+from detkeeper.training.preflight import TRAINING_CHECKS, deprecation_warnings
 from detkeeper.training.progress import ProgressCallback, Reporter
 
 logger = logging.getLogger("detkeeper.training")
@@ -109,6 +109,8 @@ class _Training:
 
     def run(self) -> TrainResult:
         config = self.config
+        for warning in deprecation_warnings(config):
+            logger.warning(warning)
         from detkeeper.data.sources import DataSources
         if config.data.val is None:
             raise ConfigError("data.val: training keeps the best checkpoints by validation mAP, so it needs "
