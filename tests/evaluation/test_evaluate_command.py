@@ -107,6 +107,36 @@ def test_metrics_json_detections_json_and_plots_are_readable(run, best_report, s
             assert image.format == "PNG" and image.size[0] > 100
 
 
+def test_a_coco_dataset_scores_what_pycocotools_gives_on_its_file_and_detections_json(run, shapes_dataset,
+                                                                                    tmp_path):
+    """A COCO file with integer ids of mixed digit counts and polygon areas below the box area:
+    detections.json names images by those integers, so pycocotools loads it beside the file, and
+    scores exactly what ``detkeeper evaluate`` reported (COCO's numeric image order, COCO's areas)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    run_dir, _, _ = run
+    label_map = LabelMap.read(run_dir / "label_map.pbtxt")
+    records = read_voc(shapes_dataset, split="val", label_map=label_map).records
+    ids = [7, 1000, 139, 52, 100000, 3, 999, 20][:len(records)]
+    records = [dataclasses.replace(record, image_id=str(image_id), original_id=image_id, area=0.6 * record.coco_areas())
+               for record, image_id in zip(records, ids)]
+    coco = write_coco(records, label_map, tmp_path / "val.json", images_dir=shapes_dataset / "JPEGImages")
+    assert [image["id"] for image in json.loads(coco.read_text())["images"]] == ids
+    report = evaluate(run_dir, str(coco), images=str(shapes_dataset / "JPEGImages"), out_dir=tmp_path / "out")
+    detections = json.loads(report.detections_path.read_text())
+    assert {type(row["image_id"]) for row in detections} == {int} and {row["image_id"] for row in detections} <= set(ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(coco))
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(str(report.detections_path)), iouType="bbox")
+        evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    for name, got, want in zip(report.result.stats, report.result.stats.values(), evaluation.stats):
+        assert abs(got - want) <= 1e-12, (name, got, want)
+
+
 def test_cli_evaluates_a_step_number_and_prints_json(run, tmp_path, capsys):
     run_dir, _, recorded = run
     step = _other_step(run)

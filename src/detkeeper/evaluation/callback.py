@@ -51,8 +51,10 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     """Every `every_epochs` epochs, COCO-evaluate the model on `dataset` and add the stats to logs.
 
     `dataset` is a detkeeper evaluation dataset (:func:`detkeeper.data.pipeline.evaluation_dataset`).
-    Pass the split's records as `ground_truth` for exact COCO numbers (every box, crowd flags);
-    without them the batch's own padded boxes are used. With `weight_average`
+    Pass the split's records as `ground_truth` for exact COCO numbers (every box, crowd flags, COCO
+    areas, original image ids: what pycocotools gives on the dataset's files); without them the
+    batch's own padded boxes are used. `max_detections` may be any N >= 1 (COCO's maxDets
+    ``[1, min(10, N), N]``). With `weight_average`
     (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated. With
     `distributed` (:class:`detkeeper.evaluation.distributed.DistributedValidation`, under a
     tf.distribute strategy) every replica detects its share, the chief scores and the stats it

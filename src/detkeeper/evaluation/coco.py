@@ -8,11 +8,17 @@ averaging is re-implemented here, so they equal an evaluation from JSON files.
 
 Two details keep them equal to the last bit:
 
-* Image ids are ranked in their natural order (numbers numerically, strings lexicographically)
-  and renumbered 1..N in that order. COCO breaks score ties across images by image-id order, so a
-  renumbering that kept insertion order would change AP whenever scores tie.
+* Image ids are ranked as pycocotools sorts them (:func:`~detkeeper.data.record.coco_order`:
+  numerically when all are integers, else as strings) and renumbered 1..N in that order. COCO
+  breaks score ties across images by image-id order, so a renumbering that kept insertion order
+  would change AP whenever scores tie. Pass each dataset's original ids (COCO's integers, not
+  their strings): ``"1000"`` sorts before ``"139"``.
 * All detections are passed, in the order given: COCO keeps the ``maxDets`` best per image and
   category after a stable sort, so truncating here could only differ from it.
+
+``max_detections`` (N) is COCO's largest ``maxDets``; the evaluator runs COCO with
+``maxDets = [1, min(10, N), N]`` (:func:`~detkeeper.evaluation.results.coco_max_dets`), so every
+N >= 1 works: with N <= 10 no image keeps more than N detections, so recall at 10 is recall at N.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from detkeeper.data.label_map import LabelMap, LabelMapItem
+from detkeeper.data.record import coco_order
 from detkeeper.errors import DataError
-from detkeeper.evaluation.results import EvaluationResult
+from detkeeper.evaluation.results import EvaluationResult, coco_max_dets
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
@@ -85,17 +92,17 @@ class CocoEvaluator:
 
     ``categories`` (a :class:`LabelMap` or ``[{"id", "name"}, ...]``) are the classes COCO
     averages over, by label-map id; every class id passed to ``update`` must be one of them.
-    ``max_detections`` is COCO's largest ``maxDets`` (its ``[1, 10, max_detections]``): what
-    ``mAP*`` and ``AR100`` use.
+    ``max_detections`` (any N >= 1) is COCO's largest ``maxDets``, what ``mAP*`` and ``AR100``
+    use; ``AR1`` and ``AR10`` are recalls at 1 and ``min(10, N)`` detections per image.
     """
 
     def __init__(self, categories: LabelMap | Sequence[Mapping[str, Any]], backend: str = "faster_coco_eval",
                  max_detections: int = 100) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if int(max_detections) <= 10:
-            raise ValueError(f"max_detections must be above 10 (COCO's maxDets are 1, 10 and it); "
-                             f"got {max_detections}")
+        if isinstance(max_detections, bool) or int(max_detections) != max_detections or max_detections < 1:
+            raise ValueError(f"max_detections must be a whole number >= 1 (detections kept per image); "
+                             f"got {max_detections!r}")
         if not isinstance(categories, LabelMap):
             categories = LabelMap([LabelMapItem(int(c["id"]), str(c["name"]), str(c["name"]))
                                    for c in categories], source="categories")
@@ -108,7 +115,7 @@ class CocoEvaluator:
     def reset(self) -> None:
         """Forget every image seen so far."""
         self._image_ids: list[ImageId] = []
-        self._seen: set[ImageId] = set()
+        self._seen: set[str] = set()  # as strings: 139 and "139" are one image to COCO's string order
         self._ground_truth: list[_Rows] = []
         self._detections: list[_Rows] = []
 
@@ -148,26 +155,26 @@ class CocoEvaluator:
 
         first = len(self._image_ids)
         self._image_ids.extend(image_ids)
-        self._seen.update(image_ids)
+        self._seen.update(map(str, image_ids))
         self._ground_truth.append(_Rows(gt_image + first, gt_boxes, gt_classes, (crowd, area)))
         self._detections.append(_Rows(det_image + first, det_boxes, det_classes, (scores,)))
 
     def _new_image_ids(self, ground_truth: Mapping[str, Any]) -> list[ImageId]:
         if "image_ids" not in ground_truth:
             raise DataError("ground_truth['image_ids'] is missing: every image needs an id")
-        array = _as_array(ground_truth["image_ids"], "ground_truth['image_ids']")
-        if array.ndim != 1:
-            raise DataError(f"ground_truth['image_ids']: expected shape [B], got {array.shape}")
-        image_ids = [_image_id(value, "ground_truth['image_ids']") for value in array.tolist()]
-        kinds = {type(i) for i in image_ids} | {type(i) for i in self._image_ids[:1]}
-        if len(kinds) > 1:
-            raise DataError("ground_truth['image_ids']: image ids mix integers and strings; use one kind")
-        in_batch: set[ImageId] = set()
+        values = ground_truth["image_ids"]
+        if not isinstance(values, (list, tuple)):  # a list keeps mixed ints and strings apart
+            array = _as_array(values, "ground_truth['image_ids']")
+            if array.ndim != 1:
+                raise DataError(f"ground_truth['image_ids']: expected shape [B], got {array.shape}")
+            values = array.tolist()
+        image_ids = [_image_id(value, "ground_truth['image_ids']") for value in values]
+        in_batch: set[str] = set()
         for image_id in image_ids:
-            if image_id in self._seen or image_id in in_batch:
+            if str(image_id) in self._seen or str(image_id) in in_batch:
                 raise DataError(f"ground_truth['image_ids']: image id {image_id!r} was already seen; "
                                 "each image may be evaluated once (call reset() to start over)")
-            in_batch.add(image_id)
+            in_batch.add(str(image_id))
         return image_ids
 
     def _checked_rows(self, batch: dict, name: str,
@@ -194,7 +201,7 @@ class CocoEvaluator:
         """Evaluate every image seen since the last reset (an image with no boxes counts too)."""
         if not self._image_ids:
             raise DataError("COCO evaluation: no images to evaluate; call update() with a batch first")
-        order = sorted(range(len(self._image_ids)), key=self._image_ids.__getitem__)
+        order = coco_order(self._image_ids)
         coco_id = np.empty(len(order), np.int64)
         coco_id[order] = np.arange(1, len(order) + 1)
         dataset = {
@@ -316,7 +323,7 @@ def _run_backend(backend: str, dataset: dict, detections: list[dict], max_detect
             coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
             coco_dt.createIndex()
         evaluation = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    evaluation.params.maxDets = [1, 10, max_detections]
+    evaluation.params.maxDets = list(coco_max_dets(max_detections))
     evaluation.evaluate()
     evaluation.accumulate()
     evaluation.summarize()

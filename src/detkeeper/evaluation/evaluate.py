@@ -45,9 +45,9 @@ logger = logging.getLogger("detkeeper.evaluation")
 
 #: How ``detections.json`` names images (also written into ``metrics.json``).
 IMAGE_ID_CONVENTION = (
-    "image_id is the dataset's own image id: a COCO JSON's image id, a VOC file stem, a TFRecord's "
-    "image/source_id; written as a JSON integer when every id is a canonical integer (as in COCO), "
-    "else as a string")
+    "image_id is the dataset's own image id in its own type: a COCO JSON's image id as the file has it "
+    "(so the file loads into pycocotools' loadRes beside it), a VOC file stem (a string), a TFRecord's "
+    "image/source_id (an integer when it is a canonical decimal integer, else a string)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +288,7 @@ class PreparedEvaluation:
         seconds = time.perf_counter() - started
         out = Path(out_dir) if out_dir is not None else self.default_out_dir()
         detections_path = atomic_write_text(out / "detections.json",
-                                            json.dumps(results.as_json([r.image_id for r in self.data.records])) + "\n")
+                                            json.dumps(results.as_json(self.data.records)) + "\n")
         plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
         metrics = self._metrics(validation, seconds, out, detections_path, plots)
         metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -346,13 +346,11 @@ class _CocoResults:
                                             detections["scores"][row, :count][keep].tolist()):
                 self.rows.append((image_id, category, box, score))
 
-    def as_json(self, image_ids: list[str]) -> list[dict]:
-        as_int = all(_CANONICAL_INT.fullmatch(value) for value in image_ids)
-        return [{"image_id": int(image_id) if as_int else image_id, "category_id": category, "bbox": box,
-                 "score": score} for image_id, category, box, score in self.rows]
-
-
-_CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")  # data.coco's rule for ids written as integers
+    def as_json(self, records: list[DetectionRecord]) -> list[dict]:
+        """The rows with each image's original id (:data:`IMAGE_ID_CONVENTION`)."""
+        original = {record.image_id: record.original_id for record in records}
+        return [{"image_id": original[image_id], "category_id": category, "bbox": box, "score": score}
+                for image_id, category, box, score in self.rows]
 
 
 def _json_float(value: float) -> float | None:

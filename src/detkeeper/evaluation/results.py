@@ -9,6 +9,9 @@ precision-recall plots. Every number is read from the COCO API's own ``stats`` a
 Undefined values stay COCO's ``-1`` (an average with nothing to average, e.g. ``mAP_small`` with no
 small objects, or the AP of a class with no non-crowd ground truth), so every field is a plain
 JSON number and ``-1`` can never be mistaken for a score.
+
+With ``max_detections`` N the stats keep their names (``AR100`` is recall at N, as ``mAP`` is AP
+at N) and COCO's ``maxDets`` are :func:`coco_max_dets`, which :meth:`format_table` prints.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ _SUMMARY_LINES = (
 )
 
 
+def coco_max_dets(max_detections: int) -> tuple[int, int, int]:
+    """COCO's ``maxDets`` for a cap of N detections per image: ``(1, min(10, N), N)``.
+
+    COCO keeps at most ``maxDets[-1]`` detections per image, so with N <= 10 recall at 10 would be
+    recall at N under another name; its slot says so instead, and every N >= 1 is valid. The three
+    slots stay (equal values allowed): both libraries' ``summarize`` read ``maxDets[0..2]``.
+    """
+    return 1, min(10, int(max_detections)), int(max_detections)
+
+
 def _mean_defined(values: np.ndarray) -> float:
     """COCO's average: over entries > -1, or -1 when there are none."""
     defined = values[values > -1]
@@ -47,7 +60,8 @@ class EvaluationResult:
     """COCO box metrics of one evaluation.
 
     ``stats`` holds the 12 numbers of ``COCOeval.stats`` under :data:`STAT_NAMES`; ``AR100`` and
-    the ``mAP*`` use the evaluator's ``max_detections`` (100 unless changed). ``per_class_ap`` is
+    the ``mAP*`` use the evaluator's ``max_detections`` N (100 unless changed), ``AR10`` uses
+    ``min(10, N)`` (:func:`coco_max_dets`). ``per_class_ap`` is
     AP@[.5:.95] and ``per_class_ap50`` AP@.5 per class name (area all, ``max_detections``), -1 for
     a class without ground truth. ``precision_recall`` is, per class, the precision at COCO's 101
     ``recall_thresholds`` at IoU 0.5 (all -1 without ground truth, 0 past the highest recall
@@ -131,7 +145,7 @@ class EvaluationResult:
 
     def format_table(self) -> str:
         """COCO's 12-line summary, as pycocotools prints it, then AP and AP50 per class."""
-        max_dets = (1, 10, self.max_detections)
+        max_dets = coco_max_dets(self.max_detections)
         lines = []
         for (kind, iou, area, m), value in zip(_SUMMARY_LINES, self.stats.values()):
             title = "Average Precision" if kind == "AP" else "Average Recall"

@@ -2,8 +2,10 @@
 
 The model sees resized, padded images; COCO is computed in original-image pixels, so detections
 are mapped back with the batch's ``image_scales`` and clipped to ``image_sizes``. Ground truth
-comes from the records when given (exact boxes, crowd flags, every box even past ``max_boxes``),
-else from the batch itself. The pass also times the detector, for ``val_latency_ms``.
+comes from the records when given: exact boxes, crowd flags, declared areas and original image
+ids (so a COCO dataset scores what pycocotools gives on its JSON files), every box even past
+``max_boxes``; else from the batch itself (no crowds, box areas, string ids). The pass also times
+the detector, for ``val_latency_ms``.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, n
 
 
 def score_batches(batches, label_map: LabelMap, ground_truth, backend: str, max_detections: int, progress,
-           on_batch) -> ValidationPass:
+                  on_batch) -> ValidationPass:
     """Feed each ``(image ids, original-pixel detections, seconds, batch ground truth)`` to COCO
-    (``batch ground truth`` None when `ground_truth`, the records, is given)."""
+    (``batch ground truth`` None when `ground_truth`, the records, is given; image ids are the
+    records' ``image_id`` strings). Every validation pass, in training, ``detkeeper evaluate`` and
+    export verification, scores through here."""
     evaluator = CocoEvaluator(label_map, backend=backend, max_detections=max_detections)
     records = {record.image_id: record for record in ground_truth} if ground_truth is not None else None
     timings: list[tuple[float, int]] = []
@@ -135,19 +139,22 @@ def _batch_ground_truth(batch: dict, label_map: LabelMap, image_ids: list[str], 
 
 
 def records_ground_truth(records: Mapping[str, DetectionRecord], image_ids: Iterable[str]) -> dict:
-    """The evaluator's ground truth for `image_ids`, straight from the records (crowd flags kept)."""
+    """The evaluator's ground truth for `image_ids` (records' ``image_id``), straight from the
+    records: crowd flags, COCO areas, and the original ids, whose type decides COCO's image order."""
     chosen = [records[image_id] for image_id in image_ids]
     width = max([record.num_boxes for record in chosen] + [1])
     boxes = np.full([len(chosen), width, 4], -1.0)
     classes = np.full([len(chosen), width], -1, np.int64)
     crowd = np.zeros([len(chosen), width], bool)
+    area = np.zeros([len(chosen), width])
     for row, record in enumerate(chosen):
         count = record.num_boxes
         boxes[row, :count] = record.boxes
         classes[row, :count] = record.class_ids
         crowd[row, :count] = record.is_crowd
-    return {"image_ids": [record.image_id for record in chosen], "boxes": boxes, "classes": classes,
-            "is_crowd": crowd, "num_boxes": np.array([record.num_boxes for record in chosen])}
+        area[row, :count] = record.coco_areas()
+    return {"image_ids": [record.original_id for record in chosen], "boxes": boxes, "classes": classes,
+            "is_crowd": crowd, "area": area, "num_boxes": np.array([record.num_boxes for record in chosen])}
 
 
 def _latency_ms(timings: list[tuple[float, int]]) -> float:
