@@ -153,16 +153,17 @@ def test_export_command_refuses_to_replace_an_export_without_overwrite(exported,
 
 def test_export_command_overrides_thresholds_and_records_them(trained_run, tmp_path, capsys):
     out = tmp_path / "strict"
+    # 10, the usual mobile setting: verification's COCO mAP runs with maxDets [1, 10, 10] (issue 15).
     code = main(["export", str(trained_run), "--checkpoint", "latest", "--out", str(out), "--score-threshold", "0.3",
-                 "--max-detections", "20", "--verify-images", "3", "--json"])
+                 "--max-detections", "10", "--verify-images", "3", "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["verification"]["passed"] and printed["verification"]["num_images"] == 3
     metadata = json.loads((out / "metadata.json").read_text())
-    assert metadata["thresholds"] == {"score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 20}
+    assert metadata["thresholds"] == {"score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 10}
     loaded = tf.saved_model.load(str(out / "saved_model"))
     found = loaded(tf.zeros([1, 64, 64, 3], tf.uint8) + 128)
-    assert found["detection_boxes"].shape == (1, 20, 4)
+    assert found["detection_boxes"].shape == (1, 10, 4)
     scores = found["detection_scores"].numpy()[0][: int(found["num_detections"][0])]
     assert (scores >= 0.3).all()
 
