@@ -277,7 +277,7 @@ def test_categories_are_checked_and_arguments_too():
         CocoEvaluator([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}])
     with pytest.raises(ValueError, match="backend must be one of"):
         CocoEvaluator(CATEGORIES, backend="torchmetrics")
-    for bad in (0, -3, 2.5, True):
+    for bad in (0, -3, 2.5, True, None, "10"):
         with pytest.raises(ValueError, match="max_detections must be a whole number >= 1"):
             CocoEvaluator(CATEGORIES, max_detections=bad)
 

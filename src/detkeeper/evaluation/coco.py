@@ -100,7 +100,7 @@ class CocoEvaluator:
                  max_detections: int = 100) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if isinstance(max_detections, bool) or int(max_detections) != max_detections or max_detections < 1:
+        if not isinstance(max_detections, (int, np.integer)) or isinstance(max_detections, bool) or max_detections < 1:
             raise ValueError(f"max_detections must be a whole number >= 1 (detections kept per image); "
                              f"got {max_detections!r}")
         if not isinstance(categories, LabelMap):
