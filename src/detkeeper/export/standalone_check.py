@@ -14,6 +14,7 @@ API outputs mean without shipping them whole.
 
 import importlib.abc
 import json
+import math
 import os
 import sys
 import time
@@ -43,7 +44,8 @@ def _anchor_fields(outputs, row: int, count: int) -> dict:
     anchors = outputs["detection_anchor_indices"][row].numpy()
     multiclass = outputs["detection_multiclass_scores"][row].numpy()
     num_anchors = int(outputs["raw_detection_boxes"].shape[1])
-    usable = [int(value) for value in anchors[:count] if value == int(value) and 0 <= value < num_anchors]
+    usable = [int(value) for value in anchors[:count]
+              if math.isfinite(value) and value == int(value) and 0 <= value < num_anchors]
     return {"anchor_indices": anchors[:count].tolist(), "multiclass_scores": multiclass[:count].tolist(),
             "padding_zero": bool(not anchors[count:].any() and not multiclass[count:].any()),
             "raw_boxes_of_anchors": outputs["raw_detection_boxes"][row].numpy()[usable].tolist(),
