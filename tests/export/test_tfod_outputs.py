@@ -231,3 +231,37 @@ def test_verification_finds_missing_outputs_and_wrong_shapes():
     assert "tf_example: detection_anchor_indices not float32" in problems[1]
     assert "tf_example: raw_detection_scores has shape [1, 5, 3], expected [1, 5, 2] (B, A, C)" in problems[2]
     assert problems[3].startswith("tf_example, image 0: detection_anchor_indices [0.0, 9.0]") and len(problems) == 4
+
+
+class _FourOutputExport(tf.Module):
+    """A SavedModel shaped like detkeeper exports made before the raw and per-anchor outputs: one box."""
+
+    def _detections(self, batch):
+        return {"detection_boxes": tf.tile([[[0.1, 0.2, 0.5, 0.6]]], [batch, 1, 1]),
+                "detection_scores": tf.fill([batch, 1], 0.9), "detection_classes": tf.fill([batch, 1], 2.0),
+                "num_detections": tf.ones([batch])}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
+    def __call__(self, input_tensor):
+        return self._detections(tf.shape(input_tensor)[0])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    def encoded(self, input_tensor):
+        return self._detections(tf.shape(input_tensor)[0])
+
+
+def test_exports_with_only_the_four_detection_outputs_still_load_and_predict(tmp_path):
+    import detkeeper
+
+    module = _FourOutputExport()
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={
+        "serving_default": module.__call__.get_concrete_function(),
+        "encoded_image_string_tensor": module.encoded.get_concrete_function()})
+    predictor = detkeeper.load(tmp_path / "saved_model")
+    raw = predictor(np.zeros([2, 32, 48, 3], np.uint8))
+    assert sorted(raw) == ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros([40, 80, 3], np.uint8)).save(image)
+    [found] = predictor.detect_files([image])
+    np.testing.assert_allclose(found.boxes, [[4.0, 16.0, 20.0, 48.0]], rtol=1e-6)
+    assert found.class_ids.tolist() == [2]
