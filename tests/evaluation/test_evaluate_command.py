@@ -122,13 +122,14 @@ def test_a_coco_dataset_scores_what_pycocotools_gives_on_its_file_and_detections
     label_map = LabelMap.read(run_dir / "label_map.pbtxt")
     records = read_voc(shapes_dataset, split="val", label_map=label_map).records
     ids = [7, 1000, 139, 52, 100000, 3, 999, 20][:len(records)]
-    records = [dataclasses.replace(record, image_id=str(image_id), original_id=image_id, area=0.6 * record.coco_areas())
-               for record, image_id in zip(records, ids)]
+    records = [dataclasses.replace(record, image_id=str(image_id), original_id=image_id,
+                                   area=0.6 * record.coco_areas()) for record, image_id in zip(records, ids)]
     coco = write_coco(records, label_map, tmp_path / "val.json", images_dir=shapes_dataset / "JPEGImages")
     assert [image["id"] for image in json.loads(coco.read_text())["images"]] == ids
     report = evaluate(run_dir, str(coco), images=str(shapes_dataset / "JPEGImages"), out_dir=tmp_path / "out")
     detections = json.loads(report.detections_path.read_text())
-    assert {type(row["image_id"]) for row in detections} == {int} and {row["image_id"] for row in detections} <= set(ids)
+    assert {type(row["image_id"]) for row in detections} == {int}
+    assert {row["image_id"] for row in detections} <= set(ids)
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO(str(coco))
         evaluation = COCOeval(ground_truth, ground_truth.loadRes(str(report.detections_path)), iouType="bbox")
