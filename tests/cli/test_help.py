@@ -146,9 +146,9 @@ def test_evaluate_takes_the_model_first_as_export_and_predict_do_or_as_model(cap
     parser = build_parser()
     assert _model_argument(parser.parse_args(["evaluate", "runs/a"])) == "runs/a"
     assert _model_argument(parser.parse_args(["evaluate", "--model", "runs/a"])) == "runs/a"
-    assert main(["evaluate", "--quiet"]) == 1
+    assert main(["evaluate", "--quiet"]) == 2
     assert "which model?" in capsys.readouterr().err
-    assert main(["evaluate", "runs/a", "--model", "runs/b", "--quiet"]) == 1
+    assert main(["evaluate", "runs/a", "--model", "runs/b", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "two models given" in err and "Traceback" not in err
 

@@ -221,14 +221,14 @@ def test_report_command(report_run, tmp_path, capsys):
     assert main(["report", "-q", str(result.run_dir), "--out", str(out), "--no-evaluate"]) == 0
     assert capsys.readouterr().out == ""
 
-    assert main(["report", str(tmp_path / "nowhere")]) == 1
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert f"detkeeper report: error: {tmp_path / 'nowhere'}: no such run directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["report", str(tmp_path / "empty")]) == 1
+    assert main(["report", str(tmp_path / "empty")]) == 2
     assert "not a run directory (no config.yaml inside)" in capsys.readouterr().err
-    assert main(["report", str(result.run_dir / "checkpoints")]) == 1
+    assert main(["report", str(result.run_dir / "checkpoints")]) == 2
     assert f"give its parent, {result.run_dir}" in capsys.readouterr().err
-    assert main(["report", str(result.run_dir), "--samples", "-1"]) == 1
+    assert main(["report", str(result.run_dir), "--samples", "-1"]) == 2
     assert "--samples: expected 0 or more images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as help_exit:
         main(["report", "--help"])
