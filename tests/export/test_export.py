@@ -136,8 +136,9 @@ def test_a_failed_verification_publishes_nothing_and_keeps_the_previous_export(e
 
     before = _digests(exported.out_dir)
     monkeypatch.setitem(verify.TOLERANCE, "box", -1.0)  # no detection can match now
-    with pytest.raises(ExportVerificationFailed, match="does not answer as the checkpoint does"):
+    with pytest.raises(ExportVerificationFailed, match="does not answer as the checkpoint does") as raised:
         export_model(trained_run, out=exported.out_dir, overwrite=True, verify_images=2)
+    assert raised.value.exit_code == 1  # the run was usable; the export did not pass
     assert _digests(exported.out_dir) == before
     exports = exported.out_dir.parent
     assert not [path for path in exports.iterdir() if path.name.startswith(".partial-")]

@@ -31,7 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DetkeeperError, RunFailed
 from detkeeper.files import atomic_write_text, fsync_directory, is_out_of_space, out_of_space
 from detkeeper.rundir import RunDirectory
 
@@ -50,7 +50,7 @@ ANCHOR_CONVENTION = ("raw_detection_boxes [B, A, 4] and raw_detection_scores [B,
                      "(the ids in score_columns), no background column")
 
 
-class ExportVerificationFailed(DetkeeperError):
+class ExportVerificationFailed(RunFailed):
     """The exported SavedModel does not answer as the checkpoint does; nothing was published."""
 
 
@@ -191,10 +191,10 @@ def _save_saved_model(module, path: Path) -> None:
         tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
     except Exception as error:  # e.g. the disk is full: the staging folder is removed, nothing published
         if is_out_of_space(error):
-            raise DetkeeperError(f"{out_of_space(path, error, 'the SavedModel')} No export was published; "
-                                 "exports made before are unchanged.") from None
+            raise RunFailed(f"{out_of_space(path, error, 'the SavedModel')} No export was published; "
+                            "exports made before are unchanged.") from None
         if isinstance(error, OSError):
-            raise DetkeeperError(f"{path}: cannot write the SavedModel ({error})") from None
+            raise RunFailed(f"{path}: cannot write the SavedModel ({error})") from None
         raise
 
 

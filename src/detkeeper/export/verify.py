@@ -26,7 +26,7 @@ import numpy as np
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
-from detkeeper.errors import DataError
+from detkeeper.errors import DataError, RunFailed
 
 #: Largest differences accepted between checkpoint and export (boxes normalized to the image), and
 #: (``anchor_box``) between a detection's box and its anchor's raw box, both from the same export call.
@@ -189,8 +189,6 @@ def _anchor_problem(row: dict, label_map: LabelMap, num_anchors: int) -> str | N
 
 
 def _run_standalone(saved_model_dir, images_dir: str) -> dict:
-    from detkeeper.errors import DetkeeperError
-
     script = Path(__file__).with_name("standalone_check.py")
     environment = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR") if key in os.environ}
     environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -198,8 +196,8 @@ def _run_standalone(saved_model_dir, images_dir: str) -> dict:
                           capture_output=True, text=True, env=environment, timeout=600)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DetkeeperError(f"{saved_model_dir}: the exported SavedModel failed to load or run in a fresh "
-                             f"Python process without detkeeper: {last}")
+        raise RunFailed(f"{saved_model_dir}: the exported SavedModel failed to load or run in a fresh "
+                        f"Python process without detkeeper: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
