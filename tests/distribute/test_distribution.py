@@ -35,14 +35,18 @@ def test_distribute_section_is_validated(overrides, message):
 def test_strategy_flag_becomes_the_config_override(monkeypatch):
     from detkeeper.cli import train_commands
     from detkeeper.cli.main import build_parser
+    from detkeeper.config import load_config
 
     seen = {}
-    monkeypatch.setattr(train_commands, "train_with_progress",
-                        lambda config, quiet: seen.setdefault("config", config) and (_ for _ in ()).throw(SystemExit(0)))
-    args = build_parser().parse_args(["train", "demo", "--strategy", "mirrored", "--set", "train.steps=3"])
+    def stop(config, quiet, overrides=()):
+        seen["config"] = load_config(config, overrides)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_commands, "train_with_progress", stop)
+    args = build_parser().parse_args(["train", "demo", "--strategy", "mirrored", "--set", "train.steps=300"])
     with pytest.raises(SystemExit):
         args.handler(args)
-    assert seen["config"].distribute.strategy == "mirrored" and seen["config"].train.steps == 3
+    assert seen["config"].distribute.strategy == "mirrored" and seen["config"].train.steps == 300
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "demo", "--strategy", "horovod"])
 
