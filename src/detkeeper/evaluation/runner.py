@@ -22,6 +22,7 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 from detkeeper.evaluation.coco import CocoEvaluator
 from detkeeper.evaluation.results import EvaluationResult
+from detkeeper.models.boxes import to_original_pixels
 
 Detect = Callable[[tf.Tensor], Mapping[str, tf.Tensor]]
 
@@ -118,9 +119,7 @@ def score_batches(batches, label_map: LabelMap, ground_truth, backend: str, max_
 
 def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:
     """Detections in model pixels and class indices -> original-image pixels and label-map ids."""
-    boxes = detections["boxes"] / np.tile(scales, 2)[:, None, :]
-    limits = np.tile(sizes, 2)[:, None, :].astype(np.float32)
-    boxes = np.clip(boxes, 0.0, limits)
+    boxes = to_original_pixels(detections["boxes"], scales, sizes).numpy()
     classes = detections["classes"].astype(np.int64)
     valid = classes >= 0
     ids = np.full_like(classes, -1)
@@ -130,7 +129,7 @@ def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarra
 
 
 def _batch_ground_truth(batch: dict, label_map: LabelMap, image_ids: list[str], scales: np.ndarray) -> dict:
-    boxes = batch["boxes"].numpy() / np.tile(scales, 2)[:, None, :]
+    boxes = to_original_pixels(batch["boxes"], scales).numpy()
     classes = batch["classes"].numpy().astype(np.int64)
     valid = classes >= 0
     ids = np.full_like(classes, -1)
