@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.record import DetectionRecord
+from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch
 from detkeeper.evaluation.coco import CocoEvaluator
 from detkeeper.evaluation.results import EvaluationResult
 from detkeeper.models.boxes import to_original_pixels
@@ -88,7 +88,7 @@ def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, n
             width = np.asarray(outputs["detection_scores"]).shape[1]
             real = np.arange(width)[None, :] < count[:, None]
             classes = np.where(real, np.asarray(outputs["detection_classes"]).astype(np.int64), -1)
-            boxes = np.asarray(outputs["detection_boxes"]) * np.tile(sizes, 2)[:, None, :]
+            boxes = denormalize_yxyx_batch(outputs["detection_boxes"], sizes)
             yield ([record.image_id for record in chosen],
                    {"boxes": boxes, "scores": np.asarray(outputs["detection_scores"]), "classes": classes,
                     "num_detections": count}, seconds, None)
