@@ -27,6 +27,19 @@ def test_normalize_round_trip():
     np.testing.assert_allclose(r.denormalize_yxyx(normalized, 480, 640), YXYX, atol=1e-4)
 
 
+
+def test_batched_normalize_is_float32_per_image_and_matches_the_spelled_out_scaling():
+    """Detections (float32) are scaled per image in float32, as the export code did by hand."""
+    batch = np.stack([YXYX, YXYX / 2])  # [2 images, 2 boxes, 4]
+    sizes = np.array([[480, 640], [37, 50]], np.int32)
+    normalized = r.normalize_yxyx_batch(batch, sizes)
+    assert normalized.dtype == np.float32
+    np.testing.assert_array_equal(normalized, batch / np.tile(sizes, 2)[:, None, :].astype(np.float32))
+    np.testing.assert_array_equal(normalized[0], r.normalize_yxyx_batch(YXYX, (480, 640)))
+    pixels = r.denormalize_yxyx_batch(normalized, sizes)
+    np.testing.assert_array_equal(pixels[1], normalized[1] * np.array([37, 50, 37, 50], np.float32))
+    np.testing.assert_allclose(pixels, batch, rtol=1e-6)
+
 def test_record_keeps_lengths_consistent_and_one_image_source():
     with pytest.raises(ValueError, match="2 boxes, 1 class ids"):
         DetectionRecord("a", YXYX, [1], None, "src", encoded_image=b"x")

@@ -183,6 +183,33 @@ def test_match_rejects_inverted_thresholds():
         B.match_anchors(ANCHORS, GT_BOXES, GT_CLASSES, positive_iou=0.3, negative_iou=0.4)
 
 
+def test_to_original_pixels_inverts_resize_for_model():
+    from detkeeper.data.augment import resize_for_model
+
+    original = tf.constant([[10.0, 20.0, 90.0, 150.0], [0.0, 0.0, 120.0, 200.0]])
+    _, resized, _, factors = resize_for_model(tf.zeros([120, 200, 3]), original, 64)
+    back = B.to_original_pixels(resized[None], factors[None], tf.constant([[120, 200]]))
+    np.testing.assert_allclose(back.numpy()[0], original.numpy(), rtol=1e-5)
+
+
+def test_to_original_pixels_is_bit_identical_to_the_numpy_mapping_it_replaced():
+    """Evaluation used to map boxes out in numpy (``/ tile(scales)``, ``np.clip`` to the sizes):
+    ledger metrics and export verification compare exactly, so the shared TF version must give
+    the same float32 bits, padding (-1), zeros and out-of-image boxes included."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(-20.0, 300.0, [3, 50, 4]).astype(np.float32)
+    boxes[0, :5] = -1.0
+    boxes[1, :5] = 0.0
+    scales = rng.uniform(0.1, 3.0, [3, 2]).astype(np.float32)
+    sizes = np.array([[480, 640], [37, 1], [128, 128]], np.int32)
+    unclipped = boxes / np.tile(scales, 2)[:, None, :]
+    clipped = np.clip(unclipped, 0.0, np.tile(sizes, 2)[:, None, :].astype(np.float32))
+    for got, want in ((B.to_original_pixels(boxes, scales, sizes), clipped),
+                      (B.to_original_pixels(boxes, scales), unclipped)):
+        assert got.dtype == tf.float32
+        np.testing.assert_array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+
+
 def _nms_inputs():
     boxes = tf.constant([[SQUARE, [0.0, 0.0, 10.0, 11.0], [20.0, 20.0, 30.0, 30.0],
                           [40.0, 40.0, 50.0, 50.0]]] * 2)
@@ -233,6 +260,9 @@ def test_every_function_runs_in_graph_mode_with_unknown_batch():
     _graph_calls_match_eager(B.iou, [boxes_spec, boxes_spec], boxes, GT_BOXES)
     _graph_calls_match_eager(B.giou, [boxes_spec] * 2, boxes, boxes[::-1])
     _graph_calls_match_eager(B.area, [boxes_spec], boxes)
+    pairs_spec = tf.TensorSpec([None, 2], tf.float32)
+    _graph_calls_match_eager(B.to_original_pixels, [boxes_spec, pairs_spec, pairs_spec], boxes,
+                             tf.fill([2, 2], 0.5), tf.fill([2, 2], 30.0))
     _graph_calls_match_eager(lambda b: B.corners(*B.center_size(b)), [boxes_spec], boxes)
     _graph_calls_match_eager(B.encode, [boxes_spec] * 2, batched_anchors, batched_anchors + 1.0)
     _graph_calls_match_eager(lambda d: B.decode(d, anchors), [boxes_spec], deltas)

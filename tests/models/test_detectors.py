@@ -11,7 +11,7 @@ from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.voc import read_voc
 from detkeeper.errors import ConfigError
-from detkeeper.models import build_model, list_models
+from detkeeper.models import build_model, list_models, losses
 from detkeeper.models.detector import fit_inputs
 
 IMAGE_SIZE = 128
@@ -86,6 +86,35 @@ def test_checkpoint_round_trip_gives_identical_predictions(name, batch, tmp_path
     for key in expected:
         np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
 
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_loss_terms_and_regularization_follow_the_replica_rules(name, batch, monkeypatch):
+    """Every family reports its ``LOSS_TERMS`` through the shared trackers, as the global batch's
+    value, and adds its share of the weights' regularization: under N replicas each tracker gets
+    N x the replica's term and the total 1/N of the regularization (hub_retinanet once skipped both)."""
+    data, num_classes = batch
+    model = build_model(_config(name), num_classes)
+    images, targets = fit_inputs(data)
+    outputs = model(images, training=False)
+    model.trainable_weights[0].regularizer = keras.regularizers.L2(0.5)
+    regularization = float(tf.add_n(model.losses))
+    assert regularization > 0
+
+    def loss_and_terms(replicas):
+        monkeypatch.setattr(losses, "num_replicas", lambda: replicas)
+        for tracker in model.loss_trackers.values():
+            tracker.reset_state()
+        total = float(model.compute_loss(x=images, y=targets, y_pred=outputs))
+        return total, {term: float(tracker.result()) for term, tracker in model.loss_trackers.items()}
+
+    one_total, one_terms = loss_and_terms(1)
+    two_total, two_terms = loss_and_terms(2)
+    assert list(one_terms) == list(model.LOSS_TERMS) and model.LOSS_TERMS
+    assert [metric.name for metric in model.metrics][-len(model.LOSS_TERMS):] == list(model.LOSS_TERMS)
+    for term in model.LOSS_TERMS:
+        np.testing.assert_allclose(two_terms[term], 2 * one_terms[term], rtol=1e-6, err_msg=term)
+    np.testing.assert_allclose(one_total - two_total, regularization / 2, rtol=1e-5)
 
 def test_unknown_model_name_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="unknown model 'yolo'.*retinanet_tiny"):

@@ -142,8 +142,8 @@ def test_loss_is_finite_without_any_object_and_tracks_its_parts(model):
     empty = {"boxes": tf.fill([2, 2, 4], -1.0), "classes": tf.fill([2, 2], -1)}
     loss = model.compute_loss(y=empty, y_pred=outputs)
     assert np.isfinite(loss.numpy())
-    assert model.box_loss_tracker.result().numpy() == 0.0
-    assert model.centerness_loss_tracker.result().numpy() == 0.0
+    assert model.loss_trackers["box_loss"].result().numpy() == 0.0
+    assert model.loss_trackers["centerness_loss"].result().numpy() == 0.0
     # Initial class probability is the focal prior, so the loss starts small, not at ~log(2) per cell.
     np.testing.assert_allclose(tf.sigmoid(outputs["class_logits"]).numpy().mean(), 0.01, rtol=0.05)
 

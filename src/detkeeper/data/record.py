@@ -150,3 +150,20 @@ def denormalize_yxyx(boxes: np.ndarray, height: float, width: float) -> np.ndarr
     """[0, 1] boxes to pixels (float64, the record's precision)."""
     scale = np.array([height, width, height, width], dtype=np.float64)
     return np.asarray(boxes, np.float64).reshape(-1, 4) * scale
+
+
+def normalize_yxyx_batch(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Pixel boxes ``[..., N, 4]`` of images of `sizes` ``[..., 2]`` (height, width) to [0, 1], in
+    the float32 of detections (the exports' ``detection_boxes``), not the record's float64."""
+    return np.asarray(boxes) / _yxyx_sizes(sizes)
+
+
+def denormalize_yxyx_batch(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize_yxyx_batch`: [0, 1] boxes ``[..., N, 4]`` to pixels, float32."""
+    return np.asarray(boxes) * _yxyx_sizes(sizes)
+
+
+def _yxyx_sizes(sizes: np.ndarray) -> np.ndarray:
+    """``[..., 2]`` (height, width) -> float32 ``[..., 1, 4]``, to scale the boxes of each image."""
+    sizes = np.asarray(sizes, np.float32)
+    return np.concatenate([sizes, sizes], axis=-1)[..., None, :]

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from detkeeper.data.label_map import LabelMap, LabelMapItem
-from detkeeper.data.record import coco_order
+from detkeeper.data.record import coco_order, yxyx_to_xywh
 from detkeeper.errors import DataError
 from detkeeper.evaluation.results import EvaluationResult, coco_max_dets
 
@@ -278,24 +278,20 @@ def _concat(parts: list[_Rows], num_extra: int) -> _Rows:
                  tuple(np.concatenate([p.extra[i] for p in parts]) for i in range(num_extra)))
 
 
-def _xywh(boxes: np.ndarray) -> list[list[float]]:
-    """yxyx -> COCO's [x, y, width, height], in float64 as the reference computes it."""
-    return np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1).tolist()
-
-
 def _ground_truth_dicts(rows: _Rows, coco_id: np.ndarray) -> list[dict]:
     crowd, area = rows.extra
     return [{"id": ann_id, "image_id": image, "category_id": category, "bbox": bbox, "area": a, "iscrowd": c}
             for ann_id, image, category, bbox, a, c in zip(
                 range(1, len(rows.classes) + 1), coco_id[rows.image].tolist(), rows.classes.tolist(),
-                _xywh(rows.boxes), area.tolist(), crowd.tolist())]
+                yxyx_to_xywh(rows.boxes).tolist(), area.tolist(), crowd.tolist())]
 
 
 def _detection_dicts(rows: _Rows, coco_id: np.ndarray) -> list[dict]:
     (scores,) = rows.extra
     return [{"image_id": image, "category_id": category, "bbox": bbox, "score": score}
             for image, category, bbox, score in zip(
-                coco_id[rows.image].tolist(), rows.classes.tolist(), _xywh(rows.boxes), scores.tolist())]
+                coco_id[rows.image].tolist(), rows.classes.tolist(), yxyx_to_xywh(rows.boxes).tolist(),
+                scores.tolist())]
 
 
 def _run_backend(backend: str, dataset: dict, detections: list[dict], max_detections: int):

@@ -19,9 +19,10 @@ import tensorflow as tf
 
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.record import DetectionRecord
+from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch
 from detkeeper.evaluation.coco import CocoEvaluator
 from detkeeper.evaluation.results import EvaluationResult
+from detkeeper.models.boxes import to_original_pixels
 
 Detect = Callable[[tf.Tensor], Mapping[str, tf.Tensor]]
 
@@ -87,7 +88,7 @@ def run_export_validation(detect_encoded: Callable[[list[bytes]], Mapping[str, n
             width = np.asarray(outputs["detection_scores"]).shape[1]
             real = np.arange(width)[None, :] < count[:, None]
             classes = np.where(real, np.asarray(outputs["detection_classes"]).astype(np.int64), -1)
-            boxes = np.asarray(outputs["detection_boxes"]) * np.tile(sizes, 2)[:, None, :]
+            boxes = denormalize_yxyx_batch(outputs["detection_boxes"], sizes)
             yield ([record.image_id for record in chosen],
                    {"boxes": boxes, "scores": np.asarray(outputs["detection_scores"]), "classes": classes,
                     "num_detections": count}, seconds, None)
@@ -118,9 +119,7 @@ def score_batches(batches, label_map: LabelMap, ground_truth, backend: str, max_
 
 def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarray, sizes: np.ndarray) -> dict:
     """Detections in model pixels and class indices -> original-image pixels and label-map ids."""
-    boxes = detections["boxes"] / np.tile(scales, 2)[:, None, :]
-    limits = np.tile(sizes, 2)[:, None, :].astype(np.float32)
-    boxes = np.clip(boxes, 0.0, limits)
+    boxes = to_original_pixels(detections["boxes"], scales, sizes).numpy()
     classes = detections["classes"].astype(np.int64)
     valid = classes >= 0
     ids = np.full_like(classes, -1)
@@ -130,7 +129,7 @@ def original_detections(detections: dict, label_map: LabelMap, scales: np.ndarra
 
 
 def _batch_ground_truth(batch: dict, label_map: LabelMap, image_ids: list[str], scales: np.ndarray) -> dict:
-    boxes = batch["boxes"].numpy() / np.tile(scales, 2)[:, None, :]
+    boxes = to_original_pixels(batch["boxes"], scales).numpy()
     classes = batch["classes"].numpy().astype(np.int64)
     valid = classes >= 0
     ids = np.full_like(classes, -1)

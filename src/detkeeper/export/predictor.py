@@ -22,6 +22,7 @@ import numpy as np
 
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.record import denormalize_yxyx_batch
 from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.export.serving import DETECTION_KEYS
 
@@ -110,7 +111,7 @@ class Predictor:
         found = []
         for row, (name, _, (height, width)) in enumerate(batch):
             count = int(outputs["num_detections"][row])
-            boxes = outputs["detection_boxes"][row, :count] * np.array([height, width, height, width], np.float32)
+            boxes = denormalize_yxyx_batch(outputs["detection_boxes"][row, :count], (height, width))
             class_ids = outputs["detection_classes"][row, :count].astype(np.int64)
             labels = tuple(self.labels.get(int(class_id), f"class {int(class_id)}") for class_id in class_ids)
             found.append(ImageDetections(name, height, width, boxes, outputs["detection_scores"][row, :count],

@@ -114,18 +114,17 @@ class DetectionModule(tf.Module):
                                     iou_threshold=self.settings.iou_threshold,
                                     score_threshold=self.settings.score_threshold, clip_size=self.image_size)
         anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clip_size=self.image_size)
-        limits = tf.tile(sizes, [1, 2])[:, None, :]
-        scale = tf.tile(factors, [1, 2])[:, None, :]
-        original = tf.clip_by_value(found["boxes"] / scale, 0.0, limits)
+        limits = tf.maximum(tf.tile(sizes, [1, 2])[:, None, :], 1.0)  # normalizes; never divides by 0
+        original = box_ops.to_original_pixels(found["boxes"], factors, sizes)
         real = found["classes"] >= 0
-        normalized = tf.where(real[..., None], original / tf.maximum(limits, 1.0), 0.0)
+        normalized = tf.where(real[..., None], original / limits, 0.0)
         kept = tf.maximum(anchors, 0)
         return {
             "detection_boxes": normalized,
             "detection_scores": tf.where(real, found["scores"], 0.0),
             "detection_classes": tf.gather(self.label_ids, tf.where(real, found["classes"] + 1, 0)),
             "num_detections": tf.cast(found["num_detections"], tf.float32),
-            "raw_detection_boxes": candidate_boxes / scale / tf.maximum(limits, 1.0),
+            "raw_detection_boxes": box_ops.to_original_pixels(candidate_boxes, factors) / limits,
             "raw_detection_scores": probabilities,
             "detection_multiclass_scores": tf.where(real[..., None], tf.gather(probabilities, kept, batch_dims=1),
                                                     0.0),

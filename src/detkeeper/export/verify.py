@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.record import DetectionRecord
+from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch, normalize_yxyx_batch
 from detkeeper.errors import DataError, RunFailed
 
 #: Largest differences accepted between checkpoint and export (boxes normalized to the image), and
@@ -216,7 +216,7 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
         original = original_detections(raw, label_map, batch["image_scales"].numpy(), batch_sizes)
         for row, size in enumerate(batch_sizes):
             count = int(original["num_detections"][row])
-            rows.append({"boxes": original["boxes"][row, :count] / np.tile(size, 2).astype(np.float32),
+            rows.append({"boxes": normalize_yxyx_batch(original["boxes"][row, :count], size),
                          "scores": original["scores"][row, :count], "classes": original["classes"][row, :count]})
             sizes.append(tuple(int(value) for value in size))
     return rows, sizes, canvases
@@ -293,7 +293,7 @@ def _mean_ap(rows: list[dict], sizes, records, label_map: LabelMap, max_detectio
     classes = np.full([len(rows), width], -1, np.int64)
     for position, (row, (height, image_width)) in enumerate(zip(rows, sizes)):
         count = len(row["scores"])
-        boxes[position, :count] = row["boxes"] * np.array([height, image_width, height, image_width], np.float32)
+        boxes[position, :count] = denormalize_yxyx_batch(row["boxes"], (height, image_width))
         scores[position, :count], classes[position, :count] = row["scores"], row["classes"]
     by_id = {record.image_id: record for record in records}
     evaluator.update(records_ground_truth(by_id, [record.image_id for record in records]),

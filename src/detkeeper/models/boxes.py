@@ -68,6 +68,20 @@ def corners(cy: tf.Tensor, cx: tf.Tensor, h: tf.Tensor, w: tf.Tensor) -> tf.Tens
     return tf.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)
 
 
+def to_original_pixels(boxes, factors, sizes=None) -> tf.Tensor:
+    """Model-input boxes ``[B, N, 4]`` back to pixels of each original image: the inverse of
+    :func:`detkeeper.data.augment.resize_for_model`, whose resize `factors` ``[B, 2]`` ``(fy, fx)``
+    (model pixels per original pixel) it divides by; clipped to ``[0, size]`` when the images'
+    `sizes` ``[B, 2]`` ``(height, width)`` are given. float32; evaluation, export verification and
+    the serving graph all map boxes out through here (eagerly or in a graph)."""
+    boxes = tf.cast(boxes, tf.float32)
+    original = boxes / tf.tile(tf.cast(factors, tf.float32), [1, 2])[:, None, :]
+    if sizes is None:
+        return original
+    limits = tf.tile(tf.cast(sizes, tf.float32), [1, 2])[:, None, :]
+    return tf.clip_by_value(original, 0.0, limits)
+
+
 def level_shapes(image_size: int, strides: Sequence[int] = (8, 16, 32, 64, 128)
                  ) -> list[tuple[int, int]]:
     """Feature-map ``(h, w)`` per stride, ``ceil(image_size / s)``, as "same"-padded convs give."""

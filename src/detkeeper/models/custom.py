@@ -79,3 +79,10 @@ def tower_layer(block: str | None, channels: int, name: str, **conv_kwargs) -> k
     except Exception as error:
         raise ConfigError(f"model.head.block: building {block!r} as {class_name}({channels}, name={name!r}) "
                           f"failed: {type(error).__name__}: {error}") from error
+
+
+def run_tower(tower: list, x):
+    """`x` through each layer of a head tower in turn (the tower is shared by every pyramid level)."""
+    for layer in tower:
+        x = layer(x)
+    return x

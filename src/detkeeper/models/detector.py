@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.models import boxes
+from detkeeper.models import boxes, losses
 from detkeeper.models.backbones import build_backbone, check_backbone
 from detkeeper.models.custom import tower_layer
 
@@ -33,7 +33,12 @@ class Detector(keras.Model):
 
     ``custom_objects_module`` (``model.custom_objects_module``) is only recorded in the config, so
     a ``.keras`` archive says which module to import before loading it
-    (:func:`detkeeper.models.archive.load_keras_archive`)."""
+    (:func:`detkeeper.models.archive.load_keras_archive`).
+
+    ``LOSS_TERMS`` names the parts of the loss that ``compute_loss`` reports with
+    :meth:`track_losses`; each is logged beside ``loss`` (``class_loss``, ``val_box_loss``, ...)."""
+
+    LOSS_TERMS: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
                  iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
@@ -45,6 +50,24 @@ class Detector(keras.Model):
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
         self.custom_objects_module = custom_objects_module
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.LOSS_TERMS}
+
+    def track_losses(self, **terms: tf.Tensor) -> None:
+        """Update the tracker of each loss term (names of ``LOSS_TERMS``), with the global batch's
+        value under a multi-replica strategy (``losses.for_tracking``), as Keras tracks ``loss``."""
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(losses.for_tracking(value))
+
+    def with_regularization(self, total: tf.Tensor) -> tf.Tensor:
+        """`total` plus the layers' regularization losses (``self.losses``), this replica's share of
+        them (``losses.replica_share``): the replicas' gradients are summed, the terms counted once."""
+        if self.losses:
+            total = total + losses.replica_share(tf.add_n(self.losses))
+        return total
+
+    @property
+    def metrics(self):
+        return [*super().metrics, *self.loss_trackers.values()]
 
     def compile(self, *args, jit_compile=False, **kwargs):
         """As Keras' compile, but XLA stays off unless asked for: ``predict`` runs NMS

@@ -104,6 +104,8 @@ class HubRetinaNet(Detector):
     channel, None to skip) normalize the 0..255 input for its backbone.
     """
 
+    LOSS_TERMS = ("class_loss", "box_loss")
+
     def __init__(self, detector: keras.Model, num_classes: int, image_size: int,
                  scale: float | list[float] | None = None, offset: float | list[float] | None = None,
                  **kwargs) -> None:
@@ -122,8 +124,6 @@ class HubRetinaNet(Detector):
         # The losses keras-hub's ObjectDetector.compile("auto") picks for RetinaNet.
         self.box_loss_fn = keras.losses.Huber(reduction="sum")
         self.class_loss_fn = keras.losses.BinaryFocalCrossentropy(from_logits=True, reduction="sum")
-        self.class_loss_tracker = keras.metrics.Mean(name="class_loss")
-        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
 
     def call(self, images, training=False):
         x = images
@@ -156,16 +156,8 @@ class HubRetinaNet(Detector):
         class_loss = self.class_loss_fn(class_targets, cls_pred, sample_weight=class_weights)
         box_loss = self.box_loss_fn(box_targets, box_pred, sample_weight=positive * weight)
 
-        self.class_loss_tracker.update_state(class_loss)
-        self.box_loss_tracker.update_state(box_loss)
-        total = class_loss + box_loss
-        if self.losses:
-            total = total + tf.add_n(self.losses)
-        return total
-
-    @property
-    def metrics(self):
-        return [*super().metrics, self.class_loss_tracker, self.box_loss_tracker]
+        self.track_losses(class_loss=class_loss, box_loss=box_loss)
+        return self.with_regularization(class_loss + box_loss)
 
     def decode_boxes_and_scores(self, outputs):
         """keras-hub's box decoding (its encoding format and variance) against the anchors, with

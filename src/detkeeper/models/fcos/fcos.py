@@ -120,6 +120,8 @@ def assign_targets(centers: tf.Tensor, strides: tf.Tensor, size_ranges: tf.Tenso
 class FCOS(Detector):
     """Anchor-free single-stage detector: per-location classes, side distances and centerness."""
 
+    LOSS_TERMS = ("class_loss", "box_loss", "centerness_loss")
+
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
                  head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
                  center_sampling_radius: float = 1.5, box_loss_weight: float = 1.0, head_block: str | None = None,
@@ -134,9 +136,6 @@ class FCOS(Detector):
         self.fpn = FeaturePyramid(fpn_channels, min_level, max_level, name="fpn")
         self.head = FCOSHead(num_classes, head_channels, head_convs, min_level, max_level, head_block, name="head")
         self.centers, self.location_strides, self.size_ranges = locations(image_size, min_level, max_level)
-        self.class_loss_tracker = keras.metrics.Mean(name="class_loss")
-        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
-        self.centerness_loss_tracker = keras.metrics.Mean(name="centerness_loss")
 
     def call(self, images, training=False):
         features = self.backbone(images, training=training)
@@ -170,17 +169,8 @@ class FCOS(Detector):
                                                                   logits=centerness_logits)
         centerness_loss = tf.reduce_sum(centerness_loss * positive) / num_positive
 
-        self.class_loss_tracker.update_state(losses.for_tracking(class_loss))
-        self.box_loss_tracker.update_state(losses.for_tracking(box_loss))
-        self.centerness_loss_tracker.update_state(losses.for_tracking(centerness_loss))
-        total = class_loss + self.box_loss_weight * box_loss + centerness_loss
-        if self.losses:
-            total = total + losses.replica_share(tf.add_n(self.losses))
-        return total
-
-    @property
-    def metrics(self):
-        return [*super().metrics, self.class_loss_tracker, self.box_loss_tracker, self.centerness_loss_tracker]
+        self.track_losses(class_loss=class_loss, box_loss=box_loss, centerness_loss=centerness_loss)
+        return self.with_regularization(class_loss + self.box_loss_weight * box_loss + centerness_loss)
 
     def decode_boxes_and_scores(self, outputs):
         """Boxes clipped to the image; scores ``sqrt(p_class * p_centerness)`` as FCOS inference ranks

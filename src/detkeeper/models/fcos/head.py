@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from detkeeper.models.boxes import DECODE_CLIP
-from detkeeper.models.custom import tower_layer
+from detkeeper.models.custom import run_tower, tower_layer
 
 #: Initial foreground probability of every location (Lin et al. 2017, section 4.1), as in RetinaNet:
 #: without it the many background locations swamp the first steps of training.
@@ -67,11 +67,7 @@ class FCOSHead(keras.layers.Layer):
     def call(self, pyramid: list) -> tuple:
         class_logits, box_distances, centerness_logits = [], [], []
         for level, features, scale in zip(range(self.min_level, self.max_level + 1), pyramid, self.scales):
-            classes, regression = features, features
-            for layer in self.class_tower:
-                classes = layer(classes)
-            for layer in self.box_tower:
-                regression = layer(regression)
+            classes, regression = run_tower(self.class_tower, features), run_tower(self.box_tower, features)
             batch = ops.shape(features)[0]
             log_distances = ops.cast(scale, regression.dtype) * self.box_output(regression)
             # Clipped so an untrained head cannot overflow exp() to inf and poison the loss or NMS.

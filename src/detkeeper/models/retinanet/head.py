@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from detkeeper.models.custom import tower_layer
+from detkeeper.models.custom import run_tower, tower_layer
 
 #: Initial foreground probability of every anchor (Lin et al. 2017, section 4.1): without it the
 #: many background anchors swamp the first steps of training.
@@ -43,11 +43,7 @@ class RetinaNetHead(keras.layers.Layer):
     def call(self, pyramid: list) -> tuple:
         class_logits, box_deltas = [], []
         for level in pyramid:
-            classes, deltas = level, level
-            for conv in self.class_tower:
-                classes = conv(classes)
-            for conv in self.box_tower:
-                deltas = conv(deltas)
+            classes, deltas = run_tower(self.class_tower, level), run_tower(self.box_tower, level)
             batch = ops.shape(level)[0]
             class_logits.append(ops.reshape(self.class_output(classes), [batch, -1, self.num_classes]))
             box_deltas.append(ops.reshape(self.box_output(deltas), [batch, -1, 4]))

@@ -26,6 +26,8 @@ ANCHOR_SIZE_MULTIPLE = 4.0
 class RetinaNet(Detector):
     """Anchor-based single-stage detector with a feature pyramid and focal loss."""
 
+    LOSS_TERMS = ("class_loss", "box_loss")
+
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
                  head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
                  box_loss_weight: float = 1.0, head_block: str | None = None, **kwargs) -> None:
@@ -42,8 +44,6 @@ class RetinaNet(Detector):
             image_size, strides=tuple(2 ** level for level in range(min_level, max_level + 1)),
             anchor_size_multiple=ANCHOR_SIZE_MULTIPLE, aspect_ratios=ASPECT_RATIOS,
             scales_per_octave=SCALES_PER_OCTAVE)
-        self.class_loss_tracker = keras.metrics.Mean(name="class_loss")
-        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
 
     def call(self, images, training=False):
         features = self.backbone(images, training=training)
@@ -66,16 +66,8 @@ class RetinaNet(Detector):
         box_targets = boxes.encode(match["matched_boxes"], self.anchors)
         box_loss = tf.reduce_sum(huber_loss(box_targets, box_deltas) * positive[..., None]) / num_positive
 
-        self.class_loss_tracker.update_state(losses.for_tracking(class_loss))
-        self.box_loss_tracker.update_state(losses.for_tracking(box_loss))
-        total = class_loss + self.box_loss_weight * box_loss
-        if self.losses:
-            total = total + losses.replica_share(tf.add_n(self.losses))
-        return total
-
-    @property
-    def metrics(self):
-        return [*super().metrics, self.class_loss_tracker, self.box_loss_tracker]
+        self.track_losses(class_loss=class_loss, box_loss=box_loss)
+        return self.with_regularization(class_loss + self.box_loss_weight * box_loss)
 
     def decode_boxes_and_scores(self, outputs):
         decoded = boxes.decode(tf.cast(outputs["box_deltas"], tf.float32), self.anchors)
