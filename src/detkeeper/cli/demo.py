@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detkeeper.cli.console import progress
+from detkeeper.config.schema import SPLITS
 
 EXAMPLES = """\
 examples:
@@ -132,7 +133,7 @@ def _run_dir_overrides(run_dir: str | None) -> list[str]:
     if not run_dir:
         return []
     shapes = Path(run_dir) / "shapes"
-    return [f"run_dir={run_dir}"] + [f"data.{split}.path={shapes}" for split in ("train", "val", "test")]
+    return [f"run_dir={run_dir}"] + [f"data.{split}.path={shapes}" for split in SPLITS]
 
 
 def _check_splits(sources, steps: _Steps, quiet: bool) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detkeeper import __version__
-from detkeeper.config.schema import WEIGHTS_KEYWORDS, RunConfig, SourceConfig
+from detkeeper.config.schema import SPLITS, WEIGHTS_KEYWORDS, RunConfig, SourceConfig
 from detkeeper.config.validate import KeyPath, Problem, format_key, from_data
 from detkeeper.config.yamlio import dump_yaml, parse_yaml
 from detkeeper.errors import ConfigError
@@ -282,7 +282,7 @@ def _missing_files(config: RunConfig) -> list[Problem]:
     problems = _placeholders(config)
     if problems:
         return problems
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         source = getattr(config.data, split)
         if source is not None:
             problems += _missing_source_files(source, ("data", split))

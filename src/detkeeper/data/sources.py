@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from detkeeper.config.schema import SPLITS
 from detkeeper.data.check import check_records, drop_bad
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import ProblemReport
@@ -24,7 +25,6 @@ from detkeeper.errors import DataError
 
 logger = logging.getLogger("detkeeper.data")
 
-SPLITS = ("train", "val", "test")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
 
 

@@ -219,7 +219,8 @@ class _Training:
     def _fit(self, model, weight_average, state, checkpointer, train_records, val_records, label_map,
              start_step: int) -> None:
         from detkeeper.data.pipeline import Augmentation, evaluation_dataset, training_dataset
-        from detkeeper.evaluation.callback import CocoEvaluationCallback, weighted_monitor
+        from detkeeper.evaluation.callback import CocoEvaluationCallback
+        from detkeeper.evaluation.monitors import weighted_monitor
         from detkeeper.models.detector import fit_inputs
         from detkeeper.training.ema import EmaCallback
         from detkeeper.training.optimizers import learning_rate_at
