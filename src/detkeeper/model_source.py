@@ -155,7 +155,7 @@ def restore_model(config, label_map: LabelMap, checkpoint_path: str, ema: bool):
     model = build_run_model(config, label_map.num_classes)
     objects = {"model": model}
     if ema:
-        from detkeeper.training.ema import WeightAverage
+        from detkeeper.models.ema import WeightAverage
         objects["ema"] = WeightAverage(model, config.train.ema_decay or 0.5)  # decay unused: only read
     try:
         status = tf.train.Checkpoint(**objects).read(checkpoint_path).expect_partial()

@@ -235,7 +235,7 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
     from detkeeper.model_source import restore_model
     from detkeeper.models import build_model
     from detkeeper.training.early_stopping import EarlyStoppingState
-    from detkeeper.training.ema import WeightAverage
+    from detkeeper.models.ema import WeightAverage
     from detkeeper.training.optimizers import build_optimizer
 
     run_dir, best, _ = run

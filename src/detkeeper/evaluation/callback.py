@@ -30,7 +30,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     areas, original image ids: what pycocotools gives on the dataset's files); without them the
     batch's own padded boxes are used. `max_detections` may be any N >= 1 (COCO's maxDets
     ``[1, min(10, N), N]``). With `weight_average`
-    (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated. With
+    (:class:`detkeeper.models.ema.WeightAverage`) the averaged weights are evaluated. With
     `distributed` (:class:`detkeeper.evaluation.distributed.DistributedValidation`, under a
     tf.distribute strategy) every replica detects its share, the chief scores and the stats it
     computed are broadcast, so every worker's logs hold the same values; `dataset` is then unused.

@@ -163,7 +163,7 @@ class _Training:
         from detkeeper.data.pipeline import evaluation_dataset
         from detkeeper.models import build_model
         from detkeeper.models.registry import Postprocess
-        from detkeeper.training.ema import WeightAverage
+        from detkeeper.models.ema import WeightAverage
         from detkeeper.training.optimizers import build_optimizer
 
         config = self.config
