@@ -67,7 +67,7 @@ def arm_eval(step: int) -> None:
 def arm_write(step: int) -> None:
     import tensorflow as tf
 
-    from detkeeper.training import checkpoints
+    from detkeeper.run import checkpoints
 
     write = tf.train.Checkpoint.write
 
@@ -109,6 +109,7 @@ def then_die(function):
 
 def arm_export(kind: str) -> None:
     from detkeeper.export import exporter, verify
+    from detkeeper.run import exports
     from detkeeper.models import archive
 
     if kind == "export-save":
@@ -134,8 +135,8 @@ def arm_export(kind: str) -> None:
 
             @staticmethod
             def replace(source, target):
-                if Path(source).name.startswith(exporter.PARTIAL_PREFIX) and \
-                        not Path(source).name.startswith(exporter.PARTIAL_PREFIX + "replaced-"):
+                if Path(source).name.startswith(exports.PARTIAL_PREFIX) and \
+                        not Path(source).name.startswith(exports.REPLACED_PREFIX):
                     die()
                 return os.replace(source, target)
 
@@ -144,7 +145,7 @@ def arm_export(kind: str) -> None:
 
 def arm_full_disk(kind: str, arguments: list[str]) -> None:
     if kind == "full-save":
-        from detkeeper.training.checkpoints import CheckpointStore
+        from detkeeper.run.checkpoints import CheckpointStore
 
         step, size = int(arguments[0]), int(arguments[1])
         save = CheckpointStore.save

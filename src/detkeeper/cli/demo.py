@@ -17,6 +17,7 @@ from pathlib import Path
 
 from detkeeper.cli.console import progress
 from detkeeper.config.schema import SPLITS
+from detkeeper.run.exports import ExportPaths, default_export_dir
 
 EXAMPLES = """\
 examples:
@@ -64,7 +65,7 @@ class _Steps:
 def run_demo(args) -> int:
     from detkeeper.config import load_config
     from detkeeper.data.sources import DataSources
-    from detkeeper.rundir import RunDirectory
+    from detkeeper.run.layout import RunDirectory
 
     config = load_config("demo", _run_dir_overrides(args.run_dir) + list(args.set))
     run = RunDirectory(config.run_dir)
@@ -100,7 +101,7 @@ def run_demo(args) -> int:
 
     test_images = [record.image_path for record in sources.readout("test").records[:PREDICTED_IMAGES]]
     steps.begin(f"predicting on {len(test_images)} held-out images")
-    predictions = _predict(export_dir, test_images, run.path / "predictions", args.quiet or args.json)
+    predictions = _predict(export_dir, test_images, run.predictions_path, args.quiet or args.json)
     steps.summary["predictions"] = str(predictions)
     steps.say(f"    {predictions}  (COCO JSON) and {predictions.parent / 'images'}{os.sep}")
 
@@ -120,7 +121,7 @@ def run_demo(args) -> int:
     print("  logs/                TensorBoard (losses, learning rate, validation stats, drawn predictions)")
     print("\nNext:")
     print(f"  detkeeper checkpoints {run.path}")
-    print(f"  tensorboard --logdir {run.path / 'logs'}")
+    print(f"  tensorboard --logdir {run.logs_path}")
     print(f"  detkeeper predict {export_dir} YOUR_IMAGES... --out predictions")
     print(f"  detkeeper evaluate --model {run.path} --data test --checkpoint latest")
     print("  detkeeper config show demo > my_run.yaml    then point data.* at your dataset and "
@@ -165,9 +166,8 @@ def _export(run, best) -> tuple[Path, str]:
     """The verified export of the best checkpoint: made now, or kept from an earlier demo run."""
     from detkeeper.export.exporter import export_model
 
-    out = run.path / "exports" / best.name
-    record = out / "verification.json"
-    if record.is_file():  # published exports were verified before their rename; reuse it
+    out = default_export_dir(run, best.name)
+    if ExportPaths(out).verification.is_file():  # published exports were verified before their rename; reuse it
         return out, "verified earlier; kept"
     result = export_model(run.path, checkpoint=best.step, out=out)
     verification = result.verification

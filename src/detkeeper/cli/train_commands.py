@@ -8,6 +8,8 @@ import math
 import sys
 
 from detkeeper.cli.console import print_json, table
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import read_ledger
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -131,8 +133,9 @@ def run_train(args) -> int:
         return 0
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
-    print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
-    report = result.run_dir / "report.html"
+    run = RunDirectory(result.run_dir)
+    print(f"  TensorBoard:  tensorboard --logdir {run.logs_path}")
+    report = run.report_path
     if report.is_file():
         print(f"  report:       {report}  (detkeeper report {result.run_dir} after an export adds it)")
     return 0
@@ -160,16 +163,7 @@ def train_with_progress(config, quiet: bool, overrides=()):
 
 
 def run_checkpoints(args) -> int:
-    from pathlib import Path
-
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.training.ledger import Ledger
-
-    path = Path(args.run_dir) / "checkpoints" / "ledger.json"
-    if not path.exists():
-        raise DetkeeperError(f"{args.run_dir}: no checkpoint ledger at {path}; is this a run directory "
-                             "that has trained past its first evaluation?")
-    ledger = Ledger.read(path)
+    ledger = read_ledger(RunDirectory(args.run_dir))
     if args.json:
         print_json(ledger.to_json())
         return 0

@@ -249,19 +249,9 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
 
 
 def _is_detkeeper_model(path) -> bool:
-    """Whether `path` is a detkeeper run directory, one of its checkpoints or a detkeeper export."""
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.model_source import find_saved_model, resolve_model_source
+    from detkeeper.run.sources import is_detkeeper_model  # the run layer sits above config (moves in step 5)
 
-    saved_model = find_saved_model(path)
-    if saved_model is not None:
-        export = saved_model.parent if saved_model.name == "saved_model" else saved_model
-        return (export / "metadata.json").is_file()
-    try:
-        resolve_model_source(path)
-    except DetkeeperError:
-        return False
-    return True
+    return is_detkeeper_model(path)
 
 
 def _augment(steps: list[Node], config: Node, image_size: int) -> dict[str, Any]:

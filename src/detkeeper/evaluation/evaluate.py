@@ -32,13 +32,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from detkeeper.config.schema import SPLITS
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
 from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.files import atomic_write_text
-from detkeeper.model_source import CONFIG_SPLITS
-from detkeeper.rundir import RunDirectory
+from detkeeper.files import atomic_write_text, json_number
+from detkeeper.run.evaluations import (DETECTIONS_FILE, METRICS_FILE, PR_CURVES_DIR, evaluation_dir,
+                                       export_evaluation_dir)
+from detkeeper.run.exports import export_assets
+from detkeeper.run.layout import CONFIG_FILE, RunDirectory
 
 logger = logging.getLogger("detkeeper.evaluation")
 
@@ -127,9 +130,10 @@ def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike 
                        batch_size: int | None = None) -> "PreparedEvaluation":
     """The model restored and the data read and checked, ready to :meth:`~PreparedEvaluation.run`
     (arguments as for :func:`evaluate`)."""
-    from detkeeper.model_source import find_saved_model, resolve_model_source, restore_run_checkpoint
+    from detkeeper.run.restore import restore_run_checkpoint
+    from detkeeper.run.sources import find_saved_model, resolve_model_source
 
-    config_split = data is None or (isinstance(data, str) and data in CONFIG_SPLITS)
+    config_split = data is None or (isinstance(data, str) and data in SPLITS)
     split_name = None
     if config_split:
         split_name = str(data) if data is not None else (split or "val")
@@ -157,15 +161,15 @@ def _prepare_export(saved_model: Path, model_source, checkpoint, data, split, sp
     """An export evaluated through its own serving signature (it resizes images itself). Its config
     and label map come from the SavedModel's assets, so config splits work without the run."""
     from detkeeper.export.predictor import load
-    from detkeeper.model_source import run_config
+    from detkeeper.run.sources import run_config
 
     if checkpoint is not None:
         raise DetkeeperError(f"{model_source} is an export: it holds one checkpoint's weights; --checkpoint "
                              "applies to run directories")
     predictor = load(saved_model)
-    assets = RunDirectory(saved_model / "assets")
+    assets = RunDirectory(export_assets(saved_model))
     if predictor.label_map is None or not assets.config_path.is_file():
-        raise DetkeeperError(f"{saved_model}: not a detkeeper export (no metadata signature or config.yaml "
+        raise DetkeeperError(f"{saved_model}: not a detkeeper export (no metadata signature or {CONFIG_FILE} "
                              "asset); detkeeper evaluates its own exports, TF OD API ones via `detkeeper predict`")
     config = run_config(assets, keep_split=split_name)
     if split_name is not None:
@@ -254,10 +258,8 @@ class PreparedEvaluation:
 
     def default_out_dir(self) -> Path:
         if self.predictor is not None:  # beside the export: EXPORTS/eval-<export>-<data>
-            export = Path(self.predictor.source)
-            export = export.parent if export.name == "saved_model" else export
-            return export.parent / f"eval-{export.name}-{self.data.name}"
-        return self.rundir.path / "eval" / f"{self.checkpoint.name}-{self.data.name}"
+            return export_evaluation_dir(self.predictor.source, self.data.name)
+        return evaluation_dir(self.rundir, self.checkpoint.name, self.data.name)
 
     def run(self, out_dir: str | os.PathLike | None = None, backend: str = "faster_coco_eval",
             progress: Callable[[int], None] | None = None) -> EvaluationReport:
@@ -287,11 +289,11 @@ class PreparedEvaluation:
                                         on_batch=results.add)
         seconds = time.perf_counter() - started
         out = Path(out_dir) if out_dir is not None else self.default_out_dir()
-        detections_path = atomic_write_text(out / "detections.json",
+        detections_path = atomic_write_text(out / DETECTIONS_FILE,
                                             json.dumps(results.as_json(self.data.records)) + "\n")
-        plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
+        plots = tuple(save_precision_recall_plots(validation.result, out / PR_CURVES_DIR))
         metrics = self._metrics(validation, seconds, out, detections_path, plots)
-        metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        metrics_path = atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         logger.debug("evaluated %s on %s: mAP %.4f; results in %s", self.model_source, self.data.description,
                      validation.result.stats["mAP"], out)
         return EvaluationReport(result=validation.result, latency_ms=validation.latency_ms,
@@ -311,7 +313,7 @@ class PreparedEvaluation:
                       "image_size": self.config.model.image_size},
             "checkpoint": {"name": checkpoint.name, "step": checkpoint.step, "ema": checkpoint.ema,
                            "path": checkpoint.path,
-                           "recorded_in_ledger": {key: _json_float(value) for key, value in checkpoint.metrics.items()}},
+                           "recorded_in_ledger": {key: json_number(value) for key, value in checkpoint.metrics.items()}},
             "data": {"description": data.description, "format": data.format, "config_split": data.split,
                      "num_images": validation.num_images, "records_read": data.num_read,
                      "problems": data.problems},
@@ -352,6 +354,3 @@ class _CocoResults:
         return [{"image_id": original[image_id], "category_id": category, "bbox": box, "score": score}
                 for image_id, category, box, score in self.rows]
 
-
-def _json_float(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)

@@ -123,7 +123,7 @@ class Predictor:
 def load(path: str | os.PathLike, checkpoint: str | int | None = None) -> Predictor:
     """A :class:`Predictor` for an export directory or SavedModel (TF OD API ones too), or for a
     run directory / checkpoint (`checkpoint`: best, latest or a step)."""
-    from detkeeper.model_source import find_saved_model
+    from detkeeper.run.sources import find_saved_model
 
     saved_model = find_saved_model(path)
     if saved_model is None:
@@ -164,7 +164,8 @@ def _from_saved_model(folder: Path) -> Predictor:
 
 def _from_checkpoint(path, checkpoint) -> Predictor:
     from detkeeper.export.exporter import serving_module_for
-    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
+    from detkeeper.run.restore import restore_run_checkpoint
+    from detkeeper.run.sources import resolve_model_source
 
     run, which = resolve_model_source(path, checkpoint)
     restored = restore_run_checkpoint(run, which)

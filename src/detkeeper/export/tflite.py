@@ -58,13 +58,8 @@ import numpy as np
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 from detkeeper.files import atomic_write_bytes, atomic_write_text
+from detkeeper.run.exports import TFLITE_CONTRACT_FILE, TFLITE_FILES, TFLITE_QUANTIZATION
 
-#: Variant name -> file name, in the order they are converted.
-VARIANTS = {"float32": "model_float32.tflite", "int8_dynamic": "model_int8_dynamic.tflite"}
-#: Variant name -> what it is, as the CLI and the report name it (``quantization`` in tflite.json's models).
-QUANTIZATION = {"float32": "float32 (not quantized)",
-                "int8_dynamic": "dynamic-range int8 (int8 weights, float32 activations)"}
-CONTRACT_FILE = "tflite.json"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 _INTERPRETER_DEPRECATION = ".*tf.lite.Interpreter is deprecated.*"
 
@@ -93,7 +88,7 @@ class TFLiteModel:
 
     @property
     def quantization(self) -> str:
-        return QUANTIZATION.get(self.variant, self.variant)
+        return TFLITE_QUANTIZATION.get(self.variant, self.variant)
 
     def describe(self) -> str:
         if not self.ok:
@@ -139,7 +134,7 @@ def export_tflite(model, label_map: LabelMap, records: Sequence[DetectionRecord]
     converted: dict[str, _Converted | TFLiteModel] = {}
     with tempfile.TemporaryDirectory(prefix="detkeeper-tflite-") as folder:
         failure = _write_conversion_saved_model(model, label_map, Path(folder))
-        for variant in VARIANTS:
+        for variant in TFLITE_FILES:
             converted[variant] = (_failed(variant, "did not convert", failure) if failure is not None
                                   else _convert(variant, Path(folder)))
     map_checkpoint, reference_rows = None, []
@@ -149,12 +144,12 @@ def export_tflite(model, label_map: LabelMap, records: Sequence[DetectionRecord]
                                    max_detections=model.max_detections)
         map_checkpoint = _map_or_none(reference, records)
     results = [item if isinstance(item, TFLiteModel) else
-               _verify(variant, item, out_dir / VARIANTS[variant], model, label_map, records, max_boxes,
+               _verify(variant, item, out_dir / TFLITE_FILES[variant], model, label_map, records, max_boxes,
                        reference_rows, map_checkpoint)
                for variant, item in converted.items()]
     report = TFLiteReport(models=tuple(results), contract=tflite_contract(model, label_map),
                           map_checkpoint=map_checkpoint, num_images=len(records), seconds=time.perf_counter() - started)
-    atomic_write_text(out_dir / CONTRACT_FILE, json.dumps(report.to_json_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / TFLITE_CONTRACT_FILE, json.dumps(report.to_json_dict(), indent=2) + "\n")
     return report
 
 
@@ -163,7 +158,7 @@ def tflite_contract(model, label_map: LabelMap) -> dict:
     size, detections = int(model.image_size), int(model.max_detections)
     return {
         "format": "detkeeper-tflite/1",
-        "files": dict(VARIANTS),
+        "files": dict(TFLITE_FILES),
         "int8_dynamic": "dynamic-range quantization: weights int8, activations float32 (converter.optimizations = "
                         "[tf.lite.Optimize.DEFAULT], no representative dataset), so not an integer-only model; "
                         "same inputs and outputs as float32",

@@ -26,6 +26,11 @@ class Postprocess:
     iou_threshold: float = 0.5
     max_detections: int = 100
 
+    @classmethod
+    def from_config(cls, evaluation) -> "Postprocess":
+        """The settings of a run config's ``evaluation`` section, which training and restoring share."""
+        return cls(evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections)
+
 
 ModelBuilder = Callable[..., object]  # (model_config, num_classes, postprocess) -> Detector
 ModelCheck = Callable[[object], None]  # (model_config) -> None; raises ConfigError("model.<key>: ...")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,8 +28,9 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 from detkeeper.errors import DetkeeperError
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.rundir import RunDirectory
-from detkeeper.training.ledger import LedgerEntry
+from detkeeper.run.evaluations import METRICS_FILE, cached_evaluation_dir
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import LedgerEntry
 
 SAMPLE_MIN_SCORE = 0.3  # what `detkeeper predict` and TensorBoard's pictures call a detection
 DEFAULT_SAMPLES = 4
@@ -58,27 +58,10 @@ class BestEvaluation:
     source: str  # for the page: "RUN/eval/step-…-val (detkeeper evaluate)", ...
 
 
-def cached_evaluation_dir(run: RunDirectory, best: LedgerEntry) -> Path | None:
-    """``RUN/eval/<best>-val`` when it holds an evaluation of `best` on data.val that scored what the
-    ledger recorded; else None."""
-    folder = run.path / "eval" / f"{best.name}-val"
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        same = (metrics["checkpoint"]["name"] == best.name and metrics["data"]["config_split"] == "val"
-                and (folder / metrics["files"]["detections"]).is_file())
-        recorded = best.metrics.get("val_mAP", math.nan)
-        scored = float(metrics["stats"]["mAP"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not same or (not math.isnan(recorded) and abs(scored - recorded) > 1e-6):
-        return None
-    return folder
-
-
 def load_evaluation(folder: Path, best: LedgerEntry, records: Sequence[DetectionRecord], count: int,
                     source: str) -> BestEvaluation:
     """The evaluation ``detkeeper evaluate`` wrote into `folder`; samples from its detections.json."""
-    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
     rows = json.loads((folder / metrics["files"]["detections"]).read_text(encoding="utf-8"))
     chosen = list(records[:count])
     wanted = {record.image_id for record in chosen}
@@ -110,7 +93,7 @@ def compute_evaluation(run: RunDirectory, best: LedgerEntry, count: int) -> Best
 def validation_records(run: RunDirectory) -> list[DetectionRecord]:
     """data.val of the run's config, read and checked as training read it."""
     from detkeeper.data.sources import DataSources
-    from detkeeper.model_source import run_config
+    from detkeeper.run.sources import run_config
 
     config = run_config(run, keep_split="val")
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
@@ -146,7 +129,7 @@ def find_best_evaluation(run: RunDirectory, best: LedgerEntry, *, count: int = D
     when there is none (for the page)."""
     folder = cached_evaluation_dir(run, best)
     if folder is None and not compute:
-        return None, (f"no evaluation of {best.name} on data.val in {_relative(run.path / 'eval', run)}/; "
+        return None, (f"no evaluation of {best.name} on data.val in {_relative(run.eval_path, run)}/; "
                       f"`detkeeper report {run.path}` computes it (one pass over data.val)")
     if folder is not None:
         source = f"{_relative(folder, run)} (detkeeper evaluate)"

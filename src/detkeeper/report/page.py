@@ -15,7 +15,7 @@ from typing import Any
 
 from detkeeper.config.schema import SPLITS
 from detkeeper.report.best_evaluation import SAMPLE_MIN_SCORE, BestEvaluation
-from detkeeper.report.exports import ExportRecord
+from detkeeper.run.exports import ExportRecord
 from detkeeper.report.rundata import RunContents, dataset_text, format_number, model_text
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"

@@ -32,7 +32,7 @@ from detkeeper.report.build import WrittenReport, build_report
 def write_training_report(run_dir: str | os.PathLike, *, model, config, evaluation_callback, final_step: int,
                           best, weight_average=None, samples: int = DEFAULT_SAMPLES) -> WrittenReport | None:
     """``RUN/report.html`` at the end of ``train``. `model` holds the weights of `best` (a
-    :class:`~detkeeper.training.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
+    :class:`~detkeeper.run.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
     :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`.
     None on a distributed worker that is not the chief (it writes no report)."""
     distributed = getattr(evaluation_callback, "distributed", None)  # under a tf.distribute strategy

@@ -24,10 +24,11 @@ import tensorflow as tf
 from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
 from detkeeper.errors import ConfigError
-from detkeeper.rundir import RunDirectory
+from detkeeper.models.precision import mixed_precision
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import LedgerEntry
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
 from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
-from detkeeper.training.ledger import LedgerEntry
 from detkeeper.training.preflight import TRAINING_CHECKS, deprecation_warnings
 from detkeeper.training.progress import ProgressCallback, Reporter
 
@@ -48,7 +49,7 @@ class TrainResult:
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "ledger.json"
+        return RunDirectory(self.run_dir).ledger_path
 
 
 def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), *,
@@ -66,20 +67,8 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
     distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op
     with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
         run = RunDirectory(config.run_dir)
-        with run.lock(), _log_to_file(run.log_file_path), _dtype_policy(config.train.mixed_precision):
+        with run.lock(), _log_to_file(run.log_file_path), mixed_precision(config.train.mixed_precision):
             return _Training(config, run, reporter or Reporter(), distribution).run()
-
-
-@contextlib.contextmanager
-def _dtype_policy(mixed_precision: bool) -> Iterator[None]:
-    """``mixed_float16`` while this run builds and trains its model; the caller's policy after."""
-    previous = keras.mixed_precision.dtype_policy()
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextlib.contextmanager
@@ -167,9 +156,7 @@ class _Training:
         from detkeeper.training.optimizers import build_optimizer
 
         config = self.config
-        evaluation = config.evaluation
-        model = build_model(config.model, num_classes, Postprocess(
-            evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
+        model = build_model(config.model, num_classes, Postprocess.from_config(config.evaluation))
         model.compile(optimizer=build_optimizer(config.train, num_replicas=self.distribution.num_replicas))
         sample = next(iter(evaluation_dataset(val_records[:4], label_map, image_size=config.model.image_size,
                                               batch_size=4, max_boxes=config.data.max_boxes)))
