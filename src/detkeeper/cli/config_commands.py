@@ -106,7 +106,7 @@ def run_reference(args) -> int:
 def run_import(args) -> int:
     from pathlib import Path
 
-    from detkeeper.config.tfod_import import import_pipeline_config, write_imported_config
+    from detkeeper.tfod.importer import import_pipeline_config, write_imported_config
     from detkeeper.errors import ConfigError
 
     out = Path(args.out)
