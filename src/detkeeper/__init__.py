@@ -12,8 +12,8 @@ The entry points import TensorFlow only when first used, so ``import detkeeper``
 __version__ = "0.1.0"
 
 _ENTRY_POINTS = {
-    "train": ("detkeeper.training.trainer", "train"),
-    "evaluate": ("detkeeper.evaluation.evaluate", "evaluate"),
+    "train": ("detkeeper.api", "train"),
+    "evaluate": ("detkeeper.api", "evaluate"),
     "export": ("detkeeper.export.exporter", "export_model"),
     "load": ("detkeeper.export.predictor", "load"),
 }

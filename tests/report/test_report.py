@@ -195,7 +195,7 @@ def test_a_report_that_cannot_be_written_does_not_fail_training(report_run, monk
     from detkeeper.config import load_config
     from detkeeper.report import training_end
     from detkeeper.run.layout import RunDirectory
-    from detkeeper.training.trainer import _Training
+    from detkeeper.training.trainer import TrainingEnd, _Training
 
     result, _ = report_run
 
@@ -203,12 +203,23 @@ def test_a_report_that_cannot_be_written_does_not_fail_training(report_run, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(training_end, "write_training_report", full_disk)
-    training = SimpleNamespace(rundir=RunDirectory(result.run_dir), config=load_config(result.run_dir / "config.yaml"),
-                               evaluation=None)  # what _write_report reads of the training it ends
+    config = load_config(RunDirectory(result.run_dir).config_path)
+    end = TrainingEnd(run_dir=result.run_dir, model=None, weight_average=None, config=config,
+                      evaluation_callback=None, final_step=result.step, best=result.best)
     with caplog.at_level(logging.WARNING, logger="detkeeper.training"):
-        _Training._write_report(training, None, None, result)
+        assert training_end.report_at_training_end(end) is None
     assert "the run report was not written (OSError: [Errno 28] No space left on device)" in caplog.text
     assert f"`detkeeper report {result.run_dir}`" in caplog.text
+
+    def failing_hook(end):
+        raise RuntimeError("hook broke")
+
+    training = SimpleNamespace(rundir=RunDirectory(result.run_dir), config=config, evaluation=None,
+                               on_end=failing_hook)  # what _end_hook reads of the training it ends
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detkeeper.training"):
+        _Training._end_hook(training, None, None, result)
+    assert "the end-of-training step failed (RuntimeError: hook broke)" in caplog.text
 
 
 def test_report_command(report_run, tmp_path, capsys):

@@ -177,9 +177,10 @@ def _export(run, best) -> tuple[Path, str]:
 
 
 def _evaluate(export_dir: Path, quiet: bool):
-    from detkeeper.evaluation.evaluate import prepare_evaluation
+    from detkeeper.evaluation.evaluate import prepare_evaluation  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
-    prepared = prepare_evaluation(export_dir, "test")
+    prepared = prepare_evaluation(export_dir, "test", load_export=load)
     with progress(prepared.num_images, "evaluating", quiet) as update:
         return prepared.run(progress=update)
 

@@ -61,11 +61,13 @@ def register(commands, common) -> None:
 
 
 def run_evaluate(args) -> int:
-    from detkeeper.evaluation.evaluate import prepare_evaluation
+    from detkeeper.evaluation.evaluate import prepare_evaluation  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
     model = _model_argument(args)
     prepared = prepare_evaluation(model, args.data, args.split, checkpoint=args.checkpoint,
-                                  label_map=args.label_map, images=args.images, batch_size=args.batch_size)
+                                  label_map=args.label_map, images=args.images, batch_size=args.batch_size,
+                                  load_export=load)
     with progress(prepared.num_images, "evaluating", args.quiet or args.json) as update:
         report = prepared.run(out_dir=args.out, backend=args.backend, progress=update)
     if args.json:

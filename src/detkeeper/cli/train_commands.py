@@ -144,7 +144,8 @@ def run_train(args) -> int:
 def train_with_progress(config, quiet: bool, overrides=()):
     """Train `config` (a RunConfig, or a file or preset with `overrides`) with progress bars on
     stderr and training's messages printed once, plainly."""
-    from detkeeper.training.trainer import train
+    from detkeeper.report.training_end import report_at_training_end  # light: imports TensorFlow
+    from detkeeper.training.trainer import train  # light: imports TensorFlow
 
     training_logger = logging.getLogger("detkeeper.training")
     handler = _TqdmHandler(level=logging.WARNING if quiet else logging.INFO)
@@ -155,7 +156,7 @@ def train_with_progress(config, quiet: bool, overrides=()):
     for root_handler in logging.getLogger().handlers:
         root_handler.addFilter(skip_training)
     try:
-        return train(config, overrides, reporter=BarReporter(quiet))
+        return train(config, overrides, reporter=BarReporter(quiet), on_end=report_at_training_end)
     finally:
         training_logger.removeHandler(handler)
         for root_handler in logging.getLogger().handlers:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -52,12 +52,30 @@ class TrainResult:
         return RunDirectory(self.run_dir).ledger_path
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingEnd:
+    """What training holds in memory when it ends, for an `on_end` hook (the run report).
+
+    `model` holds the weights of `best` (restored from disk); `evaluation_callback` is the run's
+    :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`."""
+
+    run_dir: Path
+    model: Any
+    weight_average: Any  # detkeeper.models.ema.WeightAverage, or None
+    config: RunConfig
+    evaluation_callback: Any
+    final_step: int
+    best: LedgerEntry | None
+
+
 def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), *,
-          reporter: Reporter | None = None) -> TrainResult:
+          reporter: Reporter | None = None, on_end: Callable[[TrainingEnd], object] | None = None) -> TrainResult:
     """Train (or resume) the run `config` describes; returns when it finished or stopped early.
 
     The config is checked whole (schema, files, model, monitor: detkeeper.training.preflight)
-    before any data is read."""
+    before any data is read. `on_end` runs when training ends, with what it holds in memory
+    (``detkeeper.train`` and ``detkeeper train`` pass the report's hook); a hook that fails is
+    logged and never fails the finished run."""
     if isinstance(config, RunConfig):
         check_config(config, TRAINING_CHECKS)
     else:
@@ -68,7 +86,7 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
     with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
         run = RunDirectory(config.run_dir)
         with run.lock(), _log_to_file(run.log_file_path), mixed_precision(config.train.mixed_precision):
-            return _Training(config, run, reporter or Reporter(), distribution).run()
+            return _Training(config, run, reporter or Reporter(), distribution, on_end).run()
 
 
 @contextlib.contextmanager
@@ -92,9 +110,11 @@ def _log_to_file(path: Path) -> Iterator[None]:
 class _Training:
     """One train call's objects, built in dependency order."""
 
-    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter, distribution) -> None:
+    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter, distribution,
+                 on_end: Callable[[TrainingEnd], object] | None = None) -> None:
         self.config, self.rundir, self.reporter = config, run, reporter
         self.distribution = distribution  # detkeeper.training.distribution.Distribution
+        self.on_end = on_end
 
     def run(self) -> TrainResult:
         config = self.config
@@ -144,7 +164,7 @@ class _Training:
         self._fit(model, weight_average, state, checkpointer, train_split.records, val_split.records,
                   label_map, start_step)
         result = self._finish(model, checkpointer, state)
-        self._write_report(model, weight_average, result)
+        self._end_hook(model, weight_average, result)
         return result
 
     # -- building ---------------------------------------------------------------------------
@@ -294,22 +314,18 @@ class _Training:
         return TrainResult(self.rundir.path, status, step, best, tuple(saves),
                            tuple(self.evaluation.seconds), self.fit_seconds)
 
-    def _write_report(self, model, weight_average, result: TrainResult) -> None:
-        """``RUN/report.html`` from what training holds (see detkeeper.report.training_end)."""
-        from detkeeper.report.training_end import write_training_report
-
-        try:
-            written = write_training_report(self.rundir.path, model=model, config=self.config,
-                                            evaluation_callback=self.evaluation, final_step=result.step,
-                                            best=result.best, weight_average=weight_average)
-        except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
-            logger.warning("the run report was not written (%s: %s); training is complete, the checkpoints are "
-                           "intact. Write it with `detkeeper report %s`.", type(error).__name__, error, self.rundir.path)
-            logger.debug("report failure", exc_info=True)
+    def _end_hook(self, model, weight_average, result: TrainResult) -> None:
+        """Run the caller's `on_end` with what training holds; its failure never fails the run."""
+        if self.on_end is None:
             return
-        if written is not None:  # None: a distributed worker that is not the chief
-            # Debug: the run's last line stays how it ended; `detkeeper train` prints where the report is.
-            logger.debug("report written to %s in %.1f s", written.path, written.seconds)
+        end = TrainingEnd(run_dir=self.rundir.path, model=model, weight_average=weight_average, config=self.config,
+                          evaluation_callback=self.evaluation, final_step=result.step, best=result.best)
+        try:
+            self.on_end(end)
+        except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
+            logger.warning("the end-of-training step failed (%s: %s); training is complete, the checkpoints are "
+                           "intact.", type(error).__name__, error)
+            logger.debug("end-of-training failure", exc_info=True)
 
 
 def _describe(entry: LedgerEntry | None) -> str:
