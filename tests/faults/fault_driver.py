@@ -110,12 +110,11 @@ def then_die(function):
 def arm_export(kind: str) -> None:
     from detkeeper.export import exporter, verify
     from detkeeper.run import exports
-    from detkeeper.models import archive
 
     if kind == "export-save":
         exporter._save_saved_model = then_die(exporter._save_saved_model)
     elif kind == "export-keras":
-        save_keras = archive.save_keras_archive
+        save_keras = exporter.save_keras_archive  # where export_model looks it up
 
         def die_inside(model, path):
             from detkeeper.files import atomic_path
@@ -125,7 +124,7 @@ def arm_export(kind: str) -> None:
                 die()
             return save_keras(model, path)
 
-        archive.save_keras_archive = die_inside
+        exporter.save_keras_archive = die_inside
     elif kind == "export-verify":  # the fresh process answered; killed while comparing its answers
         verify._run_standalone = then_die(verify._run_standalone)
     elif kind == "export-publish":

@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detkeeper.cli.console import progress
+from detkeeper.cli.train_commands import train_with_progress
+from detkeeper.config import load_config
 from detkeeper.config.schema import SPLITS
+from detkeeper.data.sources import DataSources
+from detkeeper.errors import RunFailed
 from detkeeper.run.exports import ExportPaths, default_export_dir
+from detkeeper.run.layout import RunDirectory
 
 EXAMPLES = """\
 examples:
@@ -63,10 +68,6 @@ class _Steps:
 
 
 def run_demo(args) -> int:
-    from detkeeper.config import load_config
-    from detkeeper.data.sources import DataSources
-    from detkeeper.run.layout import RunDirectory
-
     config = load_config("demo", _run_dir_overrides(args.run_dir) + list(args.set))
     run = RunDirectory(config.run_dir)
     steps = _Steps(total=6, silent=args.json)
@@ -152,9 +153,6 @@ def _check_splits(sources, steps: _Steps, quiet: bool) -> None:
 
 
 def _train(config, quiet: bool):
-    from detkeeper.cli.train_commands import train_with_progress
-    from detkeeper.errors import RunFailed
-
     result = train_with_progress(config, quiet)
     if result.best is None:
         raise RunFailed(f"training of {result.run_dir} kept no checkpoint, so there is nothing to export; "
@@ -164,7 +162,7 @@ def _train(config, quiet: bool):
 
 def _export(run, best) -> tuple[Path, str]:
     """The verified export of the best checkpoint: made now, or kept from an earlier demo run."""
-    from detkeeper.export.exporter import export_model
+    from detkeeper.export.exporter import export_model  # light: imports TensorFlow
 
     out = default_export_dir(run, best.name)
     if ExportPaths(out).verification.is_file():  # published exports were verified before their rename; reuse it
@@ -186,8 +184,8 @@ def _evaluate(export_dir: Path, quiet: bool):
 
 
 def _predict(export_dir: Path, images: list[Path], out: Path, quiet: bool) -> Path:
-    from detkeeper.export.predictions import write_predictions
-    from detkeeper.export.predictor import load
+    from detkeeper.export.predictions import write_predictions  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
     predictor = load(export_dir)
     with progress(len(images), "predicting", quiet) as update:
@@ -196,6 +194,6 @@ def _predict(export_dir: Path, images: list[Path], out: Path, quiet: bool) -> Pa
 
 
 def _report(run) -> Path:
-    from detkeeper.report import write_report
+    from detkeeper.report import write_report  # light: imports TensorFlow
 
     return write_report(run.path)

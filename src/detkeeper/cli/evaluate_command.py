@@ -7,6 +7,7 @@ import os
 
 from detkeeper.cli.console import print_json, progress
 from detkeeper.errors import DetkeeperError
+from detkeeper.evaluation.coco import BACKENDS
 
 EXAMPLES = """\
 examples:
@@ -26,8 +27,6 @@ unless --out says otherwise."""
 
 
 def register(commands, common) -> None:
-    from detkeeper.evaluation.coco import BACKENDS
-
     parser = commands.add_parser(
         "evaluate", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         help="COCO mAP of a checkpoint on a split or dataset; metrics, detections and PR curves to files",

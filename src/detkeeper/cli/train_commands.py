@@ -7,6 +7,8 @@ import logging
 import math
 import sys
 
+from tqdm import tqdm
+
 from detkeeper.cli.console import print_json, table
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.ledger import read_ledger
@@ -67,7 +69,6 @@ class BarReporter:
         self._bar = self._eval_bar = None
 
     def start(self, total_steps: int, start_step: int) -> None:
-        from tqdm import tqdm
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
                          disable=True if self.quiet else None, dynamic_ncols=True)
 
@@ -81,7 +82,6 @@ class BarReporter:
             self._bar.set_postfix_str(f"loss {float(loss):.4f}  {images_per_second:.1f} img/s", refresh=False)
 
     def evaluating(self, total_images: int) -> None:
-        from tqdm import tqdm
         self._close_eval()
         self._eval_bar = tqdm(total=total_images, desc="evaluate", unit="img", file=sys.stderr, leave=False,
                               disable=True if self.quiet else None, dynamic_ncols=True)
@@ -106,7 +106,6 @@ class _TqdmHandler(logging.Handler):
     """Training's messages as plain lines printed above the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
         prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
         tqdm.write(prefix + record.getMessage(), file=sys.stdout if record.levelno <= logging.INFO else sys.stderr)
 

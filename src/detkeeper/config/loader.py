@@ -264,7 +264,7 @@ def _path_exists(path: str, kind: str = "any") -> bool:
     """`path` is there (`kind` "file", "dir" or "any"); URLs are asked of tf.io.gfile."""
     if not is_url(path):
         return {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(path)
-    import tensorflow as tf  # here: only a URL needs it, and `detkeeper config` starts without TensorFlow
+    import tensorflow as tf  # light: imports TensorFlow
 
     return tf.io.gfile.isdir(path) if kind == "dir" else tf.io.gfile.exists(path)
 
@@ -272,7 +272,7 @@ def _path_exists(path: str, kind: str = "any") -> bool:
 def _matches(pattern: str) -> bool:
     if not is_url(pattern):
         return bool(glob.glob(pattern))
-    import tensorflow as tf  # here: only a URL needs it
+    import tensorflow as tf  # light: imports TensorFlow
 
     return bool(tf.io.gfile.glob(pattern))
 

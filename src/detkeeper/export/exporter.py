@@ -28,12 +28,24 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
+import keras
+import tensorflow as tf
+
+from detkeeper import __version__
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError, RunFailed
+from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES, DetectionModule, ServingSettings
+from detkeeper.export.tflite import export_tflite
+from detkeeper.export.verify import verify_saved_model
 from detkeeper.files import atomic_write_text, fsync_directory, is_out_of_space, json_number, out_of_space
+from detkeeper.models.archive import save_keras_archive
 from detkeeper.run.exports import METADATA_FILE, ExportPaths, default_export_dir
 from detkeeper.run.layout import CONFIG_FILE, LABEL_MAP_FILE, RunDirectory
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.sources import resolve_model_source
 
 logger = logging.getLogger("detkeeper.export")
 
@@ -73,14 +85,6 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     `verify_images` images of the run's validation split (else test, else train). With `tflite`,
     TFLite models are converted and scored on the same images too; one that does not convert is
     reported in ``verification.json`` (and the result), not raised."""
-    import time
-
-    from detkeeper.export.serving import DetectionModule
-    from detkeeper.export.verify import verify_saved_model
-    from detkeeper.run.restore import restore_run_checkpoint
-    from detkeeper.run.sources import resolve_model_source
-    from detkeeper.models.archive import save_keras_archive
-
     if verify_images < 1:
         raise DetkeeperError(f"verification images: expected at least 1, got {verify_images}")
     run, which = resolve_model_source(source, checkpoint)
@@ -132,8 +136,6 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
                 f"not published: {'; '.join(verification.problems[:3])}. Full report: {failed}")
         tflite_report = None
         if tflite:
-            from detkeeper.export.tflite import export_tflite
-
             started = time.perf_counter()
             tflite_report = export_tflite(model, label_map, records, staged.tflite,
                                           max_boxes=config.data.max_boxes)
@@ -153,8 +155,6 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
 def serving_settings(config, score_threshold: float | None = None, iou_threshold: float | None = None,
                      max_detections: int | None = None):
     """The export's post-processing: the run's ``evaluation`` section unless overridden."""
-    from detkeeper.export.serving import ServingSettings
-
     evaluation = config.evaluation
     settings = ServingSettings(
         score_threshold=evaluation.score_threshold if score_threshold is None else float(score_threshold),
@@ -167,8 +167,6 @@ def serving_settings(config, score_threshold: float | None = None, iou_threshold
 def serving_module_for(restored, settings=None):
     """The serving module of a restored checkpoint, in memory (``detkeeper.load`` of a run), and
     its metadata. Sets the model's own thresholds to the module's, so ``model.detect`` agrees."""
-    from detkeeper.export.serving import DetectionModule
-
     settings = settings or serving_settings(restored.config)
     _use_thresholds(restored.model, settings)
     metadata = export_metadata(restored, settings)
@@ -185,8 +183,6 @@ def _metadata_json(metadata: dict) -> str:
 
 
 def _save_saved_model(module, path: Path) -> None:
-    import tensorflow as tf
-
     try:
         tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
     except Exception as error:  # e.g. the disk is full: the staging folder is removed, nothing published
@@ -234,8 +230,6 @@ def _verification_split(run: RunDirectory) -> str | None:
 
 def _verification_records(config, run: RunDirectory, split: str | None, count: int):
     """Up to `count` images of `split` (ground truth included, for the mAP check)."""
-    from detkeeper.data.sources import DataSources
-
     if split is None:
         raise DetkeeperError(f"{run.config_path}: the run's config sets no data split, so there are no images "
                              "to verify the export on")
@@ -250,12 +244,6 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
 
 def export_metadata(restored, settings, verification_images: tuple[str | None, int] | None = None) -> dict:
     """What ``metadata.json`` says: the model, its conventions and thresholds, where it came from."""
-    import keras
-    import tensorflow as tf
-
-    from detkeeper import __version__
-    from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES
-
     config, run, entry, label_map = restored.config, restored.run, restored.entry, restored.label_map
     split, num_images = verification_images or (None, 0)
     return {

@@ -25,12 +25,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError
+from detkeeper.evaluation.evaluate import prepare_evaluation
 from detkeeper.evaluation.results import EvaluationResult
+from detkeeper.evaluation.runner import original_detections
 from detkeeper.run.evaluations import METRICS_FILE, cached_evaluation_dir
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.ledger import LedgerEntry
+from detkeeper.run.sources import run_config
 
 SAMPLE_MIN_SCORE = 0.3  # what `detkeeper predict` and TensorBoard's pictures call a detection
 DEFAULT_SAMPLES = 4
@@ -82,8 +87,6 @@ def load_evaluation(folder: Path, best: LedgerEntry, records: Sequence[Detection
 
 def compute_evaluation(run: RunDirectory, best: LedgerEntry, count: int) -> BestEvaluation:
     """Evaluate `best` on data.val now (``detkeeper evaluate --model RUN``: writes ``RUN/eval/<best>-val``)."""
-    from detkeeper.evaluation.evaluate import prepare_evaluation
-
     prepared = prepare_evaluation(run.path, "val", checkpoint=str(best.step))
     report = prepared.run()
     return load_evaluation(report.out_dir, best, prepared.data.records, count,
@@ -92,9 +95,6 @@ def compute_evaluation(run: RunDirectory, best: LedgerEntry, count: int) -> Best
 
 def validation_records(run: RunDirectory) -> list[DetectionRecord]:
     """data.val of the run's config, read and checked as training read it."""
-    from detkeeper.data.sources import DataSources
-    from detkeeper.run.sources import run_config
-
     config = run_config(run, keep_split="val")
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
     return list(DataSources(data_config).prepare("val", log_problems=False).records)
@@ -104,9 +104,6 @@ def detect_samples(model, records: Sequence[DetectionRecord], label_map: LabelMa
                    max_boxes: int) -> tuple[SamplePrediction, ...]:
     """`model`'s detections on `records` through detkeeper's evaluation path (the pipeline's resize,
     ``Detector.detect``, boxes mapped back to original pixels), as ``detkeeper evaluate`` scores them."""
-    from detkeeper.data.pipeline import evaluation_dataset
-    from detkeeper.evaluation.runner import original_detections
-
     if not records:
         return ()
     batch = next(iter(evaluation_dataset(list(records), label_map, image_size=image_size,

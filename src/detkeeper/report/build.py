@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detkeeper.files import atomic_write_text
 import detkeeper.report.figures as figures
+from detkeeper import __version__
+from detkeeper.evaluation.plots import png_bytes, precision_recall_overview
+from detkeeper.files import atomic_write_text
 from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, find_best_evaluation
 from detkeeper.report.history import Series, read_training_curves
 from detkeeper.report.page import PageParts, render_page
@@ -80,15 +82,11 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         missing.append(evaluation_missing)
     pr_png, drawn = None, ()
     if evaluation is not None:
-        from detkeeper.evaluation.plots import png_bytes, precision_recall_overview
-
         pr_png = png_bytes(precision_recall_overview(evaluation.result))
         drawn, problem = _draw_samples(contents, evaluation)
         if problem:
             missing.append(problem)
             evaluation_missing = problem
-
-    from detkeeper import __version__
 
     parts = PageParts(contents=contents, generated=_now(), history_figures=tuple(history_figures),
                       history_missing=tuple(history_missing), exports=exports, evaluation=evaluation,

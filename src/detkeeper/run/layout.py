@@ -135,7 +135,7 @@ class RunDirectory:
     def lock(self) -> Iterator[None]:
         """Exclusive use of the run directory: a second ``train`` on it refuses instead of both
         writing. The OS drops the lock when the holder dies, so a killed run never blocks a rerun."""
-        import fcntl  # POSIX-only: importing it at the top would stop the module loading on Windows
+        import fcntl  # optional: POSIX-only, so the module still loads where it is missing
 
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / LOCK_FILE, "a+", encoding="utf-8")

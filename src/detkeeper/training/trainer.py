@@ -23,14 +23,29 @@ import tensorflow as tf
 
 from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
+from detkeeper.data.pipeline import Augmentation, InputShard, evaluation_dataset, training_dataset
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import ConfigError
+from detkeeper.evaluation.callback import CocoEvaluationCallback
+from detkeeper.evaluation.distributed import DistributedValidation
+from detkeeper.evaluation.monitors import weighted_monitor
+from detkeeper.models import build_model
+from detkeeper.models.detector import fit_inputs
+from detkeeper.models.ema import WeightAverage
 from detkeeper.models.precision import mixed_precision
+from detkeeper.models.registry import Postprocess
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.ledger import LedgerEntry
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
+from detkeeper.training.distributed_loop import fit_distributed
+from detkeeper.training.distribution import create_distribution, worker_config
 from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
+from detkeeper.training.ema import EmaCallback
+from detkeeper.training.init_from import apply_init_from
+from detkeeper.training.optimizers import build_optimizer, learning_rate_at
 from detkeeper.training.preflight import TRAINING_CHECKS, deprecation_warnings
 from detkeeper.training.progress import ProgressCallback, Reporter
+from detkeeper.training.tensorboard import TensorBoardLogger
 
 logger = logging.getLogger("detkeeper.training")
 
@@ -80,7 +95,6 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
         check_config(config, TRAINING_CHECKS)
     else:
         config = load_config(config, overrides, checks=TRAINING_CHECKS)
-    from detkeeper.training.distribution import create_distribution, worker_config
 
     distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op
     with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
@@ -120,7 +134,6 @@ class _Training:
         config = self.config
         for warning in deprecation_warnings(config):
             logger.warning(warning)
-        from detkeeper.data.sources import DataSources
         if config.data.val is None:
             raise ConfigError("data.val: training keeps the best checkpoints by validation mAP, so it needs "
                               "a validation split; set data.val.format and data.val.path")
@@ -169,12 +182,6 @@ class _Training:
 
     # -- building ---------------------------------------------------------------------------
     def _build_model(self, num_classes: int, val_records, label_map):
-        from detkeeper.data.pipeline import evaluation_dataset
-        from detkeeper.models import build_model
-        from detkeeper.models.registry import Postprocess
-        from detkeeper.models.ema import WeightAverage
-        from detkeeper.training.optimizers import build_optimizer
-
         config = self.config
         model = build_model(config.model, num_classes, Postprocess.from_config(config.evaluation))
         model.compile(optimizer=build_optimizer(config.train, num_replicas=self.distribution.num_replicas))
@@ -196,7 +203,6 @@ class _Training:
             logger.info("model.init_from (%s) not applied: the run continues from its own checkpoint %s",
                         init_from.path, start.name)
             return
-        from detkeeper.training.init_from import apply_init_from
 
         apply_init_from(model, init_from, self.rundir.path)
         if weight_average is not None:  # the averages were taken from the random init: start them here
@@ -225,14 +231,6 @@ class _Training:
     # -- training ---------------------------------------------------------------------------
     def _fit(self, model, weight_average, state, checkpointer, train_records, val_records, label_map,
              start_step: int) -> None:
-        from detkeeper.data.pipeline import Augmentation, evaluation_dataset, training_dataset
-        from detkeeper.evaluation.callback import CocoEvaluationCallback
-        from detkeeper.evaluation.monitors import weighted_monitor
-        from detkeeper.models.detector import fit_inputs
-        from detkeeper.training.ema import EmaCallback
-        from detkeeper.training.optimizers import learning_rate_at
-        from detkeeper.training.tensorboard import TensorBoardLogger
-
         config = self.config
         every, total = config.evaluation.every_steps, config.train.steps
         distribution = self.distribution
@@ -249,8 +247,6 @@ class _Training:
             val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
                                           batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
         else:  # each worker makes only its replicas' slices of every global batch
-            from detkeeper.data.pipeline import InputShard
-            from detkeeper.evaluation.distributed import DistributedValidation
 
             distribution.replica_batch_size(config.train.batch_size)  # refuses a batch that does not split evenly
             train_data = distribution.strategy.distribute_datasets_from_function(
@@ -290,8 +286,6 @@ class _Training:
                 model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
                           steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
             else:
-                from detkeeper.training.distributed_loop import fit_distributed
-
                 fit_distributed(model, train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
                                 steps_per_epoch=every, callbacks=callbacks)
         finally:
