@@ -312,7 +312,8 @@ class PreparedEvaluation:
                       "image_size": self.config.model.image_size},
             "checkpoint": {"name": checkpoint.name, "step": checkpoint.step, "ema": checkpoint.ema,
                            "path": checkpoint.path,
-                           "recorded_in_ledger": {key: json_number(value) for key, value in checkpoint.metrics.items()}},
+                           "recorded_in_ledger": {key: json_number(value)
+                                                  for key, value in checkpoint.metrics.items()}},
             "data": {"description": data.description, "format": data.format, "config_split": data.split,
                      "num_images": validation.num_images, "records_read": data.num_read,
                      "problems": data.problems},

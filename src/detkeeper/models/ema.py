@@ -18,13 +18,14 @@ This is what Model Garden's EMA does by default (``trainable_weights_only=True``
 shadowed, so the model keeps its own) and timm's ``ModelEmaV3(exclude_buffers=True)``; timm's
 default averages them too. Non-float variables are copied as well.
 
-Step: the training callback (:class:`detkeeper.training.ema.EmaCallback`) passes ``optimizer.iterations`` after the update, i.e. the number of
-updates done so far (1 after the first), as Model Garden's EMA does; the first update therefore
-uses ``decay_t = 2 / 11``.
+Step: the training callback (:class:`detkeeper.training.ema.EmaCallback`) passes
+``optimizer.iterations`` after the update, i.e. the number of updates done so far (1 after the
+first), as Model Garden's EMA does; the first update therefore uses ``decay_t = 2 / 11``.
 
 It lives with the models, not with training, because restoring a kept checkpoint (the ``run``
-layer) reads the averages back into a model. The averages are checkpointed with ``tf.train.Checkpoint(ema=weight_average)``, keyed by the
-position of the variable in ``model.weights`` (as Keras' functional models key their own).
+layer) reads the averages back into a model. The averages are checkpointed with
+``tf.train.Checkpoint(ema=weight_average)``, keyed by the position of the variable in
+``model.weights`` (as Keras' functional models key their own).
 """
 
 from __future__ import annotations

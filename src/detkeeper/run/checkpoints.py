@@ -126,7 +126,8 @@ class CheckpointStore:
     # -- saving ---------------------------------------------------------------------------
     def save(self, checkpoint: Any, *, step: int, epoch: int, metrics: Mapping[str, float],
              ema: bool) -> LedgerEntry | None:
-        """Write `checkpoint` (a ``tf.train.Checkpoint``) for `step`, commit it to the ledger, prune; returns the new entry."""
+        """Write `checkpoint` (a ``tf.train.Checkpoint``) for `step`, commit it to the ledger, prune;
+        returns the new entry."""
         started = time.perf_counter()
         name = checkpoint_name(step)
         value = float(metrics.get(self.policy.monitor, math.nan))

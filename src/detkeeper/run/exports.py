@@ -2,10 +2,11 @@
 
 ``detkeeper export`` writes through these names and every reader (report, evaluate, fine-tuning,
 ``config import``) finds an export's parts through them. A published export is a folder with
-``metadata.json`` (model, source checkpoint, thresholds) and ``verification.json`` (written last: what was compared with the checkpoint and the result, TFLite
-results included). An export that failed verification published nothing and left
-``<name>.verification-failed.json`` beside where it would have gone. Exports written elsewhere
-(``detkeeper export --out``) are not found here.
+``metadata.json`` (model, source checkpoint, thresholds) and ``verification.json`` (written
+last: what was compared with the checkpoint and the result, TFLite results included). An export
+that failed verification published nothing and left ``<name>.verification-failed.json`` beside
+where it would have gone. Exports written elsewhere (``detkeeper export --out``) are not found
+here.
 """
 
 from __future__ import annotations

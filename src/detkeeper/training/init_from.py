@@ -161,7 +161,8 @@ def _export_source(path: str, saved_model: Path) -> InitSource:
     assets = export_assets(saved_model)
     missing = [name for name in EXPORT_ASSETS if not (assets / name).is_file()]
     if missing:
-        raise DetkeeperError(f"{path}: a SavedModel without {' and '.join(f'{ASSETS_DIR}/{name}' for name in missing)}, so "
+        absent = ' and '.join(f'{ASSETS_DIR}/{name}' for name in missing)
+        raise DetkeeperError(f"{path}: a SavedModel without {absent}, so "
                              "not a detkeeper export; fine-tuning needs the exported run's config and label map to "
                              "rebuild its model")
     prefix = exported_variables(saved_model)
