@@ -43,8 +43,8 @@ from detkeeper.data.synthetic import generate_shapes_dataset  # noqa: E402
 from detkeeper.evaluation.runner import compiled_detect  # noqa: E402
 from detkeeper.export.exporter import _verification_records, _verification_split, export_model  # noqa: E402
 from detkeeper.export.tflite import load_interpreter  # noqa: E402
-from detkeeper.model_source import restore_run_checkpoint  # noqa: E402
-from detkeeper.rundir import RunDirectory  # noqa: E402
+from detkeeper.run.restore import restore_run_checkpoint  # noqa: E402
+from detkeeper.run.layout import RunDirectory  # noqa: E402
 from detkeeper.training.trainer import train  # noqa: E402
 
 

@@ -9,11 +9,13 @@
 The entry points import TensorFlow only when first used, so ``import detkeeper`` stays cheap.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _ENTRY_POINTS = {
-    "train": ("detkeeper.training.trainer", "train"),
-    "evaluate": ("detkeeper.evaluation.evaluate", "evaluate"),
+    "train": ("detkeeper.api", "train"),
+    "evaluate": ("detkeeper.api", "evaluate"),
     "export": ("detkeeper.export.exporter", "export_model"),
     "load": ("detkeeper.export.predictor", "load"),
 }
@@ -22,8 +24,6 @@ __all__ = ["__version__", *_ENTRY_POINTS]
 
 def __getattr__(name: str):
     if name in _ENTRY_POINTS:
-        import importlib
-
         module, attribute = _ENTRY_POINTS[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'detkeeper' has no attribute {name!r}")

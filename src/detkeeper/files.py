@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import tempfile
@@ -45,6 +46,16 @@ def _new_file_mode() -> int:
 
 
 _NEW_FILE_MODE = _new_file_mode()
+
+
+def json_number(value) -> float | None:
+    """JSON has no NaN or infinity: such a value (a metric that diverged) is written as null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def is_atomic_temp(name: str, target: str) -> bool:
+    """Whether file `name` is :func:`atomic_path`'s temporary file for `target`, left by a killed write."""
+    return name.startswith(f".{target}.") and name.endswith(".tmp")
 
 
 @contextlib.contextmanager

@@ -218,7 +218,7 @@ def test_a_config_that_no_longer_fits_the_checkpoint_is_refused(run, tmp_path):
     with pytest.raises(DetkeeperError, match="does not fit the model"):  # the EMA list's shapes
         evaluate(copy)
     from detkeeper.config import load_config
-    from detkeeper.model_source import restore_model
+    from detkeeper.run.restore import restore_model
 
     with pytest.raises(DetkeeperError, match=r"holds \d+ model variables, .* has \d+"):  # without EMA
         restore_model(load_config(config), LabelMap.read(copy / "label_map.pbtxt"),
@@ -232,10 +232,10 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
     import tensorflow as tf
 
     from detkeeper.config import load_config
-    from detkeeper.model_source import restore_model
+    from detkeeper.run.restore import restore_model
     from detkeeper.models import build_model
     from detkeeper.training.early_stopping import EarlyStoppingState
-    from detkeeper.training.ema import WeightAverage
+    from detkeeper.models.ema import WeightAverage
     from detkeeper.training.optimizers import build_optimizer
 
     run_dir, best, _ = run

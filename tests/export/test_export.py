@@ -21,8 +21,8 @@ from detkeeper.data import augment
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.evaluation.runner import original_detections
-from detkeeper.model_source import restore_run_checkpoint
-from detkeeper.rundir import RunDirectory
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.layout import RunDirectory
 
 # Runs in a fresh interpreter (-I: no PYTHONPATH, no user site) with detkeeper made unimportable.
 STANDALONE = textwrap.dedent('''

@@ -18,8 +18,8 @@ from PIL import Image
 
 from detkeeper.cli.main import main
 from detkeeper.data import augment
-from detkeeper.model_source import restore_run_checkpoint
-from detkeeper.rundir import RunDirectory
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.layout import RunDirectory
 
 
 def _interpreter(path):

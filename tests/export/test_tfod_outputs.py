@@ -13,9 +13,9 @@ import tensorflow as tf
 from PIL import Image
 
 from detkeeper.data.label_map import LabelMap, LabelMapItem
-from detkeeper.model_source import restore_run_checkpoint
+from detkeeper.run.restore import restore_run_checkpoint
 from detkeeper.models import list_models
-from detkeeper.rundir import RunDirectory
+from detkeeper.run.layout import RunDirectory
 
 ORACLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tfod-oracle"
 

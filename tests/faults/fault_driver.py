@@ -67,7 +67,7 @@ def arm_eval(step: int) -> None:
 def arm_write(step: int) -> None:
     import tensorflow as tf
 
-    from detkeeper.training import checkpoints
+    from detkeeper.run import checkpoints
 
     write = tf.train.Checkpoint.write
 
@@ -109,12 +109,12 @@ def then_die(function):
 
 def arm_export(kind: str) -> None:
     from detkeeper.export import exporter, verify
-    from detkeeper.models import archive
+    from detkeeper.run import exports
 
     if kind == "export-save":
         exporter._save_saved_model = then_die(exporter._save_saved_model)
     elif kind == "export-keras":
-        save_keras = archive.save_keras_archive
+        save_keras = exporter.save_keras_archive  # where export_model looks it up
 
         def die_inside(model, path):
             from detkeeper.files import atomic_path
@@ -124,7 +124,7 @@ def arm_export(kind: str) -> None:
                 die()
             return save_keras(model, path)
 
-        archive.save_keras_archive = die_inside
+        exporter.save_keras_archive = die_inside
     elif kind == "export-verify":  # the fresh process answered; killed while comparing its answers
         verify._run_standalone = then_die(verify._run_standalone)
     elif kind == "export-publish":
@@ -134,8 +134,8 @@ def arm_export(kind: str) -> None:
 
             @staticmethod
             def replace(source, target):
-                if Path(source).name.startswith(exporter.PARTIAL_PREFIX) and \
-                        not Path(source).name.startswith(exporter.PARTIAL_PREFIX + "replaced-"):
+                if Path(source).name.startswith(exports.PARTIAL_PREFIX) and \
+                        not Path(source).name.startswith(exports.REPLACED_PREFIX):
                     die()
                 return os.replace(source, target)
 
@@ -144,7 +144,7 @@ def arm_export(kind: str) -> None:
 
 def arm_full_disk(kind: str, arguments: list[str]) -> None:
     if kind == "full-save":
-        from detkeeper.training.checkpoints import CheckpointStore
+        from detkeeper.run.checkpoints import CheckpointStore
 
         step, size = int(arguments[0]), int(arguments[1])
         save = CheckpointStore.save

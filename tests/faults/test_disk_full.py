@@ -95,7 +95,7 @@ import json, resource, signal, sys
 from pathlib import Path
 from detkeeper.errors import DetkeeperError
 from detkeeper.files import atomic_write_text
-from detkeeper.training.ledger import Ledger, RetentionPolicy
+from detkeeper.run.ledger import Ledger, RetentionPolicy
 
 folder = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -16,7 +16,7 @@ from export_runs import write_run_config  # noqa: E402  (the export tests' small
 def report_run(shapes_dataset, tmp_path_factory):
     """60 steps, evaluated every 20, keeping the best one and the latest one: three evaluations, so at
     least one checkpoint is pruned. Returns the train result and the report as training wrote it."""
-    from detkeeper.training.trainer import train
+    from detkeeper.api import train  # writes the report at the end, as `detkeeper train` does
 
     root = tmp_path_factory.mktemp("report_run")
     config = write_run_config(root / "run.yaml", shapes_dataset, root / "run")

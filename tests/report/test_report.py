@@ -12,7 +12,7 @@ import pytest
 
 from detkeeper.cli.main import main
 from detkeeper.report import build_report
-from detkeeper.training.ledger import Ledger
+from detkeeper.run.ledger import Ledger
 from report_page import parse_report
 
 SECTIONS = ["summary", "history", "checkpoints", "per-class", "samples", "exports"]
@@ -111,10 +111,10 @@ def test_per_class_ap_is_read_from_an_evaluation_on_disk_else_computed_once(repo
 def test_training_end_evaluates_an_earlier_best_again_and_scores_what_the_ledger_recorded(report_run):
     from detkeeper.data.pipeline import evaluation_dataset
     from detkeeper.evaluation.callback import CocoEvaluationCallback
-    from detkeeper.model_source import restore_run_checkpoint
+    from detkeeper.run.restore import restore_run_checkpoint
     from detkeeper.report.best_evaluation import validation_records
     from detkeeper.report.training_end import write_training_report
-    from detkeeper.rundir import RunDirectory
+    from detkeeper.run.layout import RunDirectory
 
     result, _ = report_run
     restored = restore_run_checkpoint(RunDirectory(result.run_dir), "best", keep_split="val")
@@ -154,7 +154,7 @@ def test_a_verified_export_and_a_failed_one_are_both_on_the_page(exported_run, t
 def test_a_run_directory_before_its_first_evaluation_reports_what_is_missing(shapes_dataset, tmp_path):
     from detkeeper.config import load_config
     from detkeeper.data.label_map import LabelMap
-    from detkeeper.rundir import RunDirectory
+    from detkeeper.run.layout import RunDirectory
 
     run = RunDirectory(tmp_path / "fresh")
     run.write_config(load_config("demo", [f"run_dir={run.path}"]))  # as `detkeeper demo` leaves it
@@ -194,8 +194,8 @@ def test_training_curves_are_merged_across_resumes_and_cut_short_files(tmp_path)
 def test_a_report_that_cannot_be_written_does_not_fail_training(report_run, monkeypatch, caplog):
     from detkeeper.config import load_config
     from detkeeper.report import training_end
-    from detkeeper.rundir import RunDirectory
-    from detkeeper.training.trainer import _Training
+    from detkeeper.run.layout import RunDirectory
+    from detkeeper.training.trainer import TrainingEnd, _Training
 
     result, _ = report_run
 
@@ -203,12 +203,23 @@ def test_a_report_that_cannot_be_written_does_not_fail_training(report_run, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(training_end, "write_training_report", full_disk)
-    training = SimpleNamespace(rundir=RunDirectory(result.run_dir), config=load_config(result.run_dir / "config.yaml"),
-                               evaluation=None)  # what _write_report reads of the training it ends
+    config = load_config(RunDirectory(result.run_dir).config_path)
+    end = TrainingEnd(run_dir=result.run_dir, model=None, weight_average=None, config=config,
+                      evaluation_callback=None, final_step=result.step, best=result.best)
     with caplog.at_level(logging.WARNING, logger="detkeeper.training"):
-        _Training._write_report(training, None, None, result)
+        assert training_end.report_at_training_end(end) is None
     assert "the run report was not written (OSError: [Errno 28] No space left on device)" in caplog.text
     assert f"`detkeeper report {result.run_dir}`" in caplog.text
+
+    def failing_hook(end):
+        raise RuntimeError("hook broke")
+
+    training = SimpleNamespace(rundir=RunDirectory(result.run_dir), config=config, evaluation=None,
+                               on_end=failing_hook)  # what _end_hook reads of the training it ends
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detkeeper.training"):
+        _Training._end_hook(training, None, None, result)
+    assert "the end-of-training step failed (RuntimeError: hook broke)" in caplog.text
 
 
 def test_report_command(report_run, tmp_path, capsys):
@@ -237,7 +248,7 @@ def test_report_command(report_run, tmp_path, capsys):
 
 def test_tflite_results_of_an_export_are_tabled(tmp_path):
     from detkeeper.export.tflite import TFLiteModel, TFLiteReport
-    from detkeeper.report.exports import ExportRecord
+    from detkeeper.run.exports import ExportRecord
     from detkeeper.report.page import _export
 
     verified = TFLiteModel("float32", "verified", None, "model_float32.tflite", 2_915_088, 2.6, 0.6340, 0.0,
@@ -257,10 +268,3 @@ def test_tflite_results_of_an_export_are_tabled(tmp_path):
             ["dynamic-range int8 (int8 weights, float32 activations)", "did not convert", "-", "-", "-",
              "ConverterError: op not supported"]]
 
-
-def test_the_report_names_tflite_quantization_as_the_export_does():
-    """The report repeats the names so it reads JSON without importing the exporter; they must agree."""
-    from detkeeper.export.tflite import QUANTIZATION
-    from detkeeper.report.exports import TFLITE_QUANTIZATION
-
-    assert TFLITE_QUANTIZATION == QUANTIZATION

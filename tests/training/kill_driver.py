@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from detkeeper import files
-from detkeeper.training import checkpoints, ledger, progress, trainer
+from detkeeper.run import checkpoints, ledger
+from detkeeper.training import progress, trainer
 
 
 def die() -> None:

@@ -11,7 +11,8 @@ import pytest
 from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.data.pipeline import evaluation_dataset, training_dataset
 from detkeeper.data.voc import read_voc
-from detkeeper.evaluation.callback import CocoEvaluationCallback, weighted_monitor
+from detkeeper.evaluation.callback import CocoEvaluationCallback
+from detkeeper.evaluation.monitors import weighted_monitor
 from detkeeper.models import build_model
 from detkeeper.models.detector import fit_inputs
 from detkeeper.training.callbacks import BestCheckpoints

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.models import build_model
-from detkeeper.training.ema import EmaCallback, WeightAverage
+from detkeeper.models.ema import WeightAverage
+from detkeeper.training.ema import EmaCallback
 
 
 def tiny_model():

@@ -17,9 +17,10 @@ from detkeeper.config import load_config, save_config
 from detkeeper.config.schema import InitFromConfig
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
-from detkeeper.model_source import build_run_model, restore_run_checkpoint, run_config
+from detkeeper.run.restore import build_run_model, restore_run_checkpoint
+from detkeeper.run.sources import run_config
 from detkeeper.models import list_models
-from detkeeper.rundir import RunDirectory
+from detkeeper.run.layout import RunDirectory
 from detkeeper.training.init_from import InitSource, apply_init_from, match_variables
 from detkeeper.training.trainer import train
 

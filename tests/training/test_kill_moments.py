@@ -1,7 +1,7 @@
 """Killed while the ledger commits a checkpoint, rerun: every kept checkpoint is whole and the best-k set
 is the uninterrupted run's.
 
-The ledger write is the commit point of a save (``detkeeper.training.ledger``). The kill lands in
+The ledger write is the commit point of a save (``detkeeper.run.ledger``). The kill lands in
 the middle of it: the checkpoint folder of step 100 is complete and in place, half of the new
 ledger sits in its temporary file, ``ledger.json`` still lists steps 20-80. The rerun must treat
 step 100 as never saved (set it aside, train it again) and end where the reference run ended.

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from detkeeper.cli.main import main
 from detkeeper.errors import DetkeeperError
-from detkeeper.rundir import RunDirectory
+from detkeeper.run.layout import RunDirectory
 from detkeeper.training.callbacks import TrainingDiverged
 from detkeeper.training.trainer import train
 

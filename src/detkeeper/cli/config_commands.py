@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from detkeeper.config import config_to_yaml, list_presets, load_config
+from detkeeper.config.reference import render_reference
+from detkeeper.errors import ConfigError, DetkeeperError
+from detkeeper.files import atomic_write_text
+from detkeeper.tfod.importer import import_pipeline_config, write_imported_config
 
 SHOW_EXAMPLES = """\
 examples:
@@ -71,25 +78,17 @@ def register(commands, common) -> None:
 
 
 def run_show(args) -> int:
-    from detkeeper.config import config_to_yaml, load_config
-
     print(config_to_yaml(load_config(args.config, args.set)), end="")
     return 0
 
 
 def run_presets(args) -> int:
-    from detkeeper.config import list_presets
-
     for name in list_presets():
         print(name)
     return 0
 
 
 def run_reference(args) -> int:
-    from detkeeper.config.reference import render_reference
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.files import atomic_write_text
-
     text = render_reference()
     if args.out is None:
         print(text, end="")
@@ -104,11 +103,6 @@ def run_reference(args) -> int:
 
 
 def run_import(args) -> int:
-    from pathlib import Path
-
-    from detkeeper.config.tfod_import import import_pipeline_config, write_imported_config
-    from detkeeper.errors import ConfigError
-
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ConfigError(f"{out}: already exists; choose another --out or pass --force to replace it")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from detkeeper.config import list_presets
 
 
 def import_tensorflow_quietly() -> None:
@@ -21,7 +27,7 @@ def import_tensorflow_quietly() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
+        import tensorflow as tf  # light: imports TensorFlow
 
         tf.config.list_logical_devices()
     finally:
@@ -33,8 +39,6 @@ def import_tensorflow_quietly() -> None:
 @contextlib.contextmanager
 def progress(total: int, description: str, quiet: bool) -> Iterator[Callable[[int], None]]:
     """A tqdm bar on stderr (hidden with --quiet or when stderr is not a terminal)."""
-    from tqdm import tqdm
-
     with tqdm(total=total, desc=description, unit="img", disable=True if quiet else None,
               file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
         yield bar.update
@@ -53,8 +57,6 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
 
 def is_config_target(target: str) -> bool:
     """A YAML file or a preset name (not an existing dataset path)."""
-    from detkeeper.config import list_presets
-
     if target.endswith((".yaml", ".yml")):
         return True
     return not Path(target).exists() and target in list_presets()
@@ -63,9 +65,6 @@ def is_config_target(target: str) -> bool:
 def print_json(data) -> None:
     """`data` as indented JSON on stdout, for `--json`: strict JSON, so NaN and infinities
     (a metric that could not be computed) are written as null."""
-    import json
-    import math
-
     def finite(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import io
 from pathlib import Path
 
 from detkeeper.cli.console import is_config_target, print_json, progress, table
-from detkeeper.data.sources import detect_format
+from detkeeper.config import load_config
+from detkeeper.config.schema import DataConfig, SourceConfig
+from detkeeper.data.coco import write_coco
+from detkeeper.data.sources import DataSources, detect_format
+from detkeeper.data.synthetic import generate_shapes_dataset
 from detkeeper.errors import DataError
+from detkeeper.files import atomic_write_bytes
+from detkeeper.visualize import draw_boxes, image_grid
 
 CHECK_EXAMPLES = """\
 examples:
@@ -121,10 +128,6 @@ class _Target:
 
 def _resolve_target(args, bad_records: str = "skip", check_images: bool = True) -> _Target:
     """Turn the command's TARGET into DataSources and the splits to act on."""
-    from detkeeper.config import load_config
-    from detkeeper.config.schema import DataConfig, SourceConfig
-    from detkeeper.data.sources import DataSources
-
     if is_config_target(args.target):
         config = load_config(args.target, args.set)
         sources = DataSources(config.data, check_images=check_images)
@@ -196,13 +199,12 @@ def run_convert(args) -> int:
         prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)
     if args.to == "tfrecord":
-        from detkeeper.data.tfrecord import write_tfrecords
+        from detkeeper.data.tfrecord import write_tfrecords  # light: imports TensorFlow
         if args.shards < 1:
             raise DataError(f"--shards must be at least 1, got {args.shards}")
         written = write_tfrecords(prepared.records, prepared.label_map, out, num_shards=args.shards)
         label_map_path = prepared.label_map.write(out.parent / "label_map.pbtxt")
     else:
-        from detkeeper.data.coco import write_coco
         written = [write_coco(prepared.records, prepared.label_map, out, images_dir=args.images)]
         label_map_path = prepared.label_map.write(out.parent / "label_map.pbtxt")
     dropped_images = prepared.num_read - len(prepared.records)
@@ -223,7 +225,6 @@ def run_convert(args) -> int:
 
 
 def run_generate(args) -> int:
-    from detkeeper.data.synthetic import generate_shapes_dataset
     root = generate_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
                                    num_test=args.num_test, image_size=args.image_size,
                                    max_objects=args.max_objects, seed=args.seed)
@@ -248,10 +249,7 @@ def run_show(args) -> int:
 def write_batch_picture(sources, split: str, out: Path, *, count: int, image_size: int, augment: bool,
                         augment_config=None, seed: int = 0, max_boxes: int = 100) -> Path:
     """Draw one pipeline batch (training transforms unless `augment` is false) into a PNG grid."""
-    from detkeeper.data.pipeline import Augmentation, training_dataset
-    from detkeeper.files import atomic_write_bytes
-    from detkeeper.visualize import draw_boxes, image_grid
-    import io
+    from detkeeper.data.pipeline import Augmentation, training_dataset  # light: imports TensorFlow
 
     if count < 1:
         raise DataError(f"--count must be at least 1, got {count}")

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detkeeper.cli.console import progress
+from detkeeper.cli.train_commands import train_with_progress
+from detkeeper.config import load_config
+from detkeeper.config.schema import SPLITS
+from detkeeper.data.sources import DataSources
+from detkeeper.errors import RunFailed
+from detkeeper.run.exports import ExportPaths, default_export_dir
+from detkeeper.run.layout import RunDirectory
 
 EXAMPLES = """\
 examples:
@@ -61,10 +68,6 @@ class _Steps:
 
 
 def run_demo(args) -> int:
-    from detkeeper.config import load_config
-    from detkeeper.data.sources import DataSources
-    from detkeeper.rundir import RunDirectory
-
     config = load_config("demo", _run_dir_overrides(args.run_dir) + list(args.set))
     run = RunDirectory(config.run_dir)
     steps = _Steps(total=6, silent=args.json)
@@ -99,7 +102,7 @@ def run_demo(args) -> int:
 
     test_images = [record.image_path for record in sources.readout("test").records[:PREDICTED_IMAGES]]
     steps.begin(f"predicting on {len(test_images)} held-out images")
-    predictions = _predict(export_dir, test_images, run.path / "predictions", args.quiet or args.json)
+    predictions = _predict(export_dir, test_images, run.predictions_path, args.quiet or args.json)
     steps.summary["predictions"] = str(predictions)
     steps.say(f"    {predictions}  (COCO JSON) and {predictions.parent / 'images'}{os.sep}")
 
@@ -119,7 +122,7 @@ def run_demo(args) -> int:
     print("  logs/                TensorBoard (losses, learning rate, validation stats, drawn predictions)")
     print("\nNext:")
     print(f"  detkeeper checkpoints {run.path}")
-    print(f"  tensorboard --logdir {run.path / 'logs'}")
+    print(f"  tensorboard --logdir {run.logs_path}")
     print(f"  detkeeper predict {export_dir} YOUR_IMAGES... --out predictions")
     print(f"  detkeeper evaluate --model {run.path} --data test --checkpoint latest")
     print("  detkeeper config show demo > my_run.yaml    then point data.* at your dataset and "
@@ -132,7 +135,7 @@ def _run_dir_overrides(run_dir: str | None) -> list[str]:
     if not run_dir:
         return []
     shapes = Path(run_dir) / "shapes"
-    return [f"run_dir={run_dir}"] + [f"data.{split}.path={shapes}" for split in ("train", "val", "test")]
+    return [f"run_dir={run_dir}"] + [f"data.{split}.path={shapes}" for split in SPLITS]
 
 
 def _check_splits(sources, steps: _Steps, quiet: bool) -> None:
@@ -150,9 +153,6 @@ def _check_splits(sources, steps: _Steps, quiet: bool) -> None:
 
 
 def _train(config, quiet: bool):
-    from detkeeper.cli.train_commands import train_with_progress
-    from detkeeper.errors import RunFailed
-
     result = train_with_progress(config, quiet)
     if result.best is None:
         raise RunFailed(f"training of {result.run_dir} kept no checkpoint, so there is nothing to export; "
@@ -162,11 +162,10 @@ def _train(config, quiet: bool):
 
 def _export(run, best) -> tuple[Path, str]:
     """The verified export of the best checkpoint: made now, or kept from an earlier demo run."""
-    from detkeeper.export.exporter import export_model
+    from detkeeper.export.exporter import export_model  # light: imports TensorFlow
 
-    out = run.path / "exports" / best.name
-    record = out / "verification.json"
-    if record.is_file():  # published exports were verified before their rename; reuse it
+    out = default_export_dir(run, best.name)
+    if ExportPaths(out).verification.is_file():  # published exports were verified before their rename; reuse it
         return out, "verified earlier; kept"
     result = export_model(run.path, checkpoint=best.step, out=out)
     verification = result.verification
@@ -176,16 +175,17 @@ def _export(run, best) -> tuple[Path, str]:
 
 
 def _evaluate(export_dir: Path, quiet: bool):
-    from detkeeper.evaluation.evaluate import prepare_evaluation
+    from detkeeper.evaluation.evaluate import prepare_evaluation  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
-    prepared = prepare_evaluation(export_dir, "test")
+    prepared = prepare_evaluation(export_dir, "test", load_export=load)
     with progress(prepared.num_images, "evaluating", quiet) as update:
         return prepared.run(progress=update)
 
 
 def _predict(export_dir: Path, images: list[Path], out: Path, quiet: bool) -> Path:
-    from detkeeper.export.predictions import write_predictions
-    from detkeeper.export.predictor import load
+    from detkeeper.export.predictions import write_predictions  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
     predictor = load(export_dir)
     with progress(len(images), "predicting", quiet) as update:
@@ -194,6 +194,6 @@ def _predict(export_dir: Path, images: list[Path], out: Path, quiet: bool) -> Pa
 
 
 def _report(run) -> Path:
-    from detkeeper.report import write_report
+    from detkeeper.report import write_report  # light: imports TensorFlow
 
     return write_report(run.path)

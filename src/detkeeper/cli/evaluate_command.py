@@ -7,6 +7,7 @@ import os
 
 from detkeeper.cli.console import print_json, progress
 from detkeeper.errors import DetkeeperError
+from detkeeper.evaluation.coco import BACKENDS
 
 EXAMPLES = """\
 examples:
@@ -26,8 +27,6 @@ unless --out says otherwise."""
 
 
 def register(commands, common) -> None:
-    from detkeeper.evaluation.coco import BACKENDS
-
     parser = commands.add_parser(
         "evaluate", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         help="COCO mAP of a checkpoint on a split or dataset; metrics, detections and PR curves to files",
@@ -61,11 +60,13 @@ def register(commands, common) -> None:
 
 
 def run_evaluate(args) -> int:
-    from detkeeper.evaluation.evaluate import prepare_evaluation
+    from detkeeper.evaluation.evaluate import prepare_evaluation  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
     model = _model_argument(args)
     prepared = prepare_evaluation(model, args.data, args.split, checkpoint=args.checkpoint,
-                                  label_map=args.label_map, images=args.images, batch_size=args.batch_size)
+                                  label_map=args.label_map, images=args.images, batch_size=args.batch_size,
+                                  load_export=load)
     with progress(prepared.num_images, "evaluating", args.quiet or args.json) as update:
         report = prepared.run(out_dir=args.out, backend=args.backend, progress=update)
     if args.json:

@@ -54,7 +54,7 @@ def register(commands, common) -> None:
 
 
 def run_export(args) -> int:
-    from detkeeper.export.exporter import export_model
+    from detkeeper.export.exporter import export_model  # light: imports TensorFlow
 
     if not (args.quiet or args.json):
         print("exporting and verifying (a fresh Python process reloads the SavedModel) ...", flush=True)

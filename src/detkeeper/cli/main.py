@@ -8,6 +8,9 @@ import os
 import sys
 
 from detkeeper import __version__
+from detkeeper.cli import (config_commands, data_commands, demo, evaluate_command, export_command, predict_command,
+                           report_command, train_commands)
+from detkeeper.cli.console import import_tensorflow_quietly
 from detkeeper.errors import DetkeeperError
 
 EXAMPLES = """\
@@ -31,9 +34,6 @@ command's options and examples."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from detkeeper.cli import config_commands, data_commands, demo, train_commands
-    from detkeeper.cli import evaluate_command, export_command, predict_command, report_command
-
     parser = argparse.ArgumentParser(
         prog="detkeeper", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="TensorFlow object detection that keeps the best model: train with COCO mAP evaluation, "
@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.debug, args.quiet)
     try:
         if getattr(args, "uses_tensorflow", True) and not args.debug:
-            from detkeeper.cli.console import import_tensorflow_quietly
             import_tensorflow_quietly()
         return int(args.handler(args) or 0)
     except DetkeeperError as error:

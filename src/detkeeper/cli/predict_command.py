@@ -62,8 +62,8 @@ def image_files(arguments: list[str]) -> list[Path]:
 
 
 def run_predict(args) -> int:
-    from detkeeper.export.predictions import write_predictions
-    from detkeeper.export.predictor import load
+    from detkeeper.export.predictions import write_predictions  # light: imports TensorFlow
+    from detkeeper.export.predictor import load  # light: imports TensorFlow
 
     if not 0.0 <= args.min_score <= 1.0:
         raise DetkeeperError(f"--min-score: expected a value in [0, 1], got {args.min_score}")

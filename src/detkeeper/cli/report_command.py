@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from detkeeper.errors import DetkeeperError
+
 EXAMPLES = """\
 examples:
   detkeeper report runs/demo                        writes runs/demo/report.html
@@ -38,8 +40,7 @@ def register(commands, common) -> None:
 
 
 def run_report(args) -> int:
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.report import build_report
+    from detkeeper.report import build_report  # light: imports TensorFlow
 
     if args.samples < 0:
         raise DetkeeperError(f"--samples: expected 0 or more images, got {args.samples}")

@@ -7,7 +7,11 @@ import logging
 import math
 import sys
 
+from tqdm import tqdm
+
 from detkeeper.cli.console import print_json, table
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import read_ledger
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -65,7 +69,6 @@ class BarReporter:
         self._bar = self._eval_bar = None
 
     def start(self, total_steps: int, start_step: int) -> None:
-        from tqdm import tqdm
         self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
                          disable=True if self.quiet else None, dynamic_ncols=True)
 
@@ -79,7 +82,6 @@ class BarReporter:
             self._bar.set_postfix_str(f"loss {float(loss):.4f}  {images_per_second:.1f} img/s", refresh=False)
 
     def evaluating(self, total_images: int) -> None:
-        from tqdm import tqdm
         self._close_eval()
         self._eval_bar = tqdm(total=total_images, desc="evaluate", unit="img", file=sys.stderr, leave=False,
                               disable=True if self.quiet else None, dynamic_ncols=True)
@@ -104,7 +106,6 @@ class _TqdmHandler(logging.Handler):
     """Training's messages as plain lines printed above the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
         prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
         tqdm.write(prefix + record.getMessage(), file=sys.stdout if record.levelno <= logging.INFO else sys.stderr)
 
@@ -131,8 +132,9 @@ def run_train(args) -> int:
         return 0
     print(f"\nrun directory: {result.run_dir}")
     print(f"  checkpoints:  detkeeper checkpoints {result.run_dir}")
-    print(f"  TensorBoard:  tensorboard --logdir {result.run_dir / 'logs'}")
-    report = result.run_dir / "report.html"
+    run = RunDirectory(result.run_dir)
+    print(f"  TensorBoard:  tensorboard --logdir {run.logs_path}")
+    report = run.report_path
     if report.is_file():
         print(f"  report:       {report}  (detkeeper report {result.run_dir} after an export adds it)")
     return 0
@@ -141,7 +143,8 @@ def run_train(args) -> int:
 def train_with_progress(config, quiet: bool, overrides=()):
     """Train `config` (a RunConfig, or a file or preset with `overrides`) with progress bars on
     stderr and training's messages printed once, plainly."""
-    from detkeeper.training.trainer import train
+    from detkeeper.report.training_end import report_at_training_end  # light: imports TensorFlow
+    from detkeeper.training.trainer import train  # light: imports TensorFlow
 
     training_logger = logging.getLogger("detkeeper.training")
     handler = _TqdmHandler(level=logging.WARNING if quiet else logging.INFO)
@@ -152,7 +155,7 @@ def train_with_progress(config, quiet: bool, overrides=()):
     for root_handler in logging.getLogger().handlers:
         root_handler.addFilter(skip_training)
     try:
-        return train(config, overrides, reporter=BarReporter(quiet))
+        return train(config, overrides, reporter=BarReporter(quiet), on_end=report_at_training_end)
     finally:
         training_logger.removeHandler(handler)
         for root_handler in logging.getLogger().handlers:
@@ -160,16 +163,7 @@ def train_with_progress(config, quiet: bool, overrides=()):
 
 
 def run_checkpoints(args) -> int:
-    from pathlib import Path
-
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.training.ledger import Ledger
-
-    path = Path(args.run_dir) / "checkpoints" / "ledger.json"
-    if not path.exists():
-        raise DetkeeperError(f"{args.run_dir}: no checkpoint ledger at {path}; is this a run directory "
-                             "that has trained past its first evaluation?")
-    ledger = Ledger.read(path)
+    ledger = read_ledger(RunDirectory(args.run_dir))
     if args.json:
         print_json(ledger.to_json())
         return 0

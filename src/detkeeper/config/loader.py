@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detkeeper import __version__
-from detkeeper.config.schema import WEIGHTS_KEYWORDS, RunConfig, SourceConfig
+from detkeeper.config.schema import SPLITS, WEIGHTS_KEYWORDS, RunConfig, SourceConfig
 from detkeeper.config.validate import KeyPath, Problem, format_key, from_data
 from detkeeper.config.yamlio import dump_yaml, parse_yaml
 from detkeeper.errors import ConfigError
@@ -264,7 +264,7 @@ def _path_exists(path: str, kind: str = "any") -> bool:
     """`path` is there (`kind` "file", "dir" or "any"); URLs are asked of tf.io.gfile."""
     if not is_url(path):
         return {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(path)
-    import tensorflow as tf  # here: only a URL needs it, and `detkeeper config` starts without TensorFlow
+    import tensorflow as tf  # light: imports TensorFlow
 
     return tf.io.gfile.isdir(path) if kind == "dir" else tf.io.gfile.exists(path)
 
@@ -272,7 +272,7 @@ def _path_exists(path: str, kind: str = "any") -> bool:
 def _matches(pattern: str) -> bool:
     if not is_url(pattern):
         return bool(glob.glob(pattern))
-    import tensorflow as tf  # here: only a URL needs it
+    import tensorflow as tf  # light: imports TensorFlow
 
     return bool(tf.io.gfile.glob(pattern))
 
@@ -282,7 +282,7 @@ def _missing_files(config: RunConfig) -> list[Problem]:
     problems = _placeholders(config)
     if problems:
         return problems
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         source = getattr(config.data, split)
         if source is not None:
             problems += _missing_source_files(source, ("data", split))

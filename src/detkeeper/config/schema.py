@@ -20,6 +20,17 @@ SourceFormat = Literal["voc", "coco", "tfrecord", "synthetic"]
 WEIGHTS_KEYWORDS = ("imagenet", "none")
 """Values of `model.backbone.weights` that are not paths."""
 
+SPLITS = ("train", "val", "test")
+"""The dataset splits a run config names, in the order they are read."""
+
+STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+"""COCO's twelve box stats, in COCO's order: what every evaluation reports."""
+
+MONITOR_STATS = (*STAT_NAMES, "latency_ms")
+"""What a monitor may read: the COCO stats and the evaluation's latency. Here, not in evaluation,
+so the schema can check monitor names without importing the layer above it."""
+
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -397,17 +408,14 @@ class EvaluationConfig:
         default_factory=dict,
         help=(
             "Extra metrics as weighted sums of COCO stats, logged as val_<name>, e.g. "
-            "{score: {mAP50: 0.1, mAP: 0.9}} then monitor: val_score. Stats: mAP, mAP50, mAP75, "
-            "mAP_small, mAP_medium, mAP_large, AR1, AR10, AR100, AR_small, AR_medium, AR_large, "
-            "latency_ms."
+            "{score: {mAP50: 0.1, mAP: 0.9}} then monitor: val_score. Stats: "
+            f"{', '.join(MONITOR_STATS)}."
         ),
     )
 
     def validate(self) -> list[str]:
-        from detkeeper.evaluation.results import STAT_NAMES
-
         problems = [] if self.monitor else ["monitor: expected a metric name, got ''"]
-        known = set(STAT_NAMES) | {"latency_ms"}
+        known = set(MONITOR_STATS)
         for name, weights in self.weighted_monitors.items():
             if not name.isidentifier():
                 problems.append(f"weighted_monitors.{name}: expected a name made of letters, digits and _")

@@ -5,6 +5,9 @@ fill the TFRecord ``image/format`` field, the checker to tell a corrupt image fr
 """
 
 from __future__ import annotations
+import re
+
+from detkeeper.errors import DataError
 
 #: Leading bytes -> format name (as TF OD API TFRecords spell ``image/format``).
 _MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"),
@@ -16,11 +19,7 @@ EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp"}
 def decoded_size(data: bytes) -> tuple[int, int]:
     """``(height, width)`` of an encoded image, decoded as ``tf.io.decode_image`` (and so an export's
     serving graph) decodes it; a DataError saying why when it cannot be."""
-    import re
-
-    import tensorflow as tf
-
-    from detkeeper.errors import DataError
+    import tensorflow as tf  # light: imports TensorFlow
 
     if not data:
         raise DataError("empty file")

@@ -15,16 +15,19 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from detkeeper.config.schema import SPLITS
 from detkeeper.data.check import check_records, drop_bad
+from detkeeper.data.coco import read_coco
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import ProblemReport
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import DetectionRecord
+from detkeeper.data.synthetic import generate_shapes_dataset
+from detkeeper.data.voc import read_voc
 from detkeeper.errors import DataError
 
 logger = logging.getLogger("detkeeper.data")
 
-SPLITS = ("train", "val", "test")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
 
 
@@ -46,16 +49,13 @@ class PreparedSplit:
 def read_source(source, label_map: LabelMap | None, synthetic=None) -> Readout:
     """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format."""
     if source.format == "voc":
-        from detkeeper.data.voc import read_voc
         return read_voc(source.path, split=source.split, label_map=label_map)
     if source.format == "coco":
-        from detkeeper.data.coco import read_coco
         return read_coco(source.path, images_dir=source.images, label_map=label_map)
     if source.format == "tfrecord":
-        from detkeeper.data.tfrecord import read_tfrecords
+        from detkeeper.data.tfrecord import read_tfrecords  # light: imports TensorFlow
         return read_tfrecords(source.path, label_map=label_map)
     if source.format == "synthetic":
-        from detkeeper.data.voc import read_voc
         root = ensure_synthetic(source.path, synthetic)
         return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"))
     raise DataError(f"data format {source.format!r} is not one of voc, coco, tfrecord, synthetic")
@@ -63,7 +63,6 @@ def read_source(source, label_map: LabelMap | None, synthetic=None) -> Readout:
 
 def ensure_synthetic(path: str | Path, synthetic) -> Path:
     """Generate the built-in shapes dataset at `path` unless the same one is already there."""
-    from detkeeper.data.synthetic import generate_shapes_dataset
     params = {} if synthetic is None else dataclasses.asdict(synthetic)
     return Path(generate_shapes_dataset(path, **params))
 

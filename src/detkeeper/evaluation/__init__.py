@@ -17,7 +17,7 @@ __all__ = ["BACKENDS", "CocoEvaluator", "CocoMetric", "EvaluationResult", "STAT_
 
 def __getattr__(name: str):
     if name == "CocoMetric":  # a Keras metric: importing it imports Keras and TensorFlow
-        from detkeeper.evaluation.metric import CocoMetric
+        from detkeeper.evaluation.metric import CocoMetric  # light: imports TensorFlow
 
         return CocoMetric
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

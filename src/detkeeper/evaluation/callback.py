@@ -5,12 +5,12 @@ Callbacks talk through Keras' ``logs`` dict, so whatever runs after this one in 
 monitor ``val_mAP``, ``val_mAP50``, ..., ``val_latency_ms`` and any custom monitor.
 
 Custom monitors: a weighted sum of stats (``weighted_monitor({"mAP50": 0.1, "mAP": 0.9})``) or any
-function of the stats registered with :func:`register_monitor`; each appears as ``val_<name>``.
+function of the stats registered with :func:`detkeeper.evaluation.monitors.register_monitor`;
+each appears as ``val_<name>``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -18,34 +18,9 @@ import keras
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
-from detkeeper.evaluation.results import STAT_NAMES
+from detkeeper.config.schema import MONITOR_STATS
+from detkeeper.evaluation.monitors import Monitor, registered_monitors
 from detkeeper.evaluation.runner import ValidationPass, compiled_detect, run_validation
-
-Monitor = Callable[[Mapping[str, float]], float]
-_MONITORS: dict[str, Monitor] = {}
-
-
-def register_monitor(name: str, function: Monitor) -> Monitor:
-    """Make ``val_<name>`` available to every evaluation: `function` gets the stats
-    (``{"mAP": ..., "mAP50": ..., "latency_ms": ...}``, without the prefix) and returns a float."""
-    if not name.isidentifier():
-        raise ValueError(f"monitor name must be an identifier, got {name!r}")
-    _MONITORS[name] = function
-    return function
-
-
-def weighted_monitor(weights: Mapping[str, float]) -> Monitor:
-    """``sum(weight * stat)``, e.g. ``{"mAP50": 0.1, "mAP": 0.9}``; unknown stat names fail at once."""
-    known = set(STAT_NAMES) | {"latency_ms"}
-    unknown = sorted(set(weights) - known)
-    if unknown:
-        raise ValueError(f"weighted monitor: unknown stats {unknown}; known: {sorted(known)}")
-    return lambda stats: math.fsum(float(weight) * stats[name] for name, weight in weights.items())
-
-
-def registered_monitors() -> dict[str, Monitor]:
-    return dict(_MONITORS)
-
 
 class CocoEvaluationCallback(keras.callbacks.Callback):
     """Every `every_epochs` epochs, COCO-evaluate the model on `dataset` and add the stats to logs.
@@ -55,7 +30,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     areas, original image ids: what pycocotools gives on the dataset's files); without them the
     batch's own padded boxes are used. `max_detections` may be any N >= 1 (COCO's maxDets
     ``[1, min(10, N), N]``). With `weight_average`
-    (:class:`detkeeper.training.ema.WeightAverage`) the averaged weights are evaluated. With
+    (:class:`detkeeper.models.ema.WeightAverage`) the averaged weights are evaluated. With
     `distributed` (:class:`detkeeper.evaluation.distributed.DistributedValidation`, under a
     tf.distribute strategy) every replica detects its share, the chief scores and the stats it
     computed are broadcast, so every worker's logs hold the same values; `dataset` is then unused.
@@ -104,13 +79,13 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     def stats(self, validation: ValidationPass) -> dict[str, float]:
         """Stats without prefix, custom monitors included."""
         stats = {**validation.result.stats, "latency_ms": validation.latency_ms}
-        for name, function in {**_MONITORS, **self.monitors}.items():
+        for name, function in {**registered_monitors(), **self.monitors}.items():
             stats[name] = float(function(stats))
         return stats
 
     def stat_names(self) -> list[str]:
         """The names :meth:`stats` returns, in its order."""
-        return [*STAT_NAMES, "latency_ms", *{**_MONITORS, **self.monitors}]
+        return [*MONITOR_STATS, *{**registered_monitors(), **self.monitors}]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_epochs and not self.model.stop_training:

@@ -297,7 +297,7 @@ def _detection_dicts(rows: _Rows, coco_id: np.ndarray) -> list[dict]:
 def _run_backend(backend: str, dataset: dict, detections: list[dict], max_detections: int):
     """The library's own COCO objects, built from memory, evaluated, accumulated and summarized."""
     if backend == "faster_coco_eval":
-        from faster_coco_eval import COCO, COCOeval_faster
+        from faster_coco_eval import COCO, COCOeval_faster  # optional: the evaluator backend is chosen at run time
 
         def quiet(*args, **kwargs) -> None:
             return None
@@ -306,8 +306,8 @@ def _run_backend(backend: str, dataset: dict, detections: list[dict], max_detect
         coco_dt = coco_gt.loadRes(detections)
         evaluation = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
     else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+        from pycocotools.coco import COCO  # optional: the evaluator backend is chosen at run time
+        from pycocotools.cocoeval import COCOeval  # optional: the evaluator backend is chosen at run time
 
         coco_gt = COCO()
         coco_gt.dataset = dataset

@@ -32,13 +32,24 @@ from typing import Any, Callable
 
 import numpy as np
 
+from detkeeper import __version__
+from detkeeper.config.schema import SPLITS, DataConfig, SourceConfig
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
+from detkeeper.data.sources import DataSources, detect_format
 from detkeeper.errors import DataError, DetkeeperError
+from detkeeper.evaluation.coco import BACKENDS
+from detkeeper.evaluation.plots import save_precision_recall_plots
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.files import atomic_write_text
-from detkeeper.model_source import CONFIG_SPLITS
-from detkeeper.rundir import RunDirectory
+from detkeeper.evaluation.runner import compiled_detect, run_export_validation, run_validation
+from detkeeper.files import atomic_write_text, json_number
+from detkeeper.run.evaluations import (DETECTIONS_FILE, METRICS_FILE, PR_CURVES_DIR, evaluation_dir,
+                                       export_evaluation_dir)
+from detkeeper.run.exports import export_assets
+from detkeeper.run.layout import CONFIG_FILE, RunDirectory
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.sources import find_saved_model, resolve_model_source, run_config
 
 logger = logging.getLogger("detkeeper.evaluation")
 
@@ -104,7 +115,7 @@ def evaluate(model_source: str | os.PathLike, data: str | os.PathLike | None = N
              checkpoint: str | int | None = None, out_dir: str | os.PathLike | None = None,
              backend: str = "faster_coco_eval", progress: Callable[[int], None] | None = None,
              label_map: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-             batch_size: int | None = None) -> EvaluationReport:
+             batch_size: int | None = None, load_export: Callable[[Path], Any] | None = None) -> EvaluationReport:
     """COCO-evaluate a model on a split of its run's config or on a dataset; write the results.
 
     `model_source`: a run directory, a checkpoint in it (``RUN/checkpoints/step-NNNNNNN/ckpt`` or
@@ -115,21 +126,23 @@ def evaluate(model_source: str | os.PathLike, data: str | os.PathLike | None = N
     JSON (`images`: its image folder) or TFRecords (`label_map` when they carry no class names).
     A dataset's classes are matched to the model's by name. `progress` is called with the number
     of images after each batch. See :class:`PreparedEvaluation` to know the image count first.
+    `load_export` loads an export (``detkeeper.export.predictor.load``; the layer above passes it:
+    ``detkeeper.evaluate`` and ``detkeeper evaluate`` do), needed only when `model_source` is one.
     """
     prepared = prepare_evaluation(model_source, data, split, checkpoint=checkpoint, label_map=label_map,
-                                  images=images, batch_size=batch_size)
+                                  images=images, batch_size=batch_size, load_export=load_export)
     return prepared.run(out_dir=out_dir, backend=backend, progress=progress)
 
 
 def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike | None = None,
                        split: str | None = None, *, checkpoint: str | int | None = None,
                        label_map: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                       batch_size: int | None = None) -> "PreparedEvaluation":
+                       batch_size: int | None = None, load_export: Callable[[Path], Any] | None = None
+                       ) -> "PreparedEvaluation":
     """The model restored and the data read and checked, ready to :meth:`~PreparedEvaluation.run`
     (arguments as for :func:`evaluate`)."""
-    from detkeeper.model_source import find_saved_model, resolve_model_source, restore_run_checkpoint
 
-    config_split = data is None or (isinstance(data, str) and data in CONFIG_SPLITS)
+    config_split = data is None or (isinstance(data, str) and data in SPLITS)
     split_name = None
     if config_split:
         split_name = str(data) if data is not None else (split or "val")
@@ -137,8 +150,12 @@ def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike 
             raise DetkeeperError(f"--data {data} names a split of the run's config; --split {split} contradicts it")
     saved_model = find_saved_model(model_source)
     if saved_model is not None:
-        return _prepare_export(saved_model, model_source, checkpoint, data, split, split_name, label_map, images,
-                               batch_size)
+        if load_export is None:
+            raise DetkeeperError(f"{model_source} is an export: evaluating one needs its loader; use "
+                                 "detkeeper.evaluate or `detkeeper evaluate`, or pass "
+                                 "load_export=detkeeper.export.predictor.load")
+        return _prepare_export(load_export(saved_model), saved_model, model_source, checkpoint, data, split,
+                               split_name, label_map, images, batch_size)
     run, which = resolve_model_source(model_source, checkpoint)
     restored = restore_run_checkpoint(run, which, keep_split=split_name)
     config, model_label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
@@ -152,20 +169,17 @@ def prepare_evaluation(model_source: str | os.PathLike, data: str | os.PathLike 
                               model_source=os.fspath(model_source))
 
 
-def _prepare_export(saved_model: Path, model_source, checkpoint, data, split, split_name, label_map, images,
-                    batch_size) -> "PreparedEvaluation":
+def _prepare_export(predictor, saved_model: Path, model_source, checkpoint, data, split, split_name, label_map,
+                    images, batch_size) -> "PreparedEvaluation":
     """An export evaluated through its own serving signature (it resizes images itself). Its config
-    and label map come from the SavedModel's assets, so config splits work without the run."""
-    from detkeeper.export.predictor import load
-    from detkeeper.model_source import run_config
-
+    and label map come from the SavedModel's assets, so config splits work without the run.
+    `predictor` is the loaded export (``.label_map``, ``.metadata``, ``.source``, ``.detect_encoded``)."""
     if checkpoint is not None:
         raise DetkeeperError(f"{model_source} is an export: it holds one checkpoint's weights; --checkpoint "
                              "applies to run directories")
-    predictor = load(saved_model)
-    assets = RunDirectory(saved_model / "assets")
+    assets = RunDirectory(export_assets(saved_model))
     if predictor.label_map is None or not assets.config_path.is_file():
-        raise DetkeeperError(f"{saved_model}: not a detkeeper export (no metadata signature or config.yaml "
+        raise DetkeeperError(f"{saved_model}: not a detkeeper export (no metadata signature or {CONFIG_FILE} "
                              "asset); detkeeper evaluates its own exports, TF OD API ones via `detkeeper predict`")
     config = run_config(assets, keep_split=split_name)
     if split_name is not None:
@@ -180,8 +194,6 @@ def _prepare_export(saved_model: Path, model_source, checkpoint, data, split, sp
 
 # -- the data -----------------------------------------------------------------------------------
 def _config_split(config, run: RunDirectory, split: str) -> _Data:
-    from detkeeper.data.sources import DataSources
-
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
     sources = DataSources(data_config)
     prepared = sources.prepare(split)
@@ -192,9 +204,6 @@ def _config_split(config, run: RunDirectory, split: str) -> _Data:
 def _dataset(path: str, split: str | None, model_label_map: LabelMap, max_boxes: int,
              label_map: str | os.PathLike | None, images: str | os.PathLike | None) -> _Data:
     """A dataset path read as ``detkeeper data check`` reads it, classes mapped onto the model's."""
-    from detkeeper.data.sources import detect_format
-    from detkeeper.config.schema import DataConfig, SourceConfig
-    from detkeeper.data.sources import DataSources
 
     fmt = detect_format(path)
     if split is not None and fmt != "voc":
@@ -254,17 +263,11 @@ class PreparedEvaluation:
 
     def default_out_dir(self) -> Path:
         if self.predictor is not None:  # beside the export: EXPORTS/eval-<export>-<data>
-            export = Path(self.predictor.source)
-            export = export.parent if export.name == "saved_model" else export
-            return export.parent / f"eval-{export.name}-{self.data.name}"
-        return self.rundir.path / "eval" / f"{self.checkpoint.name}-{self.data.name}"
+            return export_evaluation_dir(self.predictor.source, self.data.name)
+        return evaluation_dir(self.rundir, self.checkpoint.name, self.data.name)
 
     def run(self, out_dir: str | os.PathLike | None = None, backend: str = "faster_coco_eval",
             progress: Callable[[int], None] | None = None) -> EvaluationReport:
-        from detkeeper.data.pipeline import evaluation_dataset
-        from detkeeper.evaluation.coco import BACKENDS
-        from detkeeper.evaluation.plots import save_precision_recall_plots
-        from detkeeper.evaluation.runner import compiled_detect, run_export_validation, run_validation
 
         if backend not in BACKENDS:
             raise DetkeeperError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -287,11 +290,11 @@ class PreparedEvaluation:
                                         on_batch=results.add)
         seconds = time.perf_counter() - started
         out = Path(out_dir) if out_dir is not None else self.default_out_dir()
-        detections_path = atomic_write_text(out / "detections.json",
+        detections_path = atomic_write_text(out / DETECTIONS_FILE,
                                             json.dumps(results.as_json(self.data.records)) + "\n")
-        plots = tuple(save_precision_recall_plots(validation.result, out / "pr_curves"))
+        plots = tuple(save_precision_recall_plots(validation.result, out / PR_CURVES_DIR))
         metrics = self._metrics(validation, seconds, out, detections_path, plots)
-        metrics_path = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        metrics_path = atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         logger.debug("evaluated %s on %s: mAP %.4f; results in %s", self.model_source, self.data.description,
                      validation.result.stats["mAP"], out)
         return EvaluationReport(result=validation.result, latency_ms=validation.latency_ms,
@@ -300,8 +303,6 @@ class PreparedEvaluation:
                                 detections_path=detections_path, plot_paths=plots, metrics=metrics)
 
     def _metrics(self, validation, seconds: float, out: Path, detections_path: Path, plots) -> dict:
-        from detkeeper import __version__
-
         result, checkpoint, data = validation.result, self.checkpoint, self.data
         return {
             "detkeeper_version": __version__,
@@ -311,7 +312,8 @@ class PreparedEvaluation:
                       "image_size": self.config.model.image_size},
             "checkpoint": {"name": checkpoint.name, "step": checkpoint.step, "ema": checkpoint.ema,
                            "path": checkpoint.path,
-                           "recorded_in_ledger": {key: _json_float(value) for key, value in checkpoint.metrics.items()}},
+                           "recorded_in_ledger": {key: json_number(value)
+                                                  for key, value in checkpoint.metrics.items()}},
             "data": {"description": data.description, "format": data.format, "config_split": data.split,
                      "num_images": validation.num_images, "records_read": data.num_read,
                      "problems": data.problems},
@@ -352,6 +354,3 @@ class _CocoResults:
         return [{"image_id": original[image_id], "category_id": category, "bbox": box, "score": score}
                 for image_id, category, box, score in self.rows]
 
-
-def _json_float(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)

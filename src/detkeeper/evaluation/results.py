@@ -21,8 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
-              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+from detkeeper.config.schema import STAT_NAMES
 
 # coco_tools.COCOEvalWrapper.ComputeMetrics' keys, prefixed as coco_evaluation.py does, in COCO's order.
 _TF_OD_API_NAMES = tuple("DetectionBoxes_" + name for name in (

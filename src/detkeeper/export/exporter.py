@@ -26,20 +26,29 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import shutil
+import time
 from pathlib import Path
 
+import keras
+import tensorflow as tf
+
+from detkeeper import __version__
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError, RunFailed
-from detkeeper.files import atomic_write_text, fsync_directory, is_out_of_space, out_of_space
-from detkeeper.rundir import RunDirectory
+from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES, DetectionModule, ServingSettings
+from detkeeper.export.tflite import export_tflite
+from detkeeper.export.verify import verify_saved_model
+from detkeeper.files import atomic_write_text, fsync_directory, is_out_of_space, json_number, out_of_space
+from detkeeper.models.archive import save_keras_archive
+from detkeeper.run.exports import METADATA_FILE, ExportPaths, default_export_dir
+from detkeeper.run.layout import CONFIG_FILE, LABEL_MAP_FILE, RunDirectory
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.sources import resolve_model_source
 
 logger = logging.getLogger("detkeeper.export")
 
-PARTIAL_PREFIX = ".partial-"
-VERIFICATION_FILE = "verification.json"
-METADATA_FILE = "metadata.json"
 BOX_CONVENTION = "detection_boxes: [ymin, xmin, ymax, xmax] normalized to the original image (0..1)"
 CLASS_CONVENTION = ("detection_classes: label-map ids (1-based, as in label_map.pbtxt and the TF OD API); "
                     "the model's contiguous class index is id position in the label map")
@@ -76,13 +85,6 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     `verify_images` images of the run's validation split (else test, else train). With `tflite`,
     TFLite models are converted and scored on the same images too; one that does not convert is
     reported in ``verification.json`` (and the result), not raised."""
-    import time
-
-    from detkeeper.export.serving import DetectionModule
-    from detkeeper.export.verify import verify_saved_model
-    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
-    from detkeeper.models.archive import save_keras_archive
-
     if verify_images < 1:
         raise DetkeeperError(f"verification images: expected at least 1, got {verify_images}")
     run, which = resolve_model_source(source, checkpoint)
@@ -93,68 +95,66 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
     _use_thresholds(model, settings)  # verification's reference (model.detect) then agrees with the export
     records = _verification_records(config, run, split, verify_images)
 
-    out_dir = Path(out) if out is not None else run.path / "exports" / entry.name
+    out_dir = Path(out) if out is not None else default_export_dir(run, entry.name)
+    paths = ExportPaths(out_dir)
     _finish_interrupted_publish(out_dir)
     if out_dir.exists() and not overwrite:
         raise DetkeeperError(f"{out_dir} already exists; choose another --out, or --overwrite to replace it "
                              "(the old export stays until the new one is verified)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f"{PARTIAL_PREFIX}{out_dir.name}"
+    staging = paths.staging
+    staged = ExportPaths(staging)
     if staging.exists():  # left by an export that was killed
         shutil.rmtree(staging)
     staging.mkdir()
     try:
         metadata = export_metadata(restored, settings, verification_images=(split, len(records)))
         metadata_json = _metadata_json(metadata)
-        assets = {"label_map.pbtxt": label_map.write(staging / "label_map.pbtxt"),
-                  "config.yaml": atomic_write_text(staging / "config.yaml", run.config_path.read_text("utf-8")),
-                  METADATA_FILE: atomic_write_text(staging / METADATA_FILE, metadata_json)}
+        assets = {LABEL_MAP_FILE: label_map.write(staging / LABEL_MAP_FILE),
+                  CONFIG_FILE: atomic_write_text(staging / CONFIG_FILE, run.config_path.read_text("utf-8")),
+                  METADATA_FILE: atomic_write_text(staged.metadata, metadata_json)}
         module = DetectionModule(model, label_map, settings, metadata_json,
                                  {name: os.fspath(path) for name, path in assets.items()})
         seconds = {}
         started = time.perf_counter()
-        _save_saved_model(module, staging / "saved_model")
+        _save_saved_model(module, staged.saved_model)
         seconds["save"] = time.perf_counter() - started
         started = time.perf_counter()
-        save_keras_archive(model, staging / "model.keras")
+        save_keras_archive(model, staged.keras)
         seconds["keras"] = time.perf_counter() - started
         started = time.perf_counter()
-        verification = verify_saved_model(staging / "saved_model", model, label_map, records,
+        verification = verify_saved_model(staged.saved_model, model, label_map, records,
                                           max_boxes=config.data.max_boxes, metadata_json=metadata_json,
-                                          keras_path=staging / "model.keras")
+                                          keras_path=staged.keras)
         seconds["verify"] = time.perf_counter() - started
         report = {**verification.to_json_dict(), "verified_at": _now()}
         if not verification.passed:
-            failed = out_dir.parent / f"{out_dir.name}.verification-failed.json"
+            failed = paths.failed_record
             atomic_write_text(failed, json.dumps(report, indent=2) + "\n")
             raise ExportVerificationFailed(
                 f"the export of {entry.name} of {run.path} does not answer as the checkpoint does, so it was "
                 f"not published: {'; '.join(verification.problems[:3])}. Full report: {failed}")
         tflite_report = None
         if tflite:
-            from detkeeper.export.tflite import export_tflite
-
             started = time.perf_counter()
-            tflite_report = export_tflite(model, label_map, records, staging / "tflite",
+            tflite_report = export_tflite(model, label_map, records, staged.tflite,
                                           max_boxes=config.data.max_boxes)
             seconds["tflite"] = time.perf_counter() - started
             report["tflite"] = tflite_report.to_json_dict()
-        atomic_write_text(staging / VERIFICATION_FILE, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(staged.verification, json.dumps(report, indent=2) + "\n")
         _publish(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     logger.debug("exported %s (step %d) of %s to %s; %s", entry.name, entry.step, run.path, out_dir,
                 verification.summary())
-    return ExportResult(out_dir=out_dir, saved_model_dir=out_dir / "saved_model", keras_path=out_dir / "model.keras",
+    return ExportResult(out_dir=out_dir, saved_model_dir=paths.saved_model, keras_path=paths.keras,
                         metadata=metadata, verification=verification, seconds=seconds, tflite=tflite_report)
 
 
 def serving_settings(config, score_threshold: float | None = None, iou_threshold: float | None = None,
                      max_detections: int | None = None):
     """The export's post-processing: the run's ``evaluation`` section unless overridden."""
-    from detkeeper.export.serving import ServingSettings
-
     evaluation = config.evaluation
     settings = ServingSettings(
         score_threshold=evaluation.score_threshold if score_threshold is None else float(score_threshold),
@@ -167,8 +167,6 @@ def serving_settings(config, score_threshold: float | None = None, iou_threshold
 def serving_module_for(restored, settings=None):
     """The serving module of a restored checkpoint, in memory (``detkeeper.load`` of a run), and
     its metadata. Sets the model's own thresholds to the module's, so ``model.detect`` agrees."""
-    from detkeeper.export.serving import DetectionModule
-
     settings = settings or serving_settings(restored.config)
     _use_thresholds(restored.model, settings)
     metadata = export_metadata(restored, settings)
@@ -185,8 +183,6 @@ def _metadata_json(metadata: dict) -> str:
 
 
 def _save_saved_model(module, path: Path) -> None:
-    import tensorflow as tf
-
     try:
         tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
     except Exception as error:  # e.g. the disk is full: the staging folder is removed, nothing published
@@ -202,7 +198,7 @@ def _publish(staging: Path, out_dir: Path) -> None:
     """Rename the verified staging folder to `out_dir`; an export already there is replaced only now."""
     replaced = None
     if out_dir.exists():
-        replaced = out_dir.parent / f"{PARTIAL_PREFIX}replaced-{out_dir.name}"
+        replaced = ExportPaths(out_dir).replaced
         if replaced.exists():
             shutil.rmtree(replaced)
         os.replace(out_dir, replaced)
@@ -216,7 +212,7 @@ def _finish_interrupted_publish(out_dir: Path) -> None:
     """An export killed between the two renames of `_publish` left the export it was replacing in
     ``.partial-replaced-<name>`` and nothing at `out_dir`: put it back (it was verified when it was
     published). Killed after both renames, only the removal of the old one is left to do."""
-    replaced = out_dir.parent / f"{PARTIAL_PREFIX}replaced-{out_dir.name}"
+    replaced = ExportPaths(out_dir).replaced
     if not replaced.is_dir():
         return
     if out_dir.exists():
@@ -228,18 +224,12 @@ def _finish_interrupted_publish(out_dir: Path) -> None:
 
 def _verification_split(run: RunDirectory) -> str | None:
     """The first of val, test, train that the run's config sets (its images verify the export)."""
-    from detkeeper.config.yamlio import parse_yaml
-
-    raw = parse_yaml(run.config_path.read_text(encoding="utf-8"), str(run.config_path)) \
-        if run.config_path.is_file() else None
-    data = raw.get("data") if isinstance(raw, dict) else None
-    return next((name for name in ("val", "test", "train") if isinstance(data, dict) and data.get(name)), None)
+    configured = run.configured_splits()
+    return next((name for name in ("val", "test", "train") if name in configured), None)
 
 
 def _verification_records(config, run: RunDirectory, split: str | None, count: int):
     """Up to `count` images of `split` (ground truth included, for the mAP check)."""
-    from detkeeper.data.sources import DataSources
-
     if split is None:
         raise DetkeeperError(f"{run.config_path}: the run's config sets no data split, so there are no images "
                              "to verify the export on")
@@ -254,12 +244,6 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
 
 def export_metadata(restored, settings, verification_images: tuple[str | None, int] | None = None) -> dict:
     """What ``metadata.json`` says: the model, its conventions and thresholds, where it came from."""
-    import keras
-    import tensorflow as tf
-
-    from detkeeper import __version__
-    from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES
-
     config, run, entry, label_map = restored.config, restored.run, restored.entry, restored.label_map
     split, num_images = verification_images or (None, 0)
     return {
@@ -280,18 +264,13 @@ def export_metadata(restored, settings, verification_images: tuple[str | None, i
         "outputs": list(OUTPUT_KEYS),
         "source": {"run_dir": str(run.path), "checkpoint": entry.name, "checkpoint_path": restored.checkpoint_path,
                    "step": entry.step, "epoch": entry.epoch, "ema": entry.ema, "monitor": config.evaluation.monitor,
-                   "monitored_value": _finite_or_none(entry.monitor_value),
-                   "validation": {key: _finite_or_none(value) for key, value in entry.metrics.items()
+                   "monitored_value": json_number(entry.monitor_value),
+                   "validation": {key: json_number(value) for key, value in entry.metrics.items()
                                   if key.startswith("val_")}},
         "verification_images": {"split": split, "count": num_images},
         "versions": {"detkeeper": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
         "created": _now(),
     }
-
-
-def _finite_or_none(value) -> float | None:
-    """JSON has no NaN: a metric that was NaN is written as null."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _now() -> str:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.record import yxyx_to_xywh
 from detkeeper.files import atomic_path, atomic_write_text
+from detkeeper.visualize import draw_boxes
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -41,10 +43,6 @@ def write_predictions(found: Sequence, predictor, out: Path, *, min_score: float
 
 
 def _draw(item, keep: np.ndarray, label_map: LabelMap, path: Path) -> None:
-    from PIL import Image
-
-    from detkeeper.visualize import draw_boxes
-
     with Image.open(item.image) as image:
         drawn = draw_boxes(image.convert("RGB"), item.boxes[keep], item.class_ids[keep].tolist(), label_map,
                            item.scores[keep].tolist())

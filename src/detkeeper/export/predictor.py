@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import denormalize_yxyx_batch
 from detkeeper.errors import DataError, DetkeeperError
+from detkeeper.export.exporter import serving_module_for
 from detkeeper.export.serving import DETECTION_KEYS
+from detkeeper.run.restore import restore_run_checkpoint
+from detkeeper.run.sources import find_saved_model, resolve_model_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +69,6 @@ class Predictor:
     def __call__(self, images) -> dict[str, np.ndarray]:
         """The SavedModel's outputs (normalized boxes, float ids) for uint8 ``[B, H, W, 3]`` images
         of one size (or one ``[H, W, 3]`` image)."""
-        import tensorflow as tf
-
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -76,8 +78,6 @@ class Predictor:
 
     def detect_encoded(self, encoded: Sequence[bytes]) -> dict[str, np.ndarray]:
         """The SavedModel's outputs for encoded images (JPEG, PNG, BMP, GIF), each of its own size."""
-        import tensorflow as tf
-
         return _numpy(self._detect_encoded(tf.constant(list(encoded), tf.string)))
 
     def detect_files(self, paths: Iterable[str | os.PathLike], *, batch_size: int = 8,
@@ -124,8 +124,6 @@ class Predictor:
 def load(path: str | os.PathLike, checkpoint: str | int | None = None) -> Predictor:
     """A :class:`Predictor` for an export directory or SavedModel (TF OD API ones too), or for a
     run directory / checkpoint (`checkpoint`: best, latest or a step)."""
-    from detkeeper.model_source import find_saved_model
-
     saved_model = find_saved_model(path)
     if saved_model is None:
         return _from_checkpoint(path, checkpoint)
@@ -136,8 +134,6 @@ def load(path: str | os.PathLike, checkpoint: str | int | None = None) -> Predic
 
 
 def _from_saved_model(folder: Path) -> Predictor:
-    import tensorflow as tf
-
     try:
         module = tf.saved_model.load(os.fspath(folder))
     except (tf.errors.OpError, ValueError, OSError, IndexError) as error:  # IndexError: a truncated file
@@ -164,9 +160,6 @@ def _from_saved_model(folder: Path) -> Predictor:
 
 
 def _from_checkpoint(path, checkpoint) -> Predictor:
-    from detkeeper.export.exporter import serving_module_for
-    from detkeeper.model_source import resolve_model_source, restore_run_checkpoint
-
     run, which = resolve_model_source(path, checkpoint)
     restored = restore_run_checkpoint(run, which)
     module, metadata = serving_module_for(restored)

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from detkeeper.data import augment
 from detkeeper.data.label_map import LabelMap
+from detkeeper.errors import DetkeeperError
 from detkeeper.models import boxes as box_ops
 
 #: The detections every detection SavedModel has (detkeeper exports before the raw outputs too).
@@ -67,8 +68,6 @@ class ServingSettings:
     max_detections: int
 
     def validate(self) -> None:
-        from detkeeper.errors import DetkeeperError
-
         if not 0.0 <= self.score_threshold < 1.0:
             raise DetkeeperError(f"score threshold: expected 0 <= value < 1, got {self.score_threshold}")
         if not 0.0 < self.iou_threshold <= 1.0:

@@ -59,7 +59,7 @@ def _layout(outputs) -> dict:
 
 def main(saved_model_dir: str, images_dir: str) -> dict:
     sys.meta_path.insert(0, _RefuseDetkeeper())
-    import tensorflow as tf
+    import tensorflow as tf  # order: only after the hook that refuses detkeeper is installed
 
     started = time.perf_counter()
     model = tf.saved_model.load(saved_model_dir)

@@ -53,18 +53,18 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
+from detkeeper.evaluation.runner import compiled_detect, run_validation
+from detkeeper.export.verify import TOLERANCE, _compare, _normalized_rows
 from detkeeper.files import atomic_write_bytes, atomic_write_text
+from detkeeper.run.exports import TFLITE_CONTRACT_FILE, TFLITE_FILES, TFLITE_QUANTIZATION
 
-#: Variant name -> file name, in the order they are converted.
-VARIANTS = {"float32": "model_float32.tflite", "int8_dynamic": "model_int8_dynamic.tflite"}
-#: Variant name -> what it is, as the CLI and the report name it (``quantization`` in tflite.json's models).
-QUANTIZATION = {"float32": "float32 (not quantized)",
-                "int8_dynamic": "dynamic-range int8 (int8 weights, float32 activations)"}
-CONTRACT_FILE = "tflite.json"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 _INTERPRETER_DEPRECATION = ".*tf.lite.Interpreter is deprecated.*"
 
@@ -93,7 +93,7 @@ class TFLiteModel:
 
     @property
     def quantization(self) -> str:
-        return QUANTIZATION.get(self.variant, self.variant)
+        return TFLITE_QUANTIZATION.get(self.variant, self.variant)
 
     def describe(self) -> str:
         if not self.ok:
@@ -131,15 +131,13 @@ def export_tflite(model, label_map: LabelMap, records: Sequence[DetectionRecord]
     """Convert `model` (thresholds already the export's) to ``out_dir/model_float32.tflite`` and
     ``out_dir/model_int8_dynamic.tflite`` (dynamic-range: int8 weights, float32 activations), verify each on `records` against the model's own
     detections and mAP, and write ``out_dir/tflite.json`` (contract and results)."""
-    from detkeeper.evaluation.runner import compiled_detect, run_validation
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     converted: dict[str, _Converted | TFLiteModel] = {}
     with tempfile.TemporaryDirectory(prefix="detkeeper-tflite-") as folder:
         failure = _write_conversion_saved_model(model, label_map, Path(folder))
-        for variant in VARIANTS:
+        for variant in TFLITE_FILES:
             converted[variant] = (_failed(variant, "did not convert", failure) if failure is not None
                                   else _convert(variant, Path(folder)))
     map_checkpoint, reference_rows = None, []
@@ -149,12 +147,12 @@ def export_tflite(model, label_map: LabelMap, records: Sequence[DetectionRecord]
                                    max_detections=model.max_detections)
         map_checkpoint = _map_or_none(reference, records)
     results = [item if isinstance(item, TFLiteModel) else
-               _verify(variant, item, out_dir / VARIANTS[variant], model, label_map, records, max_boxes,
+               _verify(variant, item, out_dir / TFLITE_FILES[variant], model, label_map, records, max_boxes,
                        reference_rows, map_checkpoint)
                for variant, item in converted.items()]
     report = TFLiteReport(models=tuple(results), contract=tflite_contract(model, label_map),
                           map_checkpoint=map_checkpoint, num_images=len(records), seconds=time.perf_counter() - started)
-    atomic_write_text(out_dir / CONTRACT_FILE, json.dumps(report.to_json_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / TFLITE_CONTRACT_FILE, json.dumps(report.to_json_dict(), indent=2) + "\n")
     return report
 
 
@@ -163,7 +161,7 @@ def tflite_contract(model, label_map: LabelMap) -> dict:
     size, detections = int(model.image_size), int(model.max_detections)
     return {
         "format": "detkeeper-tflite/1",
-        "files": dict(VARIANTS),
+        "files": dict(TFLITE_FILES),
         "int8_dynamic": "dynamic-range quantization: weights int8, activations float32 (converter.optimizations = "
                         "[tf.lite.Optimize.DEFAULT], no representative dataset), so not an integer-only model; "
                         "same inputs and outputs as float32",
@@ -194,8 +192,6 @@ def tflite_contract(model, label_map: LabelMap) -> dict:
 def canvas_detect_function(model, label_map: LabelMap):
     """``images [1, S, S, 3] -> {detection_boxes, ...}`` with NMS made of TFLite builtins (the
     graph that is converted); the same detections as ``model.detect``."""
-    import tensorflow as tf
-
     size, detections = int(model.image_size), int(model.max_detections)
     label_ids = tf.constant([0.0] + [float(class_id) for class_id in label_map.ids], tf.float32)  # index + 1 -> id
 
@@ -226,8 +222,6 @@ def canvas_detect_function(model, label_map: LabelMap):
 def load_interpreter(path: str | os.PathLike, num_threads: int | None = None):
     """``tf.lite.Interpreter`` for `path`, its deprecation notice silenced (LiteRT's
     ``ai_edge_litert.interpreter.Interpreter`` has the same API), and its signature runner."""
-    import tensorflow as tf
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_INTERPRETER_DEPRECATION, category=UserWarning)
         interpreter = tf.lite.Interpreter(model_path=os.fspath(path), num_threads=num_threads)
@@ -236,9 +230,6 @@ def load_interpreter(path: str | os.PathLike, num_threads: int | None = None):
 
 def _write_conversion_saved_model(model, label_map: LabelMap, folder: Path) -> str | None:
     """The graph to convert, as a SavedModel in `folder`; the reason when it cannot be written."""
-    import keras
-    import tensorflow as tf
-
     size = int(model.image_size)
     try:
         archive = keras.export.ExportArchive()
@@ -258,8 +249,6 @@ class _Converted:
 
 
 def _convert(variant: str, saved_model: Path) -> _Converted | TFLiteModel:
-    import tensorflow as tf
-
     started = time.perf_counter()
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(saved_model))
@@ -275,9 +264,6 @@ def _verify(variant: str, converted: _Converted, path: Path, model, label_map: L
             reference_rows: list[dict], map_checkpoint: float | None) -> TFLiteModel:
     """Write the model to `path`, run it on `records` and compare with the checkpoint's detections;
     the file is removed again when it does not run, or (float32) does not answer like the checkpoint."""
-    from detkeeper.evaluation.runner import run_validation
-    from detkeeper.export.verify import TOLERANCE, _compare, _normalized_rows
-
     data, convert_seconds = converted.data, converted.seconds
     atomic_write_bytes(path, data)
     rows: list[dict] = []
@@ -346,8 +332,6 @@ def _recording(detect, rows: list[dict]):
 
 
 def _dataset(model, label_map: LabelMap, records, max_boxes: int):
-    from detkeeper.data.pipeline import evaluation_dataset
-
     return evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8, max_boxes=max_boxes)
 
 

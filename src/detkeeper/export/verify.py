@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch, normalize_yxyx_batch
 from detkeeper.errors import DataError, RunFailed
+from detkeeper.evaluation.coco import CocoEvaluator
+from detkeeper.evaluation.runner import compiled_detect, original_detections, records_ground_truth
+from detkeeper.export.serving import OUTPUT_LAYOUT
+from detkeeper.models.archive import load_keras_archive
 
 #: Largest differences accepted between checkpoint and export (boxes normalized to the image), and
 #: (``anchor_box``) between a detection's box and its anchor's raw box, both from the same export call.
@@ -127,8 +133,6 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
 def _output_problems(answered: dict, label_map: LabelMap, max_detections: int) -> list[str]:
     """What is wrong with the outputs' keys, dtypes and shapes (``output_layouts``), and with the
     anchors the detections name (``anchor_indices`` ... of each row), as the fresh process saw them."""
-    from detkeeper.export.serving import OUTPUT_LAYOUT
-
     problems = []
     anchors_of = {}
     for name, layout in answered["output_layouts"].items():
@@ -203,9 +207,6 @@ def _run_standalone(saved_model_dir, images_dir: str) -> dict:
 
 def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
     """The checkpoint's detections as ``detkeeper evaluate`` computes them, normalized like an export's."""
-    from detkeeper.data.pipeline import evaluation_dataset
-    from detkeeper.evaluation.runner import compiled_detect, original_detections
-
     detect = compiled_detect(model)
     rows, sizes, canvases = [], [], []
     for batch in evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8,
@@ -224,10 +225,6 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
 
 def _keras_archive_difference(path, model, canvases) -> float:
     """Largest difference between the raw outputs of the reloaded archive and of `model`."""
-    import tensorflow as tf
-
-    from detkeeper.models.archive import load_keras_archive
-
     reloaded = load_keras_archive(path)
     largest = 0.0
     for images in canvases:
@@ -283,9 +280,6 @@ def _compare(expected: dict, got: dict, score_threshold: float, max_detections: 
 
 
 def _mean_ap(rows: list[dict], sizes, records, label_map: LabelMap, max_detections: int) -> float:
-    from detkeeper.evaluation.coco import CocoEvaluator
-    from detkeeper.evaluation.runner import records_ground_truth
-
     evaluator = CocoEvaluator(label_map, max_detections=max_detections)
     width = max([len(row["scores"]) for row in rows] + [1])
     boxes = np.zeros([len(rows), width, 4], np.float32)

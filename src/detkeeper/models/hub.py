@@ -90,7 +90,7 @@ HUB_WIDTH = 256  # keras-hub's FeaturePyramid and PredictionHead width; RetinaNe
 def import_keras_hub(model_name: str):
     """keras_hub, imported on first use; a ConfigError saying how to install it when it is missing."""
     try:
-        import keras_hub
+        import keras_hub  # optional: keras-hub is an optional dependency
     except ImportError as error:
         raise ConfigError(f"model {model_name!r} needs keras-hub: pip install 'detkeeper[hub]'") from error
     return keras_hub

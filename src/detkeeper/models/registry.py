@@ -12,6 +12,7 @@ import importlib
 from typing import Callable
 
 from detkeeper.errors import ConfigError
+from detkeeper.models.custom import import_custom_objects
 
 #: Modules whose import registers models; listed here so the registry fills without side effects
 #: at `import detkeeper`.
@@ -25,6 +26,11 @@ class Postprocess:
     score_threshold: float = 0.05
     iou_threshold: float = 0.5
     max_detections: int = 100
+
+    @classmethod
+    def from_config(cls, evaluation) -> "Postprocess":
+        """The settings of a run config's ``evaluation`` section, which training and restoring share."""
+        return cls(evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections)
 
 
 ModelBuilder = Callable[..., object]  # (model_config, num_classes, postprocess) -> Detector
@@ -67,8 +73,6 @@ def model_config_problems(model_config) -> list[str]:
     Imports ``model.custom_objects_module`` (it may register the model) and runs the family's
     registered check; builds nothing and reads no data.
     """
-    from detkeeper.models.custom import import_custom_objects  # here: it imports Keras, this module does not
-
     _load_families()
     try:
         import_custom_objects(model_config.custom_objects_module)
@@ -100,8 +104,6 @@ def build_model(model_config, num_classes: int, postprocess: Postprocess | None 
     ``model.custom_objects_module`` is imported first, so it can register Keras layers (for
     ``model.head.block``) and whole models (with :func:`register_model`) that the name refers to.
     """
-    from detkeeper.models.custom import import_custom_objects  # here: it imports Keras, this module does not
-
     _load_families()
     import_custom_objects(model_config.custom_objects_module)
     if model_config.name not in _BUILDERS:

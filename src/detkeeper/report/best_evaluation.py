@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError
+from detkeeper.evaluation.evaluate import prepare_evaluation
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.rundir import RunDirectory
-from detkeeper.training.ledger import LedgerEntry
+from detkeeper.evaluation.runner import original_detections
+from detkeeper.run.evaluations import METRICS_FILE, cached_evaluation_dir
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import LedgerEntry
+from detkeeper.run.sources import run_config
 
 SAMPLE_MIN_SCORE = 0.3  # what `detkeeper predict` and TensorBoard's pictures call a detection
 DEFAULT_SAMPLES = 4
@@ -58,27 +63,10 @@ class BestEvaluation:
     source: str  # for the page: "RUN/eval/step-…-val (detkeeper evaluate)", ...
 
 
-def cached_evaluation_dir(run: RunDirectory, best: LedgerEntry) -> Path | None:
-    """``RUN/eval/<best>-val`` when it holds an evaluation of `best` on data.val that scored what the
-    ledger recorded; else None."""
-    folder = run.path / "eval" / f"{best.name}-val"
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        same = (metrics["checkpoint"]["name"] == best.name and metrics["data"]["config_split"] == "val"
-                and (folder / metrics["files"]["detections"]).is_file())
-        recorded = best.metrics.get("val_mAP", math.nan)
-        scored = float(metrics["stats"]["mAP"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not same or (not math.isnan(recorded) and abs(scored - recorded) > 1e-6):
-        return None
-    return folder
-
-
 def load_evaluation(folder: Path, best: LedgerEntry, records: Sequence[DetectionRecord], count: int,
                     source: str) -> BestEvaluation:
     """The evaluation ``detkeeper evaluate`` wrote into `folder`; samples from its detections.json."""
-    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
     rows = json.loads((folder / metrics["files"]["detections"]).read_text(encoding="utf-8"))
     chosen = list(records[:count])
     wanted = {record.image_id for record in chosen}
@@ -99,8 +87,6 @@ def load_evaluation(folder: Path, best: LedgerEntry, records: Sequence[Detection
 
 def compute_evaluation(run: RunDirectory, best: LedgerEntry, count: int) -> BestEvaluation:
     """Evaluate `best` on data.val now (``detkeeper evaluate --model RUN``: writes ``RUN/eval/<best>-val``)."""
-    from detkeeper.evaluation.evaluate import prepare_evaluation
-
     prepared = prepare_evaluation(run.path, "val", checkpoint=str(best.step))
     report = prepared.run()
     return load_evaluation(report.out_dir, best, prepared.data.records, count,
@@ -109,9 +95,6 @@ def compute_evaluation(run: RunDirectory, best: LedgerEntry, count: int) -> Best
 
 def validation_records(run: RunDirectory) -> list[DetectionRecord]:
     """data.val of the run's config, read and checked as training read it."""
-    from detkeeper.data.sources import DataSources
-    from detkeeper.model_source import run_config
-
     config = run_config(run, keep_split="val")
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
     return list(DataSources(data_config).prepare("val", log_problems=False).records)
@@ -121,9 +104,6 @@ def detect_samples(model, records: Sequence[DetectionRecord], label_map: LabelMa
                    max_boxes: int) -> tuple[SamplePrediction, ...]:
     """`model`'s detections on `records` through detkeeper's evaluation path (the pipeline's resize,
     ``Detector.detect``, boxes mapped back to original pixels), as ``detkeeper evaluate`` scores them."""
-    from detkeeper.data.pipeline import evaluation_dataset
-    from detkeeper.evaluation.runner import original_detections
-
     if not records:
         return ()
     batch = next(iter(evaluation_dataset(list(records), label_map, image_size=image_size,
@@ -146,7 +126,7 @@ def find_best_evaluation(run: RunDirectory, best: LedgerEntry, *, count: int = D
     when there is none (for the page)."""
     folder = cached_evaluation_dir(run, best)
     if folder is None and not compute:
-        return None, (f"no evaluation of {best.name} on data.val in {_relative(run.path / 'eval', run)}/; "
+        return None, (f"no evaluation of {best.name} on data.val in {_relative(run.eval_path, run)}/; "
                       f"`detkeeper report {run.path}` computes it (one pass over data.val)")
     if folder is not None:
         source = f"{_relative(folder, run)} (detkeeper evaluate)"

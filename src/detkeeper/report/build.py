@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+import detkeeper.report.figures as figures
+from detkeeper import __version__
+from detkeeper.evaluation.plots import png_bytes, precision_recall_overview
 from detkeeper.files import atomic_write_text
-from detkeeper.report import figures
 from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, find_best_evaluation
-from detkeeper.report.exports import find_exports
 from detkeeper.report.history import Series, read_training_curves
 from detkeeper.report.page import PageParts, render_page
 from detkeeper.report.rundata import RunContents, read_run
+from detkeeper.run.exports import find_exports
 
 logger = logging.getLogger("detkeeper.report")
 
-REPORT_FILE = "report.html"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,21 +82,17 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         missing.append(evaluation_missing)
     pr_png, drawn = None, ()
     if evaluation is not None:
-        from detkeeper.evaluation.plots import png_bytes, precision_recall_overview
-
         pr_png = png_bytes(precision_recall_overview(evaluation.result))
         drawn, problem = _draw_samples(contents, evaluation)
         if problem:
             missing.append(problem)
             evaluation_missing = problem
 
-    from detkeeper import __version__
-
     parts = PageParts(contents=contents, generated=_now(), history_figures=tuple(history_figures),
                       history_missing=tuple(history_missing), exports=exports, evaluation=evaluation,
                       evaluation_missing=evaluation_missing, precision_recall_png=pr_png, samples=drawn,
                       version=__version__)
-    path = Path(out) if out is not None else contents.run.path / REPORT_FILE
+    path = Path(out) if out is not None else contents.run.report_path
     atomic_write_text(path, render_page(parts))
     seconds = time.perf_counter() - started
     logger.debug("report of %s written to %s in %.1f s", contents.run.path, path, seconds)
@@ -116,7 +113,7 @@ def _history_figures(contents: RunContents) -> tuple[list[tuple[str, bytes]], li
     else:
         missing.append("no evaluation yet, so no validation metrics to plot (checkpoints/ledger.json has no history)")
     last_step = max((row["step"] for row in history), default=None)
-    curves = read_training_curves(contents.run.logs_path / "train", last_step)
+    curves = read_training_curves(contents.run.train_logs_path, last_step)
     missing += [f"logs/train/{problem}" for problem in curves.problems]
     if curves.losses:
         steps = next(iter(curves.losses.values())).steps

@@ -13,12 +13,13 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
+from matplotlib.figure import Figure
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.evaluation.plots import png_bytes
 from detkeeper.report.history import Series
+from detkeeper.visualize import draw_boxes
 
 FIGURE_SIZE = (7.0, 3.8)  # inches, at 100 dpi: 700 x 380 px
 SAMPLE_SIDE = 360  # px: the long side of each drawn sample image
@@ -95,8 +96,6 @@ def sample_png(image: bytes, boxes: np.ndarray, class_ids: Sequence[int], label_
                scores: Sequence[float] | None = None, side: int = SAMPLE_SIDE) -> bytes:
     """The encoded `image` scaled so its long side is `side`, with the boxes (original pixels) drawn
     by :func:`detkeeper.visualize.draw_boxes` on the scaled picture, so labels stay legible."""
-    from detkeeper.visualize import draw_boxes
-
     with Image.open(io.BytesIO(image)) as opened:
         picture = opened.convert("RGB")
     scale = side / max(picture.size)

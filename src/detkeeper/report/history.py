@@ -20,6 +20,8 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.util.event_pb2 import Event
 
 #: Tags the trainer's TensorBoard logger writes under ``logs/train`` that the report plots.
 LOSS_TAGS = ("loss", "box_loss", "class_loss", "centerness_loss")
@@ -85,9 +87,6 @@ def read_training_curves(folder: str | Path, last_step: int | None = None) -> Tr
 def _read_event_file(path: Path) -> tuple[list[tuple[float, int, str, float]], str | None]:
     """``(wall time, step, tag, value)`` of each scalar in one event file, and why reading stopped
     early (None when it read to the end)."""
-    import tensorflow as tf
-    from tensorflow.core.util.event_pb2 import Event
-
     points = []
     try:
         for record in tf.data.TFRecordDataset(str(path)):
@@ -105,8 +104,6 @@ def _read_event_file(path: Path) -> tuple[list[tuple[float, int, str, float]], s
 
 def _scalar(value) -> float | None:
     """The number of a scalar summary value: TF 2 writes a rank-0 tensor, TF 1 a simple_value."""
-    import tensorflow as tf
-
     if value.HasField("tensor"):
         if value.metadata.plugin_data.plugin_name not in ("", "scalars"):
             return None

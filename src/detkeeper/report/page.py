@@ -13,8 +13,9 @@ import html
 import math
 from typing import Any
 
+from detkeeper.config.schema import SPLITS
 from detkeeper.report.best_evaluation import SAMPLE_MIN_SCORE, BestEvaluation
-from detkeeper.report.exports import ExportRecord
+from detkeeper.run.exports import ExportRecord
 from detkeeper.report.rundata import RunContents, dataset_text, format_number, model_text
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -98,7 +99,7 @@ def _header(parts: PageParts) -> str:
              ("best", _e(contents.best_text()))]
     classes = contents.label_map.names if contents.label_map is not None else None
     facts.append(("classes", _e(f"{len(classes)}: {', '.join(classes)}") if classes is not None else "unknown"))
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         text = dataset_text(contents, split)
         if text:
             facts.append((f"data.{split}", f"<code>{_e(text)}</code>"))

@@ -15,10 +15,9 @@ from typing import Any
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
-from detkeeper.rundir import RunDirectory
-from detkeeper.training.ledger import Ledger, LedgerEntry
-
-LEDGER_NAME = "ledger.json"  # detkeeper.training.checkpoints.LEDGER_NAME, without importing TensorFlow
+from detkeeper.run.exports import METADATA_FILE, is_export_dir, read_export_source
+from detkeeper.run.layout import CHECKPOINTS_DIR, CONFIG_FILE, RunDirectory
+from detkeeper.run.ledger import LEDGER_NAME, Ledger, LedgerEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,26 +74,24 @@ class RunContents:
 
 def read_run(path: str | os.PathLike) -> RunContents:
     """Read the run directory at `path`; a folder that is not one is a :class:`DetkeeperError`."""
-    from detkeeper.config.yamlio import parse_yaml
-
     run = RunDirectory(path)
     if not run.path.exists():
         raise DetkeeperError(f"{path}: no such run directory")
     if not run.path.is_dir():
         raise DetkeeperError(f"{path}: not a run directory but a file; give the folder `detkeeper train` wrote "
-                             "(its run_dir, holding config.yaml and checkpoints/)")
-    if (run.path / "metadata.json").is_file() or (run.path / "saved_model").is_dir():
+                             f"(its run_dir, holding {CONFIG_FILE} and {CHECKPOINTS_DIR}/)")
+    if is_export_dir(run.path):
         raise DetkeeperError(f"{path}: an export, not a run directory; give the run directory it was exported "
                              f"from ({_exported_from(run.path)}): the report shows its exports too")
     if not run.config_path.is_file():
         hint = ""
         if (run.path / LEDGER_NAME).is_file():
-            hint = f" This looks like a run's checkpoints/ folder: give its parent, {run.path.parent}."
-        raise DetkeeperError(f"{path}: not a run directory (no config.yaml inside); `detkeeper report` takes the "
+            hint = f" This looks like a run's {CHECKPOINTS_DIR}/ folder: give its parent, {run.path.parent}."
+        raise DetkeeperError(f"{path}: not a run directory (no {CONFIG_FILE} inside); `detkeeper report` takes the "
                              f"folder `detkeeper train` wrote, e.g. runs/demo.{hint}")
     problems = []
     try:
-        config = parse_yaml(run.config_path.read_text(encoding="utf-8"), str(run.config_path))
+        config = run.read_raw_config()
     except (OSError, UnicodeDecodeError, DetkeeperError) as error:
         raise DetkeeperError(f"{run.config_path}: the run's config cannot be read ({error})") from None
     if not isinstance(config, dict):
@@ -108,22 +105,19 @@ def read_run(path: str | os.PathLike) -> RunContents:
     else:
         problems.append(f"no {run.label_map_path.name} in the run directory")
     ledger = None
-    ledger_path = run.checkpoints_path / LEDGER_NAME
-    if ledger_path.is_file():
+    if run.ledger_path.is_file():
         try:
-            ledger = Ledger.read(ledger_path)
+            ledger = Ledger.read(run.ledger_path)
         except DetkeeperError as error:
             problems.append(str(error))
     return RunContents(run=run, config=config, label_map=label_map, ledger=ledger, problems=tuple(problems))
 
 
 def _exported_from(export: Path) -> str:
-    import json
-
     try:
-        return str(json.loads((export / "metadata.json").read_text(encoding="utf-8"))["source"]["run_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its metadata.json names it"
+        return str(read_export_source(export)["run_dir"])
+    except (DetkeeperError, KeyError):
+        return f"its {METADATA_FILE} names it"
 
 
 def dataset_text(contents: RunContents, split: str) -> str | None:

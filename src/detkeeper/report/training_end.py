@@ -22,17 +22,41 @@ Nothing is written to ``RUN/eval/``: that folder holds ``detkeeper evaluate``'s 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, detect_samples
 from detkeeper.report.build import WrittenReport, build_report
+from detkeeper.training.trainer import TrainingEnd
+
+#: The end of training's log, so its lines go where training's do (console and train.log).
+logger = logging.getLogger("detkeeper.training")
+
+
+def report_at_training_end(end: TrainingEnd) -> WrittenReport | None:
+    """The `on_end` hook the CLI and ``detkeeper.train`` pass to ``train``: write ``RUN/report.html``.
+
+    A report that cannot be written is logged, never raised: the run is complete and committed."""
+    try:
+        written = write_training_report(end.run_dir, model=end.model, config=end.config,
+                                        evaluation_callback=end.evaluation_callback, final_step=end.final_step,
+                                        best=end.best, weight_average=end.weight_average)
+    except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
+        logger.warning("the run report was not written (%s: %s); training is complete, the checkpoints are "
+                       "intact. Write it with `detkeeper report %s`.", type(error).__name__, error, end.run_dir)
+        logger.debug("report failure", exc_info=True)
+        return None
+    if written is not None:  # None: a distributed worker that is not the chief
+        # Debug: the run's last line stays how it ended; `detkeeper train` prints where the report is.
+        logger.debug("report written to %s in %.1f s", written.path, written.seconds)
+    return written
 
 
 def write_training_report(run_dir: str | os.PathLike, *, model, config, evaluation_callback, final_step: int,
                           best, weight_average=None, samples: int = DEFAULT_SAMPLES) -> WrittenReport | None:
     """``RUN/report.html`` at the end of ``train``. `model` holds the weights of `best` (a
-    :class:`~detkeeper.training.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
+    :class:`~detkeeper.run.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
     :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`.
     None on a distributed worker that is not the chief (it writes no report)."""
     distributed = getattr(evaluation_callback, "distributed", None)  # under a tf.distribute strategy

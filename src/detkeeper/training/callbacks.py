@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError, RunFailed
-from detkeeper.training.checkpoints import CheckpointStore
-from detkeeper.training.ledger import LedgerEntry, RetentionPolicy
+from detkeeper.run.checkpoints import CheckpointStore
+from detkeeper.run.ledger import LedgerEntry, RetentionPolicy
 
 
 class TrainingDiverged(RunFailed):

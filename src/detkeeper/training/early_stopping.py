@@ -13,7 +13,7 @@ import math
 import keras
 import tensorflow as tf
 
-from detkeeper.training.ledger import RetentionPolicy
+from detkeeper.run.ledger import RetentionPolicy
 
 
 class EarlyStoppingState(tf.Module):

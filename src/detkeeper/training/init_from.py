@@ -3,7 +3,7 @@
 A plain ``tf.train.Checkpoint`` restore cannot do this: Keras keys a model's variables by
 position, and a head for another number of classes makes the whole restore fail (or, with
 ``expect_partial``, floods the log with warnings). So the *source* detector is rebuilt from its
-own config and label map and restored whole (:mod:`detkeeper.model_source`: the sha256 in the
+own config and label map and restored whole (:mod:`detkeeper.run.restore`: the sha256 in the
 ledger is checked, and a checkpoint that kept EMA averages gives them, the weights that were
 evaluated and kept). Its variables are then matched to this run's by their Keras paths, with the
 top-level model name stripped (``retinanet_tiny/head/...`` -> ``head/...``), and by shape, within
@@ -25,17 +25,23 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import tensorflow as tf
+
+from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.files import atomic_write_text
+from detkeeper.run.exports import (ASSETS_DIR, EXPORT_ASSETS, export_assets, exported_variables,
+                                   read_export_source)
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.restore import restore_model, restore_run_checkpoint
+from detkeeper.run.sources import find_saved_model, resolve_model_source, run_config
 
 logger = logging.getLogger("detkeeper.training")
 
-REPORT_NAME = "init_from.json"
 PARTS = ("backbone", "neck", "head")
 INCLUDED_PARTS = {"backbone": ("backbone",), "backbone+neck": ("backbone", "neck"), "all": PARTS}
 WHOLE_PARTS = ("backbone", "neck")  # must be restored completely when included (see the module docstring)
 STATUSES = ("restored", "skipped_for_shape", "not_included", "newly_initialised", "unused_in_source")
-_EXPORT_ASSETS = ("config.yaml", "label_map.pbtxt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +122,7 @@ def apply_init_from(model, init_from, run_dir: str | Path) -> InitReport:
     read, nothing fits, or an included backbone or neck would come over only in part."""
     source = load_source(init_from.path)
     report = dataclasses.replace(match_variables(model, source, init_from.include),
-                                 path=Path(run_dir) / REPORT_NAME)
+                                 path=RunDirectory(run_dir).init_from_path)
     problem = _refusal(report, model)
     atomic_write_text(report.path, report.to_json(problem))
     if problem is not None:
@@ -133,10 +139,6 @@ def apply_init_from(model, init_from, run_dir: str | Path) -> InitReport:
 def load_source(path: str) -> InitSource:
     """The detector `path` holds (a run directory's best checkpoint, one of its checkpoints, or an
     export), built from its own config and label map and restored whole."""
-    import tensorflow as tf
-
-    from detkeeper.model_source import find_saved_model, resolve_model_source, restore_run_checkpoint
-
     try:
         saved_model = find_saved_model(path)
         if saved_model is not None:
@@ -156,48 +158,30 @@ def _export_source(path: str, saved_model: Path) -> InitSource:
     """An export's detector: its SavedModel's ``variables/`` read as a checkpoint (the module's
     ``model`` attribute is the detector, with the weights that were exported, EMA already in them)
     into the model its ``assets/config.yaml`` and ``assets/label_map.pbtxt`` describe."""
-    from detkeeper.data.label_map import LabelMap
-    from detkeeper.model_source import restore_model, run_config
-    from detkeeper.rundir import RunDirectory
-
-    assets = saved_model / "assets"
-    missing = [name for name in _EXPORT_ASSETS if not (assets / name).is_file()]
+    assets = export_assets(saved_model)
+    missing = [name for name in EXPORT_ASSETS if not (assets / name).is_file()]
     if missing:
-        raise DetkeeperError(f"{path}: a SavedModel without {' and '.join(f'assets/{name}' for name in missing)}, so "
+        absent = ' and '.join(f'{ASSETS_DIR}/{name}' for name in missing)
+        raise DetkeeperError(f"{path}: a SavedModel without {absent}, so "
                              "not a detkeeper export; fine-tuning needs the exported run's config and label map to "
                              "rebuild its model")
-    prefix = saved_model / "variables" / "variables"
+    prefix = exported_variables(saved_model)
     if not Path(f"{prefix}.index").is_file():
         raise DetkeeperError(f"{path}: the SavedModel has no variables ({prefix}.index is missing)")
     _read_every_tensor(prefix)
     # The assets folder is laid out like a run directory (config.yaml, label_map.pbtxt), so the run's
     # own reading of its config applies: no data splits, no backbone download, no init_from of its own.
-    config = run_config(RunDirectory(assets))
-    model = restore_model(config, LabelMap.read(assets / "label_map.pbtxt"), str(prefix), ema=False)
-    origin = _exported_checkpoint(assets / "metadata.json")
+    exported = RunDirectory(assets)
+    config = run_config(exported)
+    model = restore_model(config, LabelMap.read(exported.label_map_path), str(prefix), ema=False)
+    origin = read_export_source(assets)
     return InitSource(path=str(path), kind="export", checkpoint=str(prefix), step=origin.get("step"),
                       ema=bool(origin.get("ema")), model=model)
-
-
-def _exported_checkpoint(metadata_path: Path) -> dict:
-    """The ``source`` section of an export's ``metadata.json`` (step, EMA), for the summary line;
-    empty when the export has none."""
-    if not metadata_path.is_file():
-        return {}
-    try:
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DetkeeperError(f"{metadata_path}: not readable JSON ({error}); the export is damaged: export it "
-                             "again from its run") from None
-    source = metadata.get("source") if isinstance(metadata, dict) else None
-    return source if isinstance(source, dict) else {}
 
 
 def _read_every_tensor(prefix: Path) -> None:
     """Read each tensor once: an export has no recorded sha256, and a truncated data file otherwise
     surfaces mid-restore as an IndexError from TF's reader ("Read less bytes than requested")."""
-    import tensorflow as tf
-
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         for key in reader.get_variable_to_shape_map():

@@ -9,10 +9,9 @@ from, together with the schema's, in seconds, instead of after every dataset spl
 
 from __future__ import annotations
 
-from detkeeper.config.schema import RunConfig
+from detkeeper.config.schema import MONITOR_STATS, RunConfig
 from detkeeper.config.validate import Problem
-from detkeeper.evaluation.callback import registered_monitors
-from detkeeper.evaluation.results import STAT_NAMES
+from detkeeper.evaluation.monitors import registered_monitors
 from detkeeper.models.registry import model_config_problems
 
 
@@ -30,7 +29,7 @@ def monitor_problems(config: RunConfig) -> list[Problem]:
     """``evaluation.monitor`` must be a value the evaluation callback logs; checked after the model's
     custom module was imported, since it may register monitors."""
     monitor = config.evaluation.monitor
-    known = [*STAT_NAMES, "latency_ms", *config.evaluation.weighted_monitors, *registered_monitors()]
+    known = [*MONITOR_STATS, *config.evaluation.weighted_monitors, *registered_monitors()]
     if monitor.startswith("val_") and monitor[len("val_"):] in known:
         return []
     return [Problem(("evaluation", "monitor"),

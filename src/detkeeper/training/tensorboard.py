@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.run.layout import TRAIN_LOGS_DIR, VALIDATION_LOGS_DIR
 from detkeeper.visualize import draw_boxes
 
 
@@ -36,8 +37,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self._train_writer = self._validation_writer = None
 
     def on_train_begin(self, logs=None) -> None:
-        self._train_writer = tf.summary.create_file_writer(str(self.log_dir / "train"))
-        self._validation_writer = tf.summary.create_file_writer(str(self.log_dir / "validation"))
+        self._train_writer = tf.summary.create_file_writer(str(self.log_dir / TRAIN_LOGS_DIR))
+        self._validation_writer = tf.summary.create_file_writer(str(self.log_dir / VALIDATION_LOGS_DIR))
 
     def on_train_end(self, logs=None) -> None:
         for writer in (self._train_writer, self._validation_writer):

@@ -16,20 +16,36 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
 
 from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
+from detkeeper.data.pipeline import Augmentation, InputShard, evaluation_dataset, training_dataset
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import ConfigError
-from detkeeper.rundir import RunDirectory
+from detkeeper.evaluation.callback import CocoEvaluationCallback
+from detkeeper.evaluation.distributed import DistributedValidation
+from detkeeper.evaluation.monitors import weighted_monitor
+from detkeeper.models import build_model
+from detkeeper.models.detector import fit_inputs
+from detkeeper.models.ema import WeightAverage
+from detkeeper.models.precision import mixed_precision
+from detkeeper.models.registry import Postprocess
+from detkeeper.run.layout import RunDirectory
+from detkeeper.run.ledger import LedgerEntry
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
+from detkeeper.training.distributed_loop import fit_distributed
+from detkeeper.training.distribution import create_distribution, worker_config
 from detkeeper.training.early_stopping import EarlyStopping, EarlyStoppingState
-from detkeeper.training.ledger import LedgerEntry
+from detkeeper.training.ema import EmaCallback
+from detkeeper.training.init_from import apply_init_from
+from detkeeper.training.optimizers import build_optimizer, learning_rate_at
 from detkeeper.training.preflight import TRAINING_CHECKS, deprecation_warnings
 from detkeeper.training.progress import ProgressCallback, Reporter
+from detkeeper.training.tensorboard import TensorBoardLogger
 
 logger = logging.getLogger("detkeeper.training")
 
@@ -48,38 +64,43 @@ class TrainResult:
 
     @property
     def ledger_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "ledger.json"
+        return RunDirectory(self.run_dir).ledger_path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingEnd:
+    """What training holds in memory when it ends, for an `on_end` hook (the run report).
+
+    `model` holds the weights of `best` (restored from disk); `evaluation_callback` is the run's
+    :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`."""
+
+    run_dir: Path
+    model: Any
+    weight_average: Any  # detkeeper.models.ema.WeightAverage, or None
+    config: RunConfig
+    evaluation_callback: Any
+    final_step: int
+    best: LedgerEntry | None
 
 
 def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), *,
-          reporter: Reporter | None = None) -> TrainResult:
+          reporter: Reporter | None = None, on_end: Callable[[TrainingEnd], object] | None = None) -> TrainResult:
     """Train (or resume) the run `config` describes; returns when it finished or stopped early.
 
     The config is checked whole (schema, files, model, monitor: detkeeper.training.preflight)
-    before any data is read."""
+    before any data is read. `on_end` runs when training ends, with what it holds in memory
+    (``detkeeper.train`` and ``detkeeper train`` pass the report's hook); a hook that fails is
+    logged and never fails the finished run."""
     if isinstance(config, RunConfig):
         check_config(config, TRAINING_CHECKS)
     else:
         config = load_config(config, overrides, checks=TRAINING_CHECKS)
-    from detkeeper.training.distribution import create_distribution, worker_config
 
     distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op
     with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
         run = RunDirectory(config.run_dir)
-        with run.lock(), _log_to_file(run.log_file_path), _dtype_policy(config.train.mixed_precision):
-            return _Training(config, run, reporter or Reporter(), distribution).run()
-
-
-@contextlib.contextmanager
-def _dtype_policy(mixed_precision: bool) -> Iterator[None]:
-    """``mixed_float16`` while this run builds and trains its model; the caller's policy after."""
-    previous = keras.mixed_precision.dtype_policy()
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+        with run.lock(), _log_to_file(run.log_file_path), mixed_precision(config.train.mixed_precision):
+            return _Training(config, run, reporter or Reporter(), distribution, on_end).run()
 
 
 @contextlib.contextmanager
@@ -103,15 +124,16 @@ def _log_to_file(path: Path) -> Iterator[None]:
 class _Training:
     """One train call's objects, built in dependency order."""
 
-    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter, distribution) -> None:
+    def __init__(self, config: RunConfig, run: RunDirectory, reporter: Reporter, distribution,
+                 on_end: Callable[[TrainingEnd], object] | None = None) -> None:
         self.config, self.rundir, self.reporter = config, run, reporter
         self.distribution = distribution  # detkeeper.training.distribution.Distribution
+        self.on_end = on_end
 
     def run(self) -> TrainResult:
         config = self.config
         for warning in deprecation_warnings(config):
             logger.warning(warning)
-        from detkeeper.data.sources import DataSources
         if config.data.val is None:
             raise ConfigError("data.val: training keeps the best checkpoints by validation mAP, so it needs "
                               "a validation split; set data.val.format and data.val.path")
@@ -155,21 +177,13 @@ class _Training:
         self._fit(model, weight_average, state, checkpointer, train_split.records, val_split.records,
                   label_map, start_step)
         result = self._finish(model, checkpointer, state)
-        self._write_report(model, weight_average, result)
+        self._end_hook(model, weight_average, result)
         return result
 
     # -- building ---------------------------------------------------------------------------
     def _build_model(self, num_classes: int, val_records, label_map):
-        from detkeeper.data.pipeline import evaluation_dataset
-        from detkeeper.models import build_model
-        from detkeeper.models.registry import Postprocess
-        from detkeeper.training.ema import WeightAverage
-        from detkeeper.training.optimizers import build_optimizer
-
         config = self.config
-        evaluation = config.evaluation
-        model = build_model(config.model, num_classes, Postprocess(
-            evaluation.score_threshold, evaluation.iou_threshold, evaluation.max_detections))
+        model = build_model(config.model, num_classes, Postprocess.from_config(config.evaluation))
         model.compile(optimizer=build_optimizer(config.train, num_replicas=self.distribution.num_replicas))
         sample = next(iter(evaluation_dataset(val_records[:4], label_map, image_size=config.model.image_size,
                                               batch_size=4, max_boxes=config.data.max_boxes)))
@@ -189,7 +203,6 @@ class _Training:
             logger.info("model.init_from (%s) not applied: the run continues from its own checkpoint %s",
                         init_from.path, start.name)
             return
-        from detkeeper.training.init_from import apply_init_from
 
         apply_init_from(model, init_from, self.rundir.path)
         if weight_average is not None:  # the averages were taken from the random init: start them here
@@ -218,13 +231,6 @@ class _Training:
     # -- training ---------------------------------------------------------------------------
     def _fit(self, model, weight_average, state, checkpointer, train_records, val_records, label_map,
              start_step: int) -> None:
-        from detkeeper.data.pipeline import Augmentation, evaluation_dataset, training_dataset
-        from detkeeper.evaluation.callback import CocoEvaluationCallback, weighted_monitor
-        from detkeeper.models.detector import fit_inputs
-        from detkeeper.training.ema import EmaCallback
-        from detkeeper.training.optimizers import learning_rate_at
-        from detkeeper.training.tensorboard import TensorBoardLogger
-
         config = self.config
         every, total = config.evaluation.every_steps, config.train.steps
         distribution = self.distribution
@@ -241,8 +247,6 @@ class _Training:
             val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
                                           batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
         else:  # each worker makes only its replicas' slices of every global batch
-            from detkeeper.data.pipeline import InputShard
-            from detkeeper.evaluation.distributed import DistributedValidation
 
             distribution.replica_batch_size(config.train.batch_size)  # refuses a batch that does not split evenly
             train_data = distribution.strategy.distribute_datasets_from_function(
@@ -282,8 +286,6 @@ class _Training:
                 model.fit(train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
                           steps_per_epoch=every, callbacks=callbacks, verbose=0, shuffle=False)
             else:
-                from detkeeper.training.distributed_loop import fit_distributed
-
                 fit_distributed(model, train_data, epochs=math.ceil(total / every), initial_epoch=start_step // every,
                                 steps_per_epoch=every, callbacks=callbacks)
         finally:
@@ -306,22 +308,18 @@ class _Training:
         return TrainResult(self.rundir.path, status, step, best, tuple(saves),
                            tuple(self.evaluation.seconds), self.fit_seconds)
 
-    def _write_report(self, model, weight_average, result: TrainResult) -> None:
-        """``RUN/report.html`` from what training holds (see detkeeper.report.training_end)."""
-        from detkeeper.report.training_end import write_training_report
-
-        try:
-            written = write_training_report(self.rundir.path, model=model, config=self.config,
-                                            evaluation_callback=self.evaluation, final_step=result.step,
-                                            best=result.best, weight_average=weight_average)
-        except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
-            logger.warning("the run report was not written (%s: %s); training is complete, the checkpoints are "
-                           "intact. Write it with `detkeeper report %s`.", type(error).__name__, error, self.rundir.path)
-            logger.debug("report failure", exc_info=True)
+    def _end_hook(self, model, weight_average, result: TrainResult) -> None:
+        """Run the caller's `on_end` with what training holds; its failure never fails the run."""
+        if self.on_end is None:
             return
-        if written is not None:  # None: a distributed worker that is not the chief
-            # Debug: the run's last line stays how it ended; `detkeeper train` prints where the report is.
-            logger.debug("report written to %s in %.1f s", written.path, written.seconds)
+        end = TrainingEnd(run_dir=self.rundir.path, model=model, weight_average=weight_average, config=self.config,
+                          evaluation_callback=self.evaluation, final_step=result.step, best=result.best)
+        try:
+            self.on_end(end)
+        except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
+            logger.warning("the end-of-training step failed (%s: %s); training is complete, the checkpoints are "
+                           "intact.", type(error).__name__, error)
+            logger.debug("end-of-training failure", exc_info=True)
 
 
 def _describe(entry: LedgerEntry | None) -> str:

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.training.checkpoints import CheckpointStore
-from detkeeper.training.ledger import RetentionPolicy
+from detkeeper.run.checkpoints import CheckpointStore
+from detkeeper.run.ledger import RetentionPolicy
 
 
 def make_checkpoint(value):
@@ -103,10 +103,10 @@ def test_with_min_delta_every_reader_of_best_gets_the_top_of_the_ranking(tmp_pat
     from argparse import Namespace
 
     from detkeeper.cli.train_commands import run_checkpoints
-    from detkeeper.model_source import checkpoint_entry
+    from detkeeper.run.checkpoints import checkpoint_entry
     from detkeeper.report.page import _ledger
     from detkeeper.report.rundata import read_run
-    from detkeeper.rundir import RunDirectory
+    from detkeeper.run.layout import RunDirectory
 
     store = CheckpointStore(tmp_path / "checkpoints", RetentionPolicy("val_mAP", keep_best=2, keep_last=1,
                                                                       min_delta=0.01))

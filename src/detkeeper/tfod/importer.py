@@ -1,6 +1,6 @@
 """A TF Object Detection API ``pipeline.config`` as a detkeeper run config (``detkeeper config import``).
 
-The pipeline is read with :mod:`detkeeper.config.pbtxt` (no schema, no TensorFlow) and mapped
+The pipeline is read with :mod:`detkeeper.tfod.pbtxt` (no schema, no TensorFlow) and mapped
 section by section onto :class:`~detkeeper.config.schema.RunConfig` data. Every field the file
 holds ends up in exactly one of two lists: :attr:`ImportResult.mapped` (what it became in
 detkeeper, approximations said so) or :attr:`ImportResult.not_carried` (its dotted path and
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detkeeper.config.pbtxt import parse_text_format
 from detkeeper.config.schema import RunConfig
-from detkeeper.config.tfod_mapping import Mapped, Note, Tracker, map_model, unmapped_notes
-from detkeeper.config.tfod_training import map_evaluation, map_inputs, map_train
 from detkeeper.config.validate import format_key, from_data
 from detkeeper.config.yamlio import dump_yaml
 from detkeeper.errors import ConfigError
 from detkeeper.files import atomic_write_text, is_url, unfilled_placeholders
+from detkeeper.tfod.mapping import Mapped, Note, Tracker, map_model, unmapped_notes
+from detkeeper.tfod.pbtxt import parse_text_format
+from detkeeper.tfod.training import map_evaluation, map_inputs, map_train
 
 __all__ = ["ImportResult", "Mapped", "Note", "import_pipeline_config", "write_imported_config"]
 

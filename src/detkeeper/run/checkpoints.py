@@ -9,6 +9,9 @@ older one because it was damaged) is set aside as ``replaced-<name>-<time>`` and
 to inspect. TF's ``checkpoint`` state files are written too, so
 ``tf.train.latest_checkpoint(run/checkpoints)`` gives the latest checkpoint and
 ``tf.train.latest_checkpoint(run/checkpoints/best)`` the best one (the ledger's top).
+
+The store needs no TensorFlow itself (the checkpoint to write is passed in), so the light
+``detkeeper checkpoints`` command and the report read a run's checkpoints through it too.
 """
 
 from __future__ import annotations
@@ -21,25 +24,28 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Mapping
-
-import tensorflow as tf
+from typing import Any, Mapping
 
 from detkeeper.errors import DetkeeperError, RunFailed
-from detkeeper.files import atomic_write_text, is_out_of_space, out_of_space
-from detkeeper.training.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
+from detkeeper.files import atomic_write_text, is_atomic_temp, is_out_of_space, out_of_space
+from detkeeper.run.ledger import (CHECKPOINT_PREFIX, LEDGER_NAME, FileDigest, Ledger, LedgerEntry, RetentionPolicy,
+                                  read_ledger)
 
-logger = logging.getLogger("detkeeper.training")
+logger = logging.getLogger("detkeeper.training")  # the name training's log handlers listen to
 
-LEDGER_NAME = "ledger.json"
+STEP_PREFIX = "step-"
+STEP_FOLDER = re.compile(rf"{STEP_PREFIX}(\d+)")
+BEST_DIR = "best"  # holds TF's state file that points at the best checkpoint
+STATE_FILE = "checkpoint"  # TF's CheckpointState, read by tf.train.latest_checkpoint
 PARTIAL_PREFIX = ".partial-"
 SET_ASIDE_PREFIX = "unrecorded-"  # interrupted saves: removed once their step is committed again
 REPLACED_PREFIX = "replaced-"  # recorded checkpoints saved again: kept, the user decides
-_SET_ASIDE_NAME = re.compile(rf"{SET_ASIDE_PREFIX}step-(\d+)-\d+(?:-\d+)?")
+WORKER_SCRATCH_PREFIX = ".worker-scratch-"  # a non-chief worker's throwaway save, beside checkpoints/
+_SET_ASIDE_NAME = re.compile(rf"{SET_ASIDE_PREFIX}{STEP_PREFIX}(\d+)-\d+(?:-\d+)?")
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
+    return f"{STEP_PREFIX}{step:07d}"
 
 
 def hash_files(folder: Path) -> dict[str, FileDigest]:
@@ -102,38 +108,39 @@ class CheckpointStore:
         self.ledger.mark_pruned_done(self.ledger.pruned)
         recorded = {entry.name for entry in self.ledger.entries}
         for folder in sorted(self.directory.iterdir()):
-            if folder.is_file() and folder.name.startswith(f".{LEDGER_NAME}.") and folder.name.endswith(".tmp"):
+            if folder.is_file() and is_atomic_temp(folder.name, LEDGER_NAME):
                 folder.unlink()  # atomic_path's temporary file of a ledger write that was killed
                 messages.append(f"removed {folder.name}: a ledger write that was interrupted")
                 continue
-            if not folder.is_dir() or folder.name == "best":
+            if not folder.is_dir() or folder.name == BEST_DIR:
                 continue
             if folder.name.startswith(PARTIAL_PREFIX):
                 shutil.rmtree(folder)
                 messages.append(f"removed {folder.name}: a save that was interrupted before it finished")
-            elif folder.name.startswith("step-") and folder.name not in recorded:
+            elif folder.name.startswith(STEP_PREFIX) and folder.name not in recorded:
                 target = self._set_aside(folder, SET_ASIDE_PREFIX)
                 messages.append(f"set aside {folder.name} as {target.name}: complete on disk but never "
                                 "committed to the ledger (the run was interrupted during the save)")
         return messages
 
     # -- saving ---------------------------------------------------------------------------
-    def save(self, checkpoint: tf.train.Checkpoint, *, step: int, epoch: int, metrics: Mapping[str, float],
+    def save(self, checkpoint: Any, *, step: int, epoch: int, metrics: Mapping[str, float],
              ema: bool) -> LedgerEntry | None:
-        """Write `checkpoint` for `step`, commit it to the ledger, prune; returns the new entry."""
+        """Write `checkpoint` (a ``tf.train.Checkpoint``) for `step`, commit it to the ledger, prune;
+        returns the new entry."""
         started = time.perf_counter()
         name = checkpoint_name(step)
         value = float(metrics.get(self.policy.monitor, math.nan))
         if not self.is_chief:
-            scratch = self.directory.parent / f".worker-scratch-{os.getpid()}"
-            checkpoint.write(str(scratch / "ckpt"))
+            scratch = self.directory.parent / f"{WORKER_SCRATCH_PREFIX}{os.getpid()}"
+            checkpoint.write(str(scratch / CHECKPOINT_PREFIX))
             shutil.rmtree(scratch, ignore_errors=True)
             return None
         partial = self.directory / f"{PARTIAL_PREFIX}{name}"
         if partial.exists():
             shutil.rmtree(partial)
         try:
-            checkpoint.write(str(partial / "ckpt"))
+            checkpoint.write(str(partial / CHECKPOINT_PREFIX))
         except Exception as error:
             if not is_out_of_space(error):
                 raise
@@ -196,7 +203,7 @@ class CheckpointStore:
     def _remove_superseded_set_asides(self, committed: LedgerEntry) -> None:
         """Remove ``unrecorded-step-*`` folders of a step at or before `committed`: the run has a
         committed checkpoint of that point now, so the interrupted save they hold is of no use."""
-        for folder in sorted(self.directory.glob(f"{SET_ASIDE_PREFIX}step-*")):
+        for folder in sorted(self.directory.glob(f"{SET_ASIDE_PREFIX}{STEP_PREFIX}*")):
             match = _SET_ASIDE_NAME.fullmatch(folder.name)
             if match is None or not folder.is_dir() or int(match.group(1)) > committed.step:
                 continue
@@ -206,7 +213,7 @@ class CheckpointStore:
                 logger.warning("could not remove %s (%s); it is not used, delete it by hand", folder, error)
                 continue
             what = "committed again" if int(match.group(1)) == committed.step else f"passed by {committed.name}"
-            logger.info("removed %s: step-%s is %s, so the interrupted save it held is not needed",
+            logger.info("removed %s: " + STEP_PREFIX + "%s is %s, so the interrupted save it held is not needed",
                         folder.name, match.group(1), what)
 
     def _commit(self) -> None:
@@ -220,7 +227,7 @@ class CheckpointStore:
             write_state_file(self.directory, [f"{entry.name}/{entry.prefix}" for entry in by_step])
         best = self.ledger.best
         if best is not None:
-            write_state_file(self.directory / "best", [f"../{best.name}/{best.prefix}"])
+            write_state_file(self.directory / BEST_DIR, [f"../{best.name}/{best.prefix}"])
 
     # -- finding and restoring --------------------------------------------------------------
     def path_of(self, entry: LedgerEntry) -> str:
@@ -264,4 +271,11 @@ def write_state_file(directory: Path, paths: list[str]) -> None:
     """TF's ``checkpoint`` text proto (CheckpointState), so ``tf.train.latest_checkpoint`` works."""
     lines = [f'model_checkpoint_path: "{paths[-1]}"']
     lines += [f'all_model_checkpoint_paths: "{path}"' for path in paths]
-    atomic_write_text(directory / "checkpoint", "\n".join(lines) + "\n")
+    atomic_write_text(directory / STATE_FILE, "\n".join(lines) + "\n")
+
+
+def checkpoint_entry(run, which: str) -> tuple[CheckpointStore, LedgerEntry]:
+    """The checkpoint store of `run` (a :class:`~detkeeper.run.layout.RunDirectory`) and the
+    verified ledger entry `which` (best, latest or a step) names."""
+    store = CheckpointStore(run.checkpoints_path, read_ledger(run).policy)
+    return store, store.resolve(which)

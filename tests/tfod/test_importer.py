@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from detkeeper.cli.main import main
 from detkeeper.config import load_config
-from detkeeper.config.pbtxt import MAX_DEPTH, parse_text_format
-from detkeeper.config.tfod_import import import_pipeline_config
+from detkeeper.tfod.pbtxt import MAX_DEPTH, parse_text_format
+from detkeeper.tfod.importer import import_pipeline_config
 from detkeeper.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tfod"
@@ -416,7 +416,7 @@ def test_the_imported_config_trains(fixture, tfod_workspace, tmp_path):
     assert result.missing_files == ()
     classes = next(entry for entry in result.mapped if entry.target == "(classes)")
     assert "the label map has 4 classes" in classes.comment
-    from detkeeper.config.tfod_import import write_imported_config
+    from detkeeper.tfod.importer import write_imported_config
     write_imported_config(result, out)
     as_imported = load_config(out)
     assert as_imported.model.name == result.data["model"]["name"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.training.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
+from detkeeper.run.ledger import FileDigest, Ledger, LedgerEntry, RetentionPolicy
 
 
 def entry(step, value):

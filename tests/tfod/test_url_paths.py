@@ -12,7 +12,7 @@ import yaml
 
 from detkeeper.cli.main import main
 from detkeeper.config import load_config
-from detkeeper.config.tfod_import import import_pipeline_config, write_imported_config
+from detkeeper.tfod.importer import import_pipeline_config, write_imported_config
 from detkeeper.errors import ConfigError
 
 SSD = Path(__file__).resolve().parents[1] / "fixtures" / "tfod" / "ssd_mobilenet_v2_320x320.config"

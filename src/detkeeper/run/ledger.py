@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.files import atomic_write_text
+from detkeeper.files import atomic_write_text, json_number
 
 LEDGER_VERSION = 1
+LEDGER_NAME = "ledger.json"  # in the run's checkpoints/ folder
+CHECKPOINT_PREFIX = "ckpt"  # the tf.train.Checkpoint prefix inside a checkpoint's folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,7 @@ class LedgerEntry:
     metrics: dict[str, float]
     ema: bool
     files: dict[str, FileDigest]  # relative to the checkpoint folder
-    prefix: str = "ckpt"  # tf.train.Checkpoint prefix inside the folder
+    prefix: str = CHECKPOINT_PREFIX  # tf.train.Checkpoint prefix inside the folder
     created: float = 0.0
 
     @property
@@ -53,8 +55,8 @@ class LedgerEntry:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["monitor_value"] = _json_number(self.monitor_value)
-        data["metrics"] = {key: _json_number(value) for key, value in self.metrics.items()}
+        data["monitor_value"] = json_number(self.monitor_value)
+        data["metrics"] = {key: json_number(value) for key, value in self.metrics.items()}
         return data
 
     @classmethod
@@ -66,7 +68,7 @@ class LedgerEntry:
             ema=bool(data["ema"]),
             files={key: FileDigest(int(value["size"]), str(value["sha256"]))
                    for key, value in data["files"].items()},
-            prefix=str(data.get("prefix", "ckpt")), created=float(data.get("created", 0.0)))
+            prefix=str(data.get("prefix", CHECKPOINT_PREFIX)), created=float(data.get("created", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +187,8 @@ class Ledger:
             "status": self.status,
             "checkpoints": [entry.to_json() for entry in self.ranked()],
             "pruned": self.pruned,
-            "history": [{**row, "monitor_value": _json_number(row["monitor_value"]),
-                         "metrics": {key: _json_number(value) for key, value in row["metrics"].items()}}
+            "history": [{**row, "monitor_value": json_number(row["monitor_value"]),
+                         "metrics": {key: json_number(value) for key, value in row["metrics"].items()}}
                         for row in self.history],
             "updated": time.time(),
         }
@@ -221,9 +223,15 @@ class Ledger:
         return ledger
 
 
-def _json_number(value: float) -> float | None:
-    return None if value is None or math.isnan(value) or math.isinf(value) else float(value)
-
-
 def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def read_ledger(run) -> Ledger:
+    """The ledger of `run` (a :class:`~detkeeper.run.layout.RunDirectory`); a :class:`DetkeeperError`
+    that says so when the run has none yet."""
+    path = run.ledger_path
+    if not path.is_file():
+        raise DetkeeperError(f"{run.path}: no checkpoint ledger at {path}; is this a run directory that has "
+                             "trained past its first evaluation?")
+    return Ledger.read(path)

@@ -1,15 +1,18 @@
 """``train_config``, the input readers and ``eval_config`` of a pipeline.config as detkeeper keys.
 
-Part of :mod:`detkeeper.config.tfod_import`; the model section is in
-:mod:`detkeeper.config.tfod_mapping`, which also holds the bookkeeping (`Node`, `Tracker`).
+Part of :mod:`detkeeper.tfod.importer`; the model section is in
+:mod:`detkeeper.tfod.mapping`, which also holds the bookkeeping (`Node`, `Tracker`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from detkeeper.config.tfod_mapping import EVALUATE_EVERY, Node
-from detkeeper.config.tfod_reasons import augmentation_reason
+from detkeeper.data.label_map import LabelMap
+from detkeeper.errors import DataError
+from detkeeper.run.sources import is_detkeeper_model
+from detkeeper.tfod.mapping import EVALUATE_EVERY, Node
+from detkeeper.tfod.reasons import augmentation_reason
 
 DEFAULT_STEPS = 2000  # detkeeper's train.steps default, for a pipeline that trains forever
 MAX_BOUNDARIES = 1000
@@ -226,7 +229,7 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
     if kind not in _INCLUDE:
         raise track.error(config.at("fine_tune_checkpoint_type"),
                           f"expected one of {', '.join(_INCLUDE)}, got {kind!r}")
-    if _is_detkeeper_model(track.absolute(checkpoint)):
+    if is_detkeeper_model(track.absolute(checkpoint)):
         include = _INCLUDE[kind]
         model["init_from"] = {"path": track.path_for_yaml(checkpoint), "include": include}
         track.map(config.at("fine_tune_checkpoint"), "model.init_from.path", model["init_from"]["path"],
@@ -246,22 +249,6 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
         config.note("fine_tune_checkpoint", why + "; the detector's trained neck and heads are not carried. "
                                                   "To fine-tune from a detkeeper run set model.init_from.path")
         config.note("fine_tune_checkpoint_type", "goes with fine_tune_checkpoint, which is not read")
-
-
-def _is_detkeeper_model(path) -> bool:
-    """Whether `path` is a detkeeper run directory, one of its checkpoints or a detkeeper export."""
-    from detkeeper.errors import DetkeeperError
-    from detkeeper.model_source import find_saved_model, resolve_model_source
-
-    saved_model = find_saved_model(path)
-    if saved_model is not None:
-        export = saved_model.parent if saved_model.name == "saved_model" else saved_model
-        return (export / "metadata.json").is_file()
-    try:
-        resolve_model_source(path)
-    except DetkeeperError:
-        return False
-    return True
 
 
 def _augment(steps: list[Node], config: Node, image_size: int) -> dict[str, Any]:
@@ -378,8 +365,6 @@ def _reader(reader: Node, split: str) -> dict[str, Any] | None:
 
 def _check_classes(track, label_map: str, num_classes: int | None) -> None:
     """num_classes against the label map (when it can be read yet)."""
-    from detkeeper.data.label_map import LabelMap
-    from detkeeper.errors import DataError
 
     path = track.out_dir / label_map
     where = track.num_classes_path

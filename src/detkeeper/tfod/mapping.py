@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detkeeper.config.pbtxt import Message, Value
-from detkeeper.config.tfod_reasons import reason_for
 from detkeeper.errors import ConfigError
 from detkeeper.files import is_url
+from detkeeper.tfod.pbtxt import Message, Value
+from detkeeper.tfod.reasons import reason_for
 
 FOCAL_PRIOR_BIAS = -math.log(0.99 / 0.01)  # detkeeper's heads start at foreground probability 0.01
 EVALUATE_EVERY = 1000  # model_main_tf2's --checkpoint_every_n default: its evaluator sees each 1000th step
