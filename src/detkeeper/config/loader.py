@@ -261,20 +261,15 @@ def _placeholders(config: Any, key: KeyPath = ()) -> list[Problem]:
 
 
 def _path_exists(path: str, kind: str = "any") -> bool:
-    """`path` is there (`kind` "file", "dir" or "any"); URLs are asked of tf.io.gfile."""
+    """`path` is there: `kind` "file", "dir", "any", or "glob" (a pattern matching something).
+    URLs (``gs://``) are asked of tf.io.gfile."""
     if not is_url(path):
-        return {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(path)
-    import tensorflow as tf  # light: imports TensorFlow
+        local = {"file": os.path.isfile, "dir": os.path.isdir, "glob": glob.glob}.get(kind, os.path.exists)
+        return bool(local(path))
+    import tensorflow as tf  # light: only a URL needs gfile; `detkeeper config` starts without TensorFlow
 
-    return tf.io.gfile.isdir(path) if kind == "dir" else tf.io.gfile.exists(path)
-
-
-def _matches(pattern: str) -> bool:
-    if not is_url(pattern):
-        return bool(glob.glob(pattern))
-    import tensorflow as tf  # light: imports TensorFlow
-
-    return bool(tf.io.gfile.glob(pattern))
+    gfile = {"dir": tf.io.gfile.isdir, "glob": tf.io.gfile.glob}.get(kind, tf.io.gfile.exists)
+    return bool(gfile(path))
 
 
 def _missing_files(config: RunConfig) -> list[Problem]:
@@ -323,7 +318,7 @@ def _missing_source_files(source: SourceConfig, key: KeyPath) -> list[Problem]:
             )
         return problems
     if source.format == "tfrecord":
-        unmatched = [pattern for pattern in source.patterns() if not _matches(pattern)]
+        unmatched = [pattern for pattern in source.patterns() if not _path_exists(pattern, "glob")]
         if unmatched:
             missing = ", ".join(map(repr, unmatched))
             return [

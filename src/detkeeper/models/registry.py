@@ -67,24 +67,25 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def model_config_problems(model_config) -> list[str]:
-    """What `build_model` would refuse in ``model``, as ``"<key under model>: <message>"`` lines.
-
-    Imports ``model.custom_objects_module`` (it may register the model) and runs the family's
-    registered check; builds nothing and reads no data.
-    """
+def _builder_for(model_config) -> ModelBuilder:
+    """The builder ``model.name`` names, after importing ``model.custom_objects_module`` (it may
+    register the model); a ``ConfigError`` naming the key otherwise."""
     _load_families()
-    try:
-        import_custom_objects(model_config.custom_objects_module)
-    except ConfigError as error:
-        return [_relative_to_model(str(error), "custom_objects_module")]
+    import_custom_objects(model_config.custom_objects_module)
     if model_config.name not in _BUILDERS:
-        return [f"name: unknown model {model_config.name!r}; registered models: {', '.join(sorted(_BUILDERS))}"]
-    check = _CHECKS.get(model_config.name)
-    if check is None:
-        return []
+        raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
+                          f"{', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[model_config.name]
+
+
+def model_config_problems(model_config) -> list[str]:
+    """What `build_model` would refuse in ``model``, as ``"<key under model>: <message>"`` lines:
+    the name, the custom module and the family's registered check. Builds nothing, reads no data."""
     try:
-        check(model_config)
+        _builder_for(model_config)
+        check = _CHECKS.get(model_config.name)
+        if check is not None:
+            check(model_config)
     except ConfigError as error:
         return [_relative_to_model(str(error), "name")]
     return []
@@ -104,11 +105,7 @@ def build_model(model_config, num_classes: int, postprocess: Postprocess | None 
     ``model.custom_objects_module`` is imported first, so it can register Keras layers (for
     ``model.head.block``) and whole models (with :func:`register_model`) that the name refers to.
     """
-    _load_families()
-    import_custom_objects(model_config.custom_objects_module)
-    if model_config.name not in _BUILDERS:
-        raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
-                          f"{', '.join(sorted(_BUILDERS))}")
+    builder = _builder_for(model_config)
     if num_classes < 1:
         raise ConfigError(f"a detector needs at least one class, got {num_classes}")
-    return _BUILDERS[model_config.name](model_config, num_classes, postprocess or Postprocess())
+    return builder(model_config, num_classes, postprocess or Postprocess())
