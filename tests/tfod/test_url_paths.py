@@ -50,6 +50,7 @@ def test_the_import_command_lists_placeholders_to_fill_in(tmp_path, capsys):
     assert main(["config", "import", str(pipeline), "--out", str(tmp_path / "run.yaml")]) == 0
     out = capsys.readouterr().out
     assert "placeholders to fill in (1;" in out and f"data.train.path: ${{YOUR_GCS_BUCKET}} in {GCS_TRAIN!r}" in out
+    assert f"next: fill in the 1 placeholder(s) in {tmp_path / 'run.yaml'}, then detkeeper config show" in out
 
 
 def test_load_config_keeps_url_paths_and_looks_them_up_with_gfile(tmp_path):

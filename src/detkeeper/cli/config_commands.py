@@ -123,5 +123,6 @@ def run_import(args) -> int:
     if result.missing_files:
         print(f"\nnot found yet ({len(result.missing_files)}; `detkeeper train {path}` needs them):")
         print("\n".join(f"  {missing}" for missing in result.missing_files))
-    print(f"\nnext: detkeeper config show {path}    then    detkeeper train {path}")
+    first = f"fill in the {len(result.placeholders)} placeholder(s) in {path}, then " if result.placeholders else ""
+    print(f"\nnext: {first}detkeeper config show {path}    then    detkeeper train {path}")
     return 0
