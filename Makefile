@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core; tests/conftest.py keeps tests that share a trained run together.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test install clean
 
@@ -21,7 +23,7 @@ demo: $(INSTALLED)
 	$(BIN)/detkeeper demo --run-dir $(DEMO_DIR)
 
 test: $(INSTALLED)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

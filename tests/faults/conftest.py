@@ -1,14 +1,8 @@
-"""The fault suite's tally and shared runs.
-
-Tests count what they did through the `faults` fixture (``faults.injected()``,
-``faults.recovered()``, ``faults.bad_input()``, ``faults.lost(n)``); the session ends with
-``fault suite: N faults injected, N recoveries verified, N bad inputs tried, 0 data lost``.
-"""
+"""The fault suite's shared runs and its tally fixture (the tally itself is tests/fault_tally.py)."""
 
 from __future__ import annotations
 
 import sys
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,53 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # training_runs, kill_driver
 
 from fault_runs import train_reference, write_fault_config  # noqa: E402
+from fault_tally import TALLY, FaultTally  # noqa: E402
 from kill_chains import start_kill_chains  # noqa: E402
-
-
-class FaultTally:
-    """Thread-safe counts for the summary line (the kill chains run in threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts = {"injected": 0, "recovered": 0, "bad_input": 0, "lost": 0}
-        self.used = False
-
-    def _add(self, name: str, n: int) -> None:
-        with self._lock:
-            self.used = True
-            self.counts[name] += n
-
-    def injected(self, n: int = 1) -> None:
-        self._add("injected", n)
-
-    def recovered(self, n: int = 1) -> None:
-        self._add("recovered", n)
-
-    def bad_input(self, n: int = 1) -> None:
-        self._add("bad_input", n)
-
-    def lost(self, n: int) -> None:
-        """Record `n` pieces of lost data (0 when a check found none); the test asserts n == 0 itself."""
-        self._add("lost", n)
-
-    def summary(self) -> str:
-        c = self.counts
-        return (f"fault suite: {c['injected']} faults injected, {c['recovered']} recoveries verified, "
-                f"{c['bad_input']} bad inputs tried, {c['lost']} data lost")
-
-
-TALLY = FaultTally()
 
 
 @pytest.fixture(scope="session")
 def faults() -> FaultTally:
     return TALLY
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if TALLY.used:
-        terminalreporter.write_sep("=", "fault suite")
-        terminalreporter.write_line(TALLY.summary())
 
 
 @pytest.fixture(scope="session")
