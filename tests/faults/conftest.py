@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # training_runs, kill_driver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # training_runs
 
 from fault_runs import train_reference, write_fault_config  # noqa: E402
 from fault_tally import TALLY, FaultTally  # noqa: E402

@@ -5,9 +5,9 @@ a full disk from a chosen moment on.
 with its status, unless the fault kills the process first. MOMENT is ``none`` or ``KIND[:STEP]``:
 
 training (``detkeeper train``)
-  ``step:S``     right after optimizer step S              (tests/training/kill_driver.py)
-  ``save:S``     checkpoint files of S written, not yet hashed or renamed (kill_driver.py)
-  ``ledger:S``   half of the ledger that commits S written (kill_driver.py)
+  ``step:S``     right after optimizer step S              (training_kills.py)
+  ``save:S``     checkpoint files of S written, not yet hashed or renamed (training_kills.py)
+  ``ledger:S``   half of the ledger that commits S written (training_kills.py)
   ``eval:S``     inside the validation pass at step S, after its first batch was scored
   ``write:S``    mid checkpoint write of S: its data file cut to half in ``.partial-step-S``
   ``prune:S``    S committed, the checkpoints it outranked removed, the ledger not yet told
@@ -34,9 +34,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-
-from kill_driver import arm as arm_training_kill, die, kill_mid_ledger_write  # noqa: E402  (step, save, ledger)
+from training_kills import arm as arm_training_kill, die, kill_mid_ledger_write  # step, save, ledger
 
 TRAINING_KINDS = ("step", "eval", "write", "save", "ledger", "prune", "status")
 EXPORT_KINDS = ("export-save", "export-keras", "export-verify", "export-publish")

@@ -10,7 +10,8 @@ sorted into chains: in one run directory the command is killed at each moment of
 state on disk is checked (the ledger reads, every checkpoint it lists matches its sha256 and loads,
 the kept set is the retention rule's over the history, nothing committed earlier is gone, no export
 looks finished unless verified); after the last, the final ledger and every kept tensor must equal
-the uninterrupted reference run's. The chains run side by side in a thread pool, a few processes at a
+the uninterrupted reference run's, and train.log must say for every rerun where it resumed from and
+what it cleaned up (the interrupted save, the half-written ledger, the uncommitted checkpoint). The chains run side by side in a thread pool, a few processes at a
 time, while the rest of the fault suite runs (conftest.py starts them first); test_kills.py waits for
 them.
 """
@@ -74,8 +75,25 @@ def check_what_the_kill_left(kind: str, step: int, run_dir: Path, ledger: dict) 
         assert steps[-1] == STEPS and ledger["status"]["state"] == "training"
 
 
+def what_the_rerun_says(run_dir: Path, ledger: dict) -> list[str]:
+    """The lines the rerun after a kill writes to train.log: where it resumes from, and how it cleans up
+    each thing the kill left on disk (an interrupted save, a half-written ledger, an uncommitted checkpoint)."""
+    checkpoints = run_dir / "checkpoints"
+    lines = [f"removed {path.name}: a ledger write that was interrupted"
+             for path in checkpoints.glob(".ledger.json.*.tmp")]
+    lines += [f"removed {path.name}: a save that was interrupted" for path in checkpoints.glob(".partial-step-*")]
+    recorded = {entry["name"] for entry in ledger["checkpoints"]}
+    lines += [f"set aside {path.name} as unrecorded-{path.name}-" for path in checkpoints.glob("step-*")
+              if path.name not in recorded]
+    last = ledger["history"][-1]["step"] if ledger["history"] else None
+    if last is not None and last < STEPS:
+        lines.append(f"from step-{last:07d} (step {last} of {STEPS})")
+    return lines
+
+
 def run_training_chain(moments, config: Path, run_dir: Path, reference_dir: Path, faults) -> None:
     before = None
+    expected_log = []
     for position, (kind, step) in enumerate(moments):
         moment = kind if kind == "status" else f"{kind}:{step}"
         killed = run_driver(moment, "train", str(config), "--quiet")
@@ -91,6 +109,7 @@ def run_training_chain(moments, config: Path, run_dir: Path, reference_dir: Path
         if position:
             faults.recovered()  # the rerun after the previous kill resumed and got here with nothing lost
         check_what_the_kill_left(kind, step, run_dir, ledger)
+        expected_log += what_the_rerun_says(run_dir, ledger)
         before = ledger
     finished = run_driver("none", "train", str(config), "--quiet")
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -98,6 +117,9 @@ def run_training_chain(moments, config: Path, run_dir: Path, reference_dir: Path
     faults.lost(lost)
     assert lost == 0
     assert_same_as_reference(run_dir, reference_dir)
+    log = (run_dir / "train.log").read_text()
+    missing = [line for line in expected_log if line not in log]
+    assert not missing, missing  # (a helper module: pytest does not rewrite its asserts)
     assert not list((run_dir / "checkpoints").glob(".partial-*"))
     assert not list((run_dir / "checkpoints").glob(".ledger.json.*"))
     faults.recovered()

@@ -1,8 +1,7 @@
-"""Run `detkeeper train CONFIG` in this process and SIGKILL it at a chosen moment.
+"""SIGKILL `detkeeper train` in this process at a chosen moment (fault_driver.py arms them).
 
-Used by the resume tests: ``python kill_driver.py CONFIG MOMENT STEP`` where MOMENT is
-``step`` (right after optimizer step STEP), ``save`` (checkpoint files of STEP written, not yet
-hashed, renamed or committed) or ``ledger`` (in the middle of the ledger write that commits STEP:
+``arm(moment, step)`` where MOMENT is ``step`` (right after optimizer step STEP), ``save``
+(checkpoint files of STEP written, not yet hashed, renamed or committed) or ``ledger`` (in the middle of the ledger write that commits STEP:
 half of the new ledger written into its temporary file beside ``ledger.json`` by the real
 ``files.atomic_path``, not yet renamed over it; the folder of STEP is already in place).
 Only test code patches detkeeper here; the product has no fault hooks.
@@ -13,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 from detkeeper import files
 from detkeeper.run import checkpoints, ledger
-from detkeeper.training import progress, trainer
+from detkeeper.training import progress
 
 
 def die() -> None:
@@ -65,8 +63,3 @@ def kill_mid_ledger_write(picks) -> None:
 
     ledger.atomic_write_text = kill_mid_write
 
-
-if __name__ == "__main__":
-    config_path, moment, kill_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    arm(moment, kill_step)
-    trainer.train(config_path)
