@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist): one per core; tests/conftest.py keeps tests that share a trained run together.
+# Test processes (pytest-xdist): one per core, 0 for none; tests/worker_groups.py keeps tests that share a
+# trained run in one worker.
 TEST_WORKERS ?= auto
 
 .PHONY: demo test install clean
