@@ -95,6 +95,11 @@ class DetectionModule(tf.Module):
         self.label_map_text = tf.constant(label_map.to_pbtxt())
         self.assets = {name.replace(".", "_"): tf.saved_model.Asset(path)
                        for name, path in (asset_paths or {}).items()}
+        # One traced function for the model, decoding and NMS that every image signature calls: the
+        # detector is traced, saved and loaded once instead of once per signature.
+        self.detect_canvases = tf.function(self._detect, input_signature=[
+            tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32),
+            tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 2], tf.float32)])
 
     # -- the graph -------------------------------------------------------------------------------
     def _preprocess_one(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -136,7 +141,7 @@ class DetectionModule(tf.Module):
             self._preprocess_one, images, fn_output_signature=(
                 tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
                 tf.TensorSpec([2], tf.float32), tf.TensorSpec([2], tf.float32)))
-        return self._detect(canvases, factors, sizes)
+        return self.detect_canvases(canvases, factors, sizes)
 
     def _detect_encoded(self, encoded: tf.Tensor) -> dict:
         """Encoded images ``[B]``, each decoded and resized on its own (sizes may differ)."""
@@ -148,7 +153,7 @@ class DetectionModule(tf.Module):
             preprocess, encoded, fn_output_signature=(
                 tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
                 tf.TensorSpec([2], tf.float32), tf.TensorSpec([2], tf.float32)))
-        return self._detect(canvases, factors, sizes)
+        return self.detect_canvases(canvases, factors, sizes)
 
     # -- the endpoints -------------------------------------------------------------------------
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
