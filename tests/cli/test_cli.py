@@ -109,7 +109,8 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
 
 TINY_DEMO = ["--set", "data.synthetic.num_train=32", "--set", "data.synthetic.num_val=8",
              "--set", "data.synthetic.num_test=8", "--set", "train.steps=40", "--set", "evaluation.every_steps=20",
-             "--set", "train.schedule.warmup_steps=5"]
+             "--set", "train.schedule.warmup_steps=5",
+             "--set", "data.synthetic.image_size=128", "--set", "model.image_size=128"]  # a quarter of the pixels
 
 
 @pytest.mark.slow
