@@ -108,3 +108,59 @@ def test_colour_jitter_changes_colours_not_geometry():
     np.testing.assert_array_equal(plain[1].numpy(), jittered[1].numpy())
     assert not np.array_equal(plain[0].numpy(), jittered[0].numpy())
     assert jittered[0].numpy().min() >= 0.0 and jittered[0].numpy().max() <= 255.0
+
+
+def test_stretch_scales_each_side_to_the_output_and_boxes_with_it():
+    image = tf.zeros([100, 200, 3])
+    boxes = tf.constant([[10.0, 20.0, 30.0, 40.0]])
+    canvas, out_boxes, keep, factors = augment.resize_for_model(image, boxes, 50, augment.Resize("stretch"))
+    assert canvas.shape == (50, 50, 3)
+    np.testing.assert_allclose(factors.numpy(), [0.5, 0.25])
+    np.testing.assert_allclose(out_boxes.numpy(), [[5.0, 5.0, 15.0, 10.0]])
+    assert keep.numpy().tolist() == [True]
+
+
+def test_padding_takes_the_resize_pad_value_and_leaves_the_content():
+    image = tf.fill([100, 200, 3], 200.0)
+    value = (123.675, 116.28, 103.53)
+    padded, _, _, _ = augment.resize_for_model(image, tf.zeros([0, 4]), 50, augment.Resize(pad_value=value))
+    padded = padded.numpy()
+    np.testing.assert_allclose(padded[:25], 200.0, atol=1e-4)  # the resize's own rounding
+    np.testing.assert_array_equal(padded[25:], np.broadcast_to(np.float32(value), padded[25:].shape))
+
+
+def test_tf1_bilinear_is_tf1_resize_images():
+    image = tf.random.stateless_uniform([37, 53, 3], seed=[5, 6], maxval=255.0)
+    canvas, _, _, _ = augment.resize_for_model(image, tf.zeros([0, 4]), 64, augment.Resize("stretch", "tf1_bilinear"))
+    expected = tf.compat.v1.image.resize_images(image, [64, 64], method=tf.compat.v1.image.ResizeMethod.BILINEAR)
+    np.testing.assert_array_equal(canvas.numpy(), expected.numpy())
+
+
+def test_a_resize_outside_the_known_modes_and_methods_is_refused():
+    with pytest.raises(ValueError, match="resize mode: expected one of pad, stretch, got 'crop'"):
+        augment.Resize("crop")
+    with pytest.raises(ValueError, match="resize method: expected one of antialias, tf1_bilinear, got 'area'"):
+        augment.Resize(method="area")
+
+
+@pytest.mark.parametrize("model,resize,normalise", [
+    # fixed_shape_resizer 320x320, MobileNet's x / 127.5 - 1
+    ("ssd_mobilenet_v2_fpnlite_320", augment.Resize("stretch", "tf1_bilinear"), lambda x: x / 127.5 - 1.0),
+    # fixed_shape_resizer 300x300
+    ("ssd_mobilenet_v2_320", augment.Resize("stretch", "tf1_bilinear"), lambda x: x / 127.5 - 1.0),
+    # keep_aspect_ratio_resizer 512, padded: EfficientNet's ImageNet mean and std; the API pads after
+    # normalising, i.e. with the pixel value that normalises to zero
+    ("ssd_efficientdet_d0_512",
+     augment.Resize("pad", "tf1_bilinear", tuple(255.0 * np.array([0.485, 0.456, 0.406]))),
+     lambda x: (x / 255.0 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)),
+])
+def test_the_tfod_api_resizers_give_the_api_s_own_model_input(tfod_oracle_dir, model, resize, normalise):
+    """The TF OD API's preprocessed input of the same photo (its image_resizer, then its model's
+    normalisation) equals detkeeper's resize followed by the same normalisation, to 1e-6."""
+    reference = np.load(tfod_oracle_dir / model / "reference.npz")
+    expected = reference["preprocessed_inputs"][0]
+    image = tf.constant(reference["input_image"], tf.float32)
+    canvas, _, _, factors = augment.resize_for_model(image, tf.zeros([0, 4]), expected.shape[0], resize)
+    np.testing.assert_allclose(normalise(canvas.numpy()), expected, rtol=0, atol=1e-6)
+    height, width = reference["true_image_shapes"][0][:2]  # the resized content, before padding
+    np.testing.assert_allclose(factors.numpy(), [height / image.shape[0], width / image.shape[1]])

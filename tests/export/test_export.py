@@ -21,6 +21,7 @@ from detkeeper.data import augment
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.evaluation.runner import original_detections
+from detkeeper.export.serving import DetectionModule, ServingSettings
 from detkeeper.run.restore import restore_run_checkpoint
 from detkeeper.run.layout import RunDirectory
 
@@ -58,7 +59,8 @@ STANDALONE = textwrap.dedent('''
 def _keras_detections(model, label_map: LabelMap, image: np.ndarray) -> dict:
     """The in-process model on one uint8 image, through detkeeper's evaluation transform."""
     height, width = image.shape[:2]
-    canvas, _, _, factors = augment.resize_for_model(tf.cast(image, tf.float32), tf.zeros([0, 4]), model.image_size)
+    canvas, _, _, factors = augment.resize_for_model(tf.cast(image, tf.float32), tf.zeros([0, 4]), model.image_size,
+                                                     augment.Resize.of(model))
     raw = {key: np.asarray(value) for key, value in model.detect(canvas[None]).items()}
     found = original_detections(raw, label_map, factors.numpy()[None], np.array([[height, width]]))
     count = int(found["num_detections"][0])
@@ -72,6 +74,22 @@ def _assert_same(exported: dict, row: int, expected: dict) -> None:
     np.testing.assert_allclose(np.array(exported["detection_boxes"][row])[:count], expected["boxes"], atol=1e-5)
     np.testing.assert_allclose(np.array(exported["detection_scores"][row])[:count], expected["scores"], atol=1e-6)
     np.testing.assert_array_equal(np.array(exported["detection_classes"][row])[:count], expected["classes"])
+
+
+def test_the_serving_graph_resizes_images_as_the_model_was_built_to(trained_run, shapes_dataset):
+    """``model.resize`` (here stretched, with TF1's bilinear resize, as a TF OD API fixed_shape_resizer
+    model) is what the SavedModel's graph does to every image, so it answers like the checkpoint."""
+    restored = restore_run_checkpoint(RunDirectory(trained_run))
+    model, label_map = restored.model, restored.label_map
+    image = np.asarray(Image.open(sorted((shapes_dataset / "JPEGImages").glob("*val*"))[0]).convert("RGB"))
+    wide = np.asarray(Image.fromarray(image).resize((200, 100)))
+    padded = _keras_detections(model, label_map, wide)
+    model.resize_mode, model.resize_method = "stretch", "tf1_bilinear"
+    module = DetectionModule(model, label_map, ServingSettings(0.05, 0.5, 100), "{}")
+    answered = {key: value.numpy() for key, value in module(tf.constant(wide[None])).items()}
+    stretched = _keras_detections(model, label_map, wide)
+    _assert_same(answered, 0, stretched)
+    assert len(padded["scores"]) != len(stretched["scores"]) or not np.allclose(padded["boxes"], stretched["boxes"])
 
 
 def test_the_export_answers_like_the_checkpoint_in_a_process_without_detkeeper(exported, trained_run, shapes_dataset,

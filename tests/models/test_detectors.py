@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detkeeper.config.schema import BackboneConfig, ModelConfig
+from detkeeper.config.schema import BackboneConfig, ModelConfig, ResizeConfig
+from detkeeper.data.augment import Resize
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.voc import read_voc
 from detkeeper.errors import ConfigError
@@ -165,3 +166,14 @@ def test_config_round_trip_rebuilds_the_same_architecture(name, batch, trained):
     for rebuilt in (first, second):
         rebuilt(data["images"][:1])
         assert [v.shape for v in rebuilt.weights] == [v.shape for v in model.weights]
+
+
+@pytest.mark.parametrize("name", ["retinanet_tiny", "hub_retinanet"])  # the pyramid builder and keras-hub's
+def test_the_resize_a_model_is_built_with_survives_its_config(name):
+    """``model.resize`` becomes the detector's ``resize_mode`` / ``resize_method`` and comes back from
+    its config, so exports and ``.keras`` archives resize images as training did."""
+    config = dataclasses.replace(_config(name), resize=ResizeConfig(mode="stretch", method="tf1_bilinear"))
+    model = build_model(config, 3)
+    rebuilt = type(model).from_config(model.get_config())
+    for detector in (model, rebuilt):
+        assert Resize.of(detector) == Resize("stretch", "tf1_bilinear", (0.0, 0.0, 0.0))

@@ -158,7 +158,8 @@ def test_ssd_mobilenet_v2_maps_to_retinanet_on_mobilenetv2(tmp_path):
     result = import_pipeline_config(SSD, base_dir=tmp_path, out_dir=tmp_path)
     data = result.data
     assert data["model"] == {"name": "retinanet", "backbone": {"name": "mobilenetv2", "weights": "imagenet"},
-                             "image_size": 320}  # 300x300 rounded up to a multiple of 32
+                             "image_size": 320,  # 300x300 rounded up to a multiple of 32
+                             "resize": {"mode": "stretch", "method": "tf1_bilinear"}}  # fixed_shape_resizer
     assert data["train"] == {"batch_size": 512, "steps": 50000, "ema_decay": None,
                              "optimizer": {"name": "sgd", "momentum": 0.9, "learning_rate": 0.08, "clipnorm": None},
                              "schedule": {"name": "cosine", "warmup_steps": 2000}}
@@ -191,7 +192,7 @@ def test_centernet_maps_to_fcos_with_a_step_schedule(tmp_path):
     result = import_pipeline_config(CENTERNET, base_dir=tmp_path, out_dir=tmp_path)
     data = result.data
     assert data["model"] == {"name": "fcos", "backbone": {"name": "resnet50", "weights": "imagenet"},
-                             "image_size": 512}
+                             "image_size": 512, "resize": {"mode": "pad", "method": "tf1_bilinear"}}
     assert data["train"]["optimizer"] == {"name": "adam", "learning_rate": 0.001, "clipnorm": None}
     assert data["train"]["schedule"] == {"name": "step", "warmup_steps": 0, "decay_rate": 0.1,
                                          "decay_steps": [90000, 120000]}
@@ -211,7 +212,8 @@ def test_efficientdet_maps_to_retinanet_on_efficientnet_with_its_pyramid_and_hea
     result = import_pipeline_config(EFFICIENTDET, base_dir=tmp_path, out_dir=tmp_path)
     model = result.data["model"]
     assert model == {"name": "retinanet", "backbone": {"name": "efficientnetv2b0", "weights": "imagenet"},
-                     "image_size": 512, "neck": {"min_level": 3, "max_level": 7, "channels": 64},
+                     "image_size": 512, "resize": {"mode": "pad", "method": "tf1_bilinear"},
+                     "neck": {"min_level": 3, "max_level": 7, "channels": 64},
                      "head": {"channels": 64, "convs": 3}}
     assert result.data["data"]["augment"]["scale_jitter"] == [0.1, 2.0]
     assert result.data["evaluation"]["iou_threshold"] == 0.5
@@ -278,6 +280,7 @@ def test_learning_rates_map_to_the_closest_schedule(kind, tmp_path):
     assert result.data["train"]["optimizer"]["name"] == "adam"  # no RMSProp in detkeeper
     assert result.data["train"]["ema_decay"] == 0.9999  # the API's default: use_moving_average true
     assert result.data["model"]["image_size"] == 640  # the longer side of a non-square input
+    assert result.data["model"]["resize"] == {"mode": "pad", "method": "tf1_bilinear"}  # detkeeper's input is square
     notes = notes_of(result)
     rms = "train_config.optimizer.rms_prop_optimizer"
     assert {f"{rms}.decay", f"{rms}.epsilon", f"{rms}.momentum_optimizer_value"} <= set(notes)
@@ -310,7 +313,7 @@ def test_faster_rcnn_maps_to_retinanet_and_its_stage_settings_are_noted(tmp_path
                 constant_learning_rate { learning_rate: 0.01 } } } use_moving_average: false } }"""
     result = import_pipeline_config_text(text, tmp_path)
     assert result.data["model"] == {"name": "retinanet", "backbone": {"name": "resnet50", "weights": "none"},
-                                    "image_size": 1024}
+                                    "image_size": 1024, "resize": {"mode": "pad", "method": "tf1_bilinear"}}
     assert result.data["evaluation"] == {"every_steps": 100, "score_threshold": 0.0, "iou_threshold": 0.6,
                                          "max_detections": 300}
     notes = notes_of(result)

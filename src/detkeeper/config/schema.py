@@ -90,6 +90,30 @@ class HeadConfig:
         return []
 
 
+ResizeMode = Literal["pad", "stretch"]
+ResizeMethod = Literal["antialias", "tf1_bilinear"]
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """How every image becomes the model's square input, in training, evaluation and export alike."""
+
+    mode: ResizeMode = setting(
+        "pad",
+        help=(
+            "pad: keep the aspect ratio, long side to image_size, pad bottom and right; stretch: "
+            "each side to image_size (the TF OD API's fixed_shape_resizer)."
+        ),
+    )
+    method: ResizeMethod = setting(
+        "antialias",
+        help=(
+            "antialias: bilinear with antialiasing; tf1_bilinear: TF1's resize_images bilinear (no "
+            "antialiasing, no half-pixel centres), which TF OD API models were trained with."
+        ),
+    )
+
+
 InitFromParts = Literal["backbone", "backbone+neck", "all"]
 
 
@@ -123,8 +147,11 @@ class ModelConfig:
     name: str = setting("retinanet_tiny", help="Detector name in the model registry.")
     image_size: int = setting(
         320,
-        help="Square input side in pixels; images are resized keeping aspect ratio, then padded.",
+        help="Square input side in pixels; images are resized to it as `resize` says.",
         ge=32,
+    )
+    resize: ResizeConfig = setting(
+        default_factory=ResizeConfig, help="How images are resized to the square input."
     )
     backbone: BackboneConfig = setting(
         default_factory=BackboneConfig, help="The backbone network and its starting weights."

@@ -8,7 +8,63 @@ however many threads decode in parallel. Boxes are ``[ymin, xmin, ymax, xmax]`` 
 
 from __future__ import annotations
 
+import dataclasses
+from typing import get_args
+
 import tensorflow as tf
+
+from detkeeper.config.schema import ResizeMethod, ResizeMode
+
+RESIZE_MODES, RESIZE_METHODS = get_args(ResizeMode), get_args(ResizeMethod)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    """How an image becomes a model's square input, the same in training, evaluation and export.
+
+    ``mode``: ``pad`` keeps the aspect ratio (long side to the model's size, content at the
+    top-left, the rest ``pad_value``); ``stretch`` scales each side to the model's size, as the TF
+    OD API's ``fixed_shape_resizer`` does. ``method``: ``antialias`` is bilinear with antialiasing
+    (detkeeper's own models); ``tf1_bilinear`` is TF1's ``resize_images`` (no antialiasing, no
+    half-pixel centres), which TF OD API models were trained and exported with, so their
+    checkpoints see the pixels they were trained on. ``pad_value`` is an RGB value in 0..255: a
+    model that normalises its input pads with the value that normalises to zero, as the TF OD API
+    (which pads after normalising) does.
+    """
+
+    mode: str = "pad"
+    method: str = "antialias"
+    pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode: expected one of {', '.join(RESIZE_MODES)}, got {self.mode!r}")
+        if self.method not in RESIZE_METHODS:
+            raise ValueError(f"resize method: expected one of {', '.join(RESIZE_METHODS)}, got {self.method!r}")
+        object.__setattr__(self, "pad_value", tuple(float(value) for value in self.pad_value))
+
+    @classmethod
+    def of(cls, model) -> "Resize":
+        """The resize a detector was built with (its ``resize_mode``, ``resize_method`` and ``pad_value``)."""
+        return cls(model.resize_mode, model.resize_method, tuple(model.pad_value))
+
+    def describe(self, size: int) -> str:
+        """What a caller must do to an RGB 0..255 image to make the model's `size` square input."""
+        how = ("bilinear with antialiasing" if self.method == "antialias"
+               else "bilinear as TF1's resize_images, no antialiasing, no half-pixel centres")
+        if self.mode == "stretch":
+            return f"each side resized to {size} ({how})"
+        fill = "zeros" if not any(self.pad_value) else f"RGB {list(self.pad_value)}"
+        return (f"resized keeping its aspect ratio so its long side is {size} (new size rounded to whole "
+                f"pixels, {how}), at the top-left, padded bottom/right with {fill}")
+
+    def image(self, image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+        """`image` ``[H, W, C]`` float resized to `size` ``[h, w]`` (int32) by ``method``."""
+        if self.method == "tf1_bilinear":
+            resized = tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=False,
+                                                half_pixel_centers=False)
+            return resized[0]
+        return tf.image.resize(image, size, method="bilinear", antialias=True)
 
 
 def flip_horizontal(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -20,21 +76,24 @@ def flip_horizontal(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.T
 
 
 def scale_and_crop(image: tf.Tensor, boxes: tf.Tensor, output_size: int, scale: tf.Tensor,
-                   offset_fraction: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Resize keeping the aspect ratio so the long side is ``output_size * scale``, then crop.
+                   offset_fraction: tf.Tensor, resize: Resize = Resize()
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Resize so the long side (``stretch``: each side) is ``output_size * scale``, then crop.
 
-    With ``scale = 1`` this is the plain aspect-preserving resize used for evaluation. With
-    ``scale > 1`` the resized image is larger than the output and a window of
-    ``output_size`` is cut at ``offset_fraction`` (in [0, 1]^2, y then x) of the free range.
-    Returns the (unpadded) content, the boxes in its frame, a mask of boxes that survive the
-    crop with positive area (clipped to the window), and the exact per-axis resize factors
-    ``[fy, fx]`` (model pixels per original pixel, after rounding the resized size).
+    With ``scale = 1`` this is the plain resize used for evaluation. With ``scale > 1`` the resized
+    image is larger than the output and a window of ``output_size`` is cut at
+    ``offset_fraction`` (in [0, 1]^2, y then x) of the free range. Returns the (unpadded)
+    content, the boxes in its frame, a mask of boxes that survive the crop with positive area
+    (clipped to the window), and the exact per-axis resize factors ``[fy, fx]`` (model pixels per
+    original pixel, after rounding the resized size).
     """
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     target = tf.cast(output_size, tf.float32) * tf.cast(scale, tf.float32)
-    resize_factor = target / tf.reduce_max(shape)
-    new_shape = tf.maximum(tf.round(shape * resize_factor), 1.0)
-    image = tf.image.resize(image, tf.cast(new_shape, tf.int32), method="bilinear", antialias=True)
+    if resize.mode == "stretch":
+        new_shape = tf.fill([2], tf.round(target))
+    else:
+        new_shape = tf.maximum(tf.round(shape * (target / tf.reduce_max(shape))), 1.0)
+    image = resize.image(image, tf.cast(new_shape, tf.int32))
     axis_factor = new_shape / shape  # exact per-axis factors after rounding
 
     free = tf.maximum(new_shape - float(output_size), 0.0)
@@ -51,9 +110,14 @@ def scale_and_crop(image: tf.Tensor, boxes: tf.Tensor, output_size: int, scale: 
     return image, clipped, keep, axis_factor
 
 
-def pad_to_square(image: tf.Tensor, output_size: int) -> tf.Tensor:
-    """Pad bottom and right with zeros; boxes are unchanged (the content stays at the top-left)."""
-    return tf.image.pad_to_bounding_box(image, 0, 0, output_size, output_size)
+def pad_to_square(image: tf.Tensor, output_size: int, value: tuple[float, float, float] = (0.0, 0.0, 0.0)
+                  ) -> tf.Tensor:
+    """Pad bottom and right with `value` (RGB); boxes are unchanged (the content stays at the top-left)."""
+    padded = tf.image.pad_to_bounding_box(image, 0, 0, output_size, output_size)
+    if not any(value):
+        return padded
+    inside = tf.image.pad_to_bounding_box(tf.ones_like(image[..., :1]), 0, 0, output_size, output_size) > 0
+    return tf.where(inside, padded, tf.constant(value, padded.dtype))
 
 
 def adjust_colour(image: tf.Tensor, strength: float, seeds: tf.Tensor) -> tf.Tensor:
@@ -67,9 +131,9 @@ def adjust_colour(image: tf.Tensor, strength: float, seeds: tf.Tensor) -> tf.Ten
 
 
 def random_augment(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed: tf.Tensor,
-                   horizontal_flip: bool, scale_range: tuple[float, float], colour_strength: float
-                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Training transform: flip, scale jitter with crop, colour jitter, pad to a square.
+                   horizontal_flip: bool, scale_range: tuple[float, float], colour_strength: float,
+                   resize: Resize = Resize()) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Training transform: flip, scale jitter with crop (after `resize`), colour jitter, pad to a square.
 
     `seed` is a stateless seed (shape [2]) unique to this example and epoch. Returns the
     ``output_size`` square image, the boxes, the mask of boxes still on the image, and the
@@ -82,14 +146,14 @@ def random_augment(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed
     low, high = scale_range
     scale = tf.random.stateless_uniform([], seed=seeds[1], minval=low, maxval=high) if high > low else low
     offset_fraction = tf.random.stateless_uniform([2], seed=seeds[2])
-    image, boxes, keep, factors = scale_and_crop(image, boxes, output_size, scale, offset_fraction)
+    image, boxes, keep, factors = scale_and_crop(image, boxes, output_size, scale, offset_fraction, resize)
     if colour_strength > 0:
         image = adjust_colour(image, colour_strength, seeds[3:7])
-    return pad_to_square(image, output_size), boxes, keep, factors
+    return pad_to_square(image, output_size, resize.pad_value), boxes, keep, factors
 
 
-def resize_for_model(image: tf.Tensor, boxes: tf.Tensor, output_size: int
+def resize_for_model(image: tf.Tensor, boxes: tf.Tensor, output_size: int, resize: Resize = Resize()
                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Evaluation transform: aspect-preserving resize and pad; also returns ``[fy, fx]``."""
-    image, boxes, keep, factors = scale_and_crop(image, boxes, output_size, 1.0, tf.zeros([2]))
-    return pad_to_square(image, output_size), boxes, keep, factors
+    """Evaluation transform: `resize` to the model's square input; also returns ``[fy, fx]``."""
+    image, boxes, keep, factors = scale_and_crop(image, boxes, output_size, 1.0, tf.zeros([2]), resize)
+    return pad_to_square(image, output_size, resize.pad_value), boxes, keep, factors

@@ -139,7 +139,8 @@ def _finish(image, boxes, classes, keep, image_id, image_size, factors, max_boxe
 
 def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
                      batch_size: int, max_boxes: int, augmentation: Augmentation | None, seed: int,
-                     start_step: int = 0, shard: InputShard | None = None) -> tf.data.Dataset:
+                     start_step: int = 0, shard: InputShard | None = None,
+                     resize: augment.Resize = augment.Resize()) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented batches; batch ``k`` depends only on ``(seed, k)``.
 
     `start_step` skips the first batches cheaply (on record indices, before any decoding), so a
@@ -162,12 +163,12 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
         image, boxes, classes, image_id = tensors.example(index)
         original_size = tf.shape(image)[:2]
         if augmentation is None:
-            image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+            image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size, resize)
         else:
             image, boxes, keep, factors = augment.random_augment(
                 image, boxes, image_size, seed=_example_seed(seed, epoch, position),
                 horizontal_flip=augmentation.horizontal_flip,
-                scale_range=augmentation.scale_jitter, colour_strength=augmentation.colour_jitter)
+                scale_range=augmentation.scale_jitter, colour_strength=augmentation.colour_jitter, resize=resize)
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
     indices = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
@@ -187,14 +188,15 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
 
 
 def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
-                       batch_size: int, max_boxes: int) -> tf.data.Dataset:
+                       batch_size: int, max_boxes: int, resize: augment.Resize = augment.Resize()
+                       ) -> tf.data.Dataset:
     """One pass over `records` in order, resized for the model, no augmentation; last batch may be short."""
     tensors = _RecordTensors(records, label_map)
 
     def load(index):
         image, boxes, classes, image_id = tensors.example(index)
         original_size = tf.shape(image)[:2]
-        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size, resize)
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
     dataset = (tf.data.Dataset.range(tensors.count)
@@ -210,7 +212,8 @@ def evaluation_steps(num_records: int, global_batch_size: int) -> int:
 
 
 def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
-                               batch_size: int, max_boxes: int, shard: InputShard) -> tf.data.Dataset:
+                               batch_size: int, max_boxes: int, shard: InputShard,
+                               resize: augment.Resize = augment.Resize()) -> tf.data.Dataset:
     """One pass over `records` in global batches of `batch_size`, this pipeline's slice of each.
 
     The last global batch is padded to full size (with copies of record 0) so every replica runs
@@ -225,7 +228,7 @@ def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: La
         real = index < tensors.count
         image, boxes, classes, image_id = tensors.example(tf.where(real, index, 0))
         original_size = tf.shape(image)[:2]
-        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size)
+        image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size, resize)
         example = _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
         example["record_index"] = tf.where(real, tf.cast(index, tf.int32), -1)
         return example

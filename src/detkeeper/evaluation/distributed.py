@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.augment import Resize
 from detkeeper.data.pipeline import InputShard, evaluation_steps, sharded_evaluation_dataset
 from detkeeper.data.record import DetectionRecord
 from detkeeper.evaluation.runner import ValidationPass, original_detections, score_batches
@@ -29,14 +30,14 @@ class DistributedValidation:
 
     def __init__(self, strategy: tf.distribute.Strategy, records: Sequence[DetectionRecord], label_map: LabelMap,
                  *, image_size: int, batch_size: int, max_boxes: int, is_chief: bool,
-                 backend: str = "faster_coco_eval", max_detections: int = 100) -> None:
+                 backend: str = "faster_coco_eval", max_detections: int = 100, resize: Resize = Resize()) -> None:
         self.strategy, self.records, self.label_map = strategy, list(records), label_map
         self.is_chief, self.backend, self.max_detections = is_chief, backend, max_detections
         self.steps = evaluation_steps(len(self.records), batch_size)
 
         def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
             return sharded_evaluation_dataset(self.records, label_map, image_size=image_size, batch_size=batch_size,
-                                              max_boxes=max_boxes,
+                                              max_boxes=max_boxes, resize=resize,
                                               shard=InputShard.from_input_context(context, batch_size))
 
         self.dataset = strategy.distribute_datasets_from_function(dataset)

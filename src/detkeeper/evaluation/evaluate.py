@@ -34,6 +34,7 @@ import numpy as np
 
 from detkeeper import __version__
 from detkeeper.config.schema import SPLITS, DataConfig, SourceConfig
+from detkeeper.data.augment import Resize
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
@@ -283,7 +284,8 @@ class PreparedEvaluation:
                 progress=progress, on_batch=results.add)
         else:
             dataset = evaluation_dataset(self.data.records, self.label_map, image_size=config.model.image_size,
-                                         batch_size=self.batch_size, max_boxes=config.data.max_boxes)
+                                         batch_size=self.batch_size, max_boxes=config.data.max_boxes,
+                                         resize=Resize.of(self.model))
             validation = run_validation(compiled_detect(self.model), dataset, self.label_map,
                                         ground_truth=self.data.records, backend=backend,
                                         max_detections=config.evaluation.max_detections, progress=progress,

@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from detkeeper import __version__
+from detkeeper.data.augment import Resize
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError, RunFailed
 from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES, DetectionModule, ServingSettings
@@ -251,8 +252,8 @@ def export_metadata(restored, settings, verification_images: tuple[str | None, i
         "model": {"name": config.model.name, "input_size": config.model.image_size,
                   "num_classes": label_map.num_classes,
                   "custom_objects_module": config.model.custom_objects_module},
-        "preprocessing": "uint8 RGB; resized keeping the aspect ratio so the long side is input_size, padded "
-                         "bottom-right with zeros (the evaluation pipeline's resize), inside the graph",
+        "preprocessing": f"uint8 RGB; {Resize.of(restored.model).describe(config.model.image_size)} (the "
+                         "evaluation pipeline's resize), inside the graph",
         "box_convention": BOX_CONVENTION,
         "class_id_offset": 1,
         "class_convention": CLASS_CONVENTION,

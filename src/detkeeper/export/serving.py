@@ -25,8 +25,8 @@ EfficientDet). Exports of API models with a background class have ``C + 1`` colu
 the background. The API's EfficientDet export gives its raw boxes relative to the padded model
 input; here they are relative to the original image, the frame of ``detection_boxes``.
 
-Preprocessing (the evaluation pipeline's own aspect-preserving resize and padding) and NMS are in
-the graph, so the SavedModel needs nothing but TensorFlow.
+Preprocessing (the evaluation pipeline's own resize, ``model.resize``: aspect ratio kept and padded,
+or stretched) and NMS are in the graph, so the SavedModel needs nothing but TensorFlow.
 
 Signatures (each takes ``input_tensor``, as TF OD API exports do):
 ``serving_default`` uint8 ``[B, H, W, 3]`` (any size and batch), ``encoded_image_string_tensor``
@@ -89,6 +89,7 @@ class DetectionModule(tf.Module):
         super().__init__(name="detkeeper_detection_module")
         self.model = model
         self.image_size = int(model.image_size)
+        self.resize = augment.Resize.of(model)
         self.settings = settings
         self.label_ids = tf.constant([0.0] + [float(i) for i in label_map.ids], tf.float32)  # index + 1 -> id
         self.metadata_text = tf.constant(metadata_json)
@@ -106,7 +107,7 @@ class DetectionModule(tf.Module):
         """One uint8 ``[H, W, 3]`` image -> model canvas, ``[fy, fx]`` factors, ``[H, W]``."""
         image = tf.cast(image, tf.float32)
         size = tf.shape(image)[:2]
-        canvas, _, _, factors = augment.resize_for_model(image, tf.zeros([0, 4]), self.image_size)
+        canvas, _, _, factors = augment.resize_for_model(image, tf.zeros([0, 4]), self.image_size, self.resize)
         canvas = tf.ensure_shape(canvas, [self.image_size, self.image_size, 3])
         return canvas, factors, tf.cast(size, tf.float32)
 

@@ -9,10 +9,11 @@ quarter of the space, but not an integer-only model for int8 accelerators.
 
 The contract (also written to ``tflite.json`` beside the models, with the label map's classes):
 
-- input ``images``: float32 ``[1, S, S, 3]``, RGB 0..255: the image resized keeping its aspect
-  ratio so its long side is ``S`` (the new size rounded to whole pixels; bilinear, antialiased),
-  placed at the top-left and padded bottom/right with zeros, i.e. detkeeper's evaluation
-  transform (``detkeeper.data.augment.resize_for_model``). TFLite models take fixed shapes, so
+- input ``images``: float32 ``[1, S, S, 3]``, RGB 0..255: the image as ``model.resize`` makes it (by
+  default resized keeping its aspect ratio so its long side is ``S``, the new size rounded to whole
+  pixels, bilinear, antialiased, placed at the top-left and padded bottom/right with zeros), i.e.
+  detkeeper's evaluation transform (``detkeeper.data.augment.resize_for_model``; ``tflite.json``
+  says which). TFLite models take fixed shapes, so
   the resize stays with the caller; the SavedModel does it in its graph.
 - outputs (NMS inside, TFLite builtin ops only): ``detection_boxes`` float32 ``[1, D, 4]``
   ``(ymin, xmin, ymax, xmax)`` in input-canvas pixels (divide y by ``new_height / height`` and x
@@ -57,6 +58,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detkeeper.data.augment import Resize
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
@@ -167,9 +169,7 @@ def tflite_contract(model, label_map: LabelMap) -> dict:
                         "same inputs and outputs as float32",
         "signature": "serving_default",
         "inputs": {"images": {"dtype": "float32", "shape": [1, size, size, 3],
-                              "meaning": f"RGB 0..255; the image resized keeping its aspect ratio so its long side is "
-                                         f"{size} (new size rounded to whole pixels, bilinear with antialiasing), at "
-                                         f"the top-left, padded bottom/right with zeros"}},
+                              "meaning": f"RGB 0..255; the image {Resize.of(model).describe(size)}"}},
         "outputs": {
             "detection_boxes": {"dtype": "float32", "shape": [1, detections, 4],
                                 "meaning": "ymin, xmin, ymax, xmax in input-canvas pixels; original pixels: y / "
@@ -332,7 +332,8 @@ def _recording(detect, rows: list[dict]):
 
 
 def _dataset(model, label_map: LabelMap, records, max_boxes: int):
-    return evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8, max_boxes=max_boxes)
+    return evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8, max_boxes=max_boxes,
+                              resize=Resize.of(model))
 
 
 def _map_or_none(validation, records) -> float | None:

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from detkeeper.data.augment import Resize
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch, normalize_yxyx_batch
@@ -210,7 +211,7 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
     detect = compiled_detect(model)
     rows, sizes, canvases = [], [], []
     for batch in evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8,
-                                    max_boxes=max_boxes):
+                                    max_boxes=max_boxes, resize=Resize.of(model)):
         canvases.append(batch["images"])
         raw = {key: np.asarray(value) for key, value in detect(batch["images"]).items()}
         batch_sizes = batch["image_sizes"].numpy()

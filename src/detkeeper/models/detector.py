@@ -39,13 +39,17 @@ class Detector(keras.Model):
     :meth:`track_losses`; each is logged beside ``loss`` (``class_loss``, ``val_box_loss``, ...)."""
 
     LOSS_TERMS: tuple[str, ...] = ()
+    #: The RGB value (0..255) padding fills with (``model.resize.mode: pad``): a family whose
+    #: normalisation maps another value to zero overrides it (see ``detkeeper.data.augment.Resize``).
+    pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
                  iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
-                 **kwargs) -> None:
+                 resize_mode: str = "pad", resize_method: str = "antialias", **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
+        self.resize_mode, self.resize_method = resize_mode, resize_method  # how images become its input
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
@@ -139,7 +143,8 @@ class Detector(keras.Model):
         config = super().get_config()
         config.update(num_classes=self.num_classes, image_size=self.image_size,
                       score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
-                      max_detections=self.max_detections, custom_objects_module=self.custom_objects_module)
+                      max_detections=self.max_detections, custom_objects_module=self.custom_objects_module,
+                      resize_mode=self.resize_mode, resize_method=self.resize_method)
         return config
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
@@ -208,4 +213,10 @@ def build_pyramid_detector(detector_class: type, model_config, num_classes: int,
         min_level=neck.min_level or defaults.min_level, max_level=neck.max_level or defaults.max_level,
         score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
         max_detections=postprocess.max_detections, head_block=head.block,
-        custom_objects_module=model_config.custom_objects_module, name=model_config.name)
+        custom_objects_module=model_config.custom_objects_module, name=model_config.name,
+        **resize_settings(model_config))
+
+
+def resize_settings(model_config) -> dict[str, str]:
+    """The ``Detector`` arguments ``model.resize`` sets: how images become the model's input."""
+    return {"resize_mode": model_config.resize.mode, "resize_method": model_config.resize.method}

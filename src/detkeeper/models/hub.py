@@ -56,7 +56,7 @@ import tensorflow as tf
 
 from detkeeper.errors import ConfigError
 from detkeeper.models import boxes
-from detkeeper.models.detector import Detector
+from detkeeper.models.detector import Detector, resize_settings
 from detkeeper.models.registry import Postprocess, register_model
 
 logger = logging.getLogger("detkeeper.models")
@@ -344,4 +344,5 @@ def hub_retinanet(model_config, num_classes: int, postprocess: Postprocess) -> H
     init_heads(detector)
     return HubRetinaNet(detector, num_classes, model_config.image_size, scale=scale, offset=offset,
                         score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
-                        max_detections=postprocess.max_detections, name=model_config.name)
+                        max_detections=postprocess.max_detections, name=model_config.name,
+                        **resize_settings(model_config))

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detkeeper.data.augment import Resize
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
@@ -107,7 +108,7 @@ def detect_samples(model, records: Sequence[DetectionRecord], label_map: LabelMa
     if not records:
         return ()
     batch = next(iter(evaluation_dataset(list(records), label_map, image_size=image_size,
-                                         batch_size=len(records), max_boxes=max_boxes)))
+                                         batch_size=len(records), max_boxes=max_boxes, resize=Resize.of(model))))
     raw = {key: np.asarray(value) for key, value in model.detect(batch["images"]).items()}
     found = original_detections(raw, label_map, batch["image_scales"].numpy(), batch["image_sizes"].numpy())
     samples = []

@@ -247,7 +247,9 @@ def map_model(model: Node) -> tuple[dict[str, Any], int | None, dict[str, Any]]:
     if extractor is None:
         raise track.error(node.path, "no feature_extractor { type: ... }; cannot choose a backbone")
     result["backbone"] = _backbone(extractor)
-    result["image_size"] = _image_size(node.child("image_resizer"), node.at("image_resizer"), track)
+    result["image_size"], resize = _model_input(node.child("image_resizer"), node.at("image_resizer"), track)
+    if resize:
+        result["resize"] = resize
     neck = _neck(extractor)
     if neck:
         result["neck"] = neck
@@ -332,16 +334,20 @@ def _variant(lowered: str) -> str:
     return lowered[start + len("efficientnet-"):].split("_")[0].upper() if start >= 0 else "?"
 
 
-def _image_size(resizer: Node | None, path: str, track: Tracker) -> int:
+def _model_input(resizer: Node | None, path: str, track: Tracker) -> tuple[int, dict[str, str]]:
+    """``image_resizer`` -> (``model.image_size``, ``model.resize``; empty where detkeeper's default)."""
     if resizer is None:
         track.map(path, "model.image_size", 320, "no image_resizer in the pipeline; detkeeper's default")
-        return 320
+        return 320, {}
     kind, node = resizer.oneof("image resizer")
+    resize = {"mode": "pad", "method": "tf1_bilinear"}
     if kind == "fixed_shape_resizer":
         height, width = node.integer("height", 300), node.integer("width", 300)
         side, how = max(height, width), f"fixed {height}x{width}"
-        if height != width:
-            how += ("; detkeeper keeps the aspect ratio and pads to a square, so the longer side "
+        if height == width:
+            resize["mode"] = "stretch"
+        else:
+            how += ("; detkeeper's input is square: it keeps the aspect ratio and pads, so the longer side "
                     "is the input size")
     elif kind == "keep_aspect_ratio_resizer":
         low, side = node.integer("min_dimension", 600), node.integer("max_dimension", 1024)
@@ -353,14 +359,20 @@ def _image_size(resizer: Node | None, path: str, track: Tracker) -> int:
     else:
         track.map(resizer.at(kind), "model.image_size", 320, f"{kind} has no detkeeper counterpart; default 320")
         resizer.note(kind, "detkeeper resizes keeping the aspect ratio and pads to a square (model.image_size)")
-        return 320
+        return 320, {}
     if side < 32:
         raise track.error(node.path, f"an input side of {side} px is smaller than detkeeper's 32")
     size = -(-side // 32) * 32
     if size != side:
         how += f"; rounded up from {side} to a multiple of 32, as detkeeper's pyramid needs"
     track.map(node.path, "model.image_size", size, how)
-    return size
+    method = node.text("resize_method", "BILINEAR")
+    if method != "BILINEAR":
+        node.note("resize_method", f"{method}: detkeeper resizes bilinearly")
+    track.map(node.path, "model.resize", dict(resize),
+              ("each side stretched" if resize["mode"] == "stretch" else "aspect ratio kept, padded")
+              + "; bilinear as TF1's resize_images, as the API resizes")
+    return size, resize
 
 
 def _neck(extractor: Node) -> dict[str, Any]:

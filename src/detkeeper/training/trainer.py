@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
+from detkeeper.data.augment import Resize
 from detkeeper.data.pipeline import Augmentation, InputShard, evaluation_dataset, training_dataset
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import ConfigError
@@ -186,7 +187,8 @@ class _Training:
         model = build_model(config.model, num_classes, Postprocess.from_config(config.evaluation))
         model.compile(optimizer=build_optimizer(config.train, num_replicas=self.distribution.num_replicas))
         sample = next(iter(evaluation_dataset(val_records[:4], label_map, image_size=config.model.image_size,
-                                              batch_size=4, max_boxes=config.data.max_boxes)))
+                                              batch_size=4, max_boxes=config.data.max_boxes,
+                                              resize=Resize.of(model))))
         model(sample["images"][:1], training=False)  # create the variables, so a checkpoint can fill them
         model.optimizer.build(model.trainable_variables)
         self.distribution.synchronise_batch_norm(model)
@@ -234,18 +236,20 @@ class _Training:
         config = self.config
         every, total = config.evaluation.every_steps, config.train.steps
         distribution = self.distribution
+        resize = Resize.of(model)
 
         def train_data_for(shard=None):
             return training_dataset(
                 train_records, label_map, image_size=config.model.image_size, batch_size=config.train.batch_size,
                 max_boxes=config.data.max_boxes, augmentation=Augmentation.from_config(config.data.augment),
-                seed=config.train.seed, start_step=start_step, shard=shard).map(fit_inputs)
+                seed=config.train.seed, start_step=start_step, shard=shard, resize=resize).map(fit_inputs)
 
         distributed_validation = None
         if distribution.uses_keras_fit:
             train_data = train_data_for()
             val_data = evaluation_dataset(val_records, label_map, image_size=config.model.image_size,
-                                          batch_size=config.train.batch_size, max_boxes=config.data.max_boxes)
+                                          batch_size=config.train.batch_size, max_boxes=config.data.max_boxes,
+                                          resize=resize)
         else:  # each worker makes only its replicas' slices of every global batch
 
             distribution.replica_batch_size(config.train.batch_size)  # refuses a batch that does not split evenly
@@ -253,7 +257,7 @@ class _Training:
                 lambda context: train_data_for(InputShard.from_input_context(context, config.train.batch_size)))
             val_data = None
             distributed_validation = DistributedValidation(
-                distribution.strategy, val_records, label_map, image_size=config.model.image_size,
+                distribution.strategy, val_records, label_map, image_size=config.model.image_size, resize=resize,
                 batch_size=config.train.batch_size, max_boxes=config.data.max_boxes,
                 is_chief=distribution.is_chief, max_detections=config.evaluation.max_detections)
         monitors = {name: weighted_monitor(weights) for name, weights in config.evaluation.weighted_monitors.items()}
