@@ -31,6 +31,9 @@ def no_data_reads(monkeypatch):
      "model.head.block: no Keras layer is registered as 'nowhere>Block'"),
     ({"model": {"image_size": 128, "custom_objects_module": "no_such_module_here"}},
      "model.custom_objects_module: cannot import module 'no_such_module_here'"),
+    # the input size each family needs is the family's to say (the TF OD API's SSDs take 300)
+    ({"model": {"image_size": 300}},
+     "model.image_size: expected a multiple of 32 for backbone 'tiny', got 300"),
     ({"model": {"image_size": 128, "init_from": {"path": "/nowhere/run"}}},
      "model.init_from.path: expected an existing run directory, checkpoint or export, got '/nowhere/run'"),
     ({"train": {"steps": 50, "schedule": {"warmup_steps": 80}}},
@@ -98,3 +101,12 @@ def test_checkpoint_min_delta_is_accepted_with_a_warning_that_it_changes_nothing
     (warning,) = deprecation_warnings(RunConfig(checkpoint=CheckpointConfig(min_delta=0.01)))
     assert warning.startswith("checkpoint.min_delta (0.01) changes nothing any more") and \
         "early_stopping.min_delta" in warning
+
+
+def test_hub_retinanet_refuses_an_input_size_its_pyramid_cannot_take(tmp_path, shapes_dataset, no_data_reads):
+    pytest.importorskip("keras_hub", reason="hub_retinanet needs keras-hub: pip install 'detkeeper[hub]'")
+    config = write_config(tmp_path / "run.yaml", shapes_dataset, tmp_path / "run",
+                          model={"image_size": 200, "name": "hub_retinanet"})
+    with pytest.raises(ConfigError, match="model.image_size: hub_retinanet's ResNet and pyramid need a multiple "
+                                          "of 32, got 200"):
+        train(config)

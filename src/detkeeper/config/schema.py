@@ -176,8 +176,6 @@ class ModelConfig:
         problems = []
         if not self.name:
             problems.append("name: expected a non-empty model name, got ''")
-        if self.image_size % 32:
-            problems.append(f"image_size: expected a multiple of 32, got {self.image_size}")
         if self.preset is not None and not self.name.startswith("hub_"):
             problems.append(f"preset: only keras-hub models (hub_*) build from a preset (name is "
                             f"{self.name!r}); expected null, got {self.preset!r}")

@@ -309,6 +309,9 @@ def _check_hub_config(model_config) -> None:
     """What hub_retinanet refuses before it downloads or builds anything."""
     import_keras_hub(model_config.name)
     _check_widths(model_config)
+    if model_config.image_size % 32:
+        raise ConfigError(f"model.image_size: {model_config.name}'s ResNet and pyramid need a multiple of 32, "
+                          f"got {model_config.image_size}")
     backbone, preset = model_config.backbone, model_config.preset
     if preset is None and backbone.name not in RESNET_CONFIGS:
         raise ConfigError(f"model.backbone.name: {model_config.name} builds keras-hub ResNet backbones "
