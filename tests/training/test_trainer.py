@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from detkeeper.cli.main import main
+from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError
 from detkeeper.run.layout import RunDirectory
 from detkeeper.training.callbacks import TrainingDiverged
@@ -56,8 +57,15 @@ def test_tf_tools_find_the_latest_and_the_best(reference_run):
     assert "early_stopping/wait/.ATTRIBUTES/VARIABLE_VALUE" in reader.get_variable_to_shape_map()
 
 
-def test_rerun_of_a_finished_run_does_not_train_again(reference_run):
+def _refuse_data_reads(monkeypatch) -> None:
+    def refuse(self, split, *args, **kwargs):
+        raise AssertionError(f"data.{split} was read to find out that the run had ended")
+    monkeypatch.setattr(DataSources, "prepare", refuse)
+
+
+def test_rerun_of_a_finished_run_does_not_train_again_nor_read_its_data(reference_run, monkeypatch):
     config, first = reference_run
+    _refuse_data_reads(monkeypatch)
     again = train(config)
     assert again.status == "already_finished" and again.step == 120 and again.best.step == first.best.step
 
@@ -84,7 +92,7 @@ def test_checkpoints_command_lists_best_first(reference_run, capsys):
     assert json.loads(capsys.readouterr().out)["best"] == f"step-{result.best.step:07d}"
 
 
-def test_early_stopping_stops_and_stays_stopped(shapes_dataset, tmp_path, caplog):
+def test_early_stopping_stops_and_stays_stopped(shapes_dataset, tmp_path, caplog, monkeypatch):
     config = write_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run",
                           train={"batch_size": 4, "steps": 200}, evaluation={"every_steps": 10},
                           early_stopping={"enabled": True, "patience": 2, "baseline": 1.5})
@@ -95,8 +103,11 @@ def test_early_stopping_stops_and_stays_stopped(shapes_dataset, tmp_path, caplog
     assert "training stopped early at step 20" in caplog.messages[-1]
     ledger = json.loads(result.ledger_path.read_text())
     assert ledger["status"]["state"] == "stopped_early"
-    again = train(config)
-    assert again.status == "already_stopped" and again.step == 20
+    _refuse_data_reads(monkeypatch)  # the ledger says it stopped: no data is read to say so again
+    with caplog.at_level("INFO", logger="detkeeper.training"):
+        again = train(config)
+    assert again.status == "already_stopped" and again.step == 20 and again.best.step == result.best.step
+    assert "stopped early at step 20 (no improvement of val_mAP for 2 evaluations)" in caplog.messages[-1]
 
 
 def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_checkpoints(shapes_dataset, tmp_path):

@@ -36,7 +36,7 @@ from detkeeper.models.ema import WeightAverage
 from detkeeper.models.precision import mixed_precision
 from detkeeper.models.registry import Postprocess
 from detkeeper.run.layout import RunDirectory
-from detkeeper.run.ledger import LedgerEntry
+from detkeeper.run.ledger import Ledger, LedgerEntry, RetentionPolicy
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
 from detkeeper.training.distributed_loop import fit_distributed
 from detkeeper.training.distribution import create_distribution, worker_config
@@ -138,6 +138,9 @@ class _Training:
         if config.data.val is None:
             raise ConfigError("data.val: training keeps the best checkpoints by validation mAP, so it needs "
                               "a validation split; set data.val.format and data.val.path")
+        answered = self._done_by_the_ledger()
+        if answered is not None:
+            return answered
         sources = DataSources(config.data)
         train_split, val_split = sources.prepare("train"), sources.prepare("val")
         label_map = sources.label_map
@@ -211,6 +214,40 @@ class _Training:
             for average, weight in zip(weight_average.averages, weight_average.model_weights):
                 average.assign(weight.value)
 
+    def _done_by_the_ledger(self) -> TrainResult | None:
+        """A run whose ledger records its end (stopped early, or finished at ``train.steps`` or
+        beyond) is answered from the ledger alone, before any data is read: a rerun of a finished
+        run on a large dataset says so at once. Anything else (no ledger, still training, a killed
+        run whose end is not recorded, more steps asked for) takes the full path, as does a
+        multi-worker run, whose workers must all decide together."""
+        path = self.rundir.ledger_path
+        if self.distribution.num_workers != 1 or not path.is_file():
+            return None
+        checkpoint = self.config.checkpoint
+        ledger = Ledger.read(path, RetentionPolicy(self.config.evaluation.monitor, mode=checkpoint.mode,
+                                                   keep_best=checkpoint.keep_best, keep_last=checkpoint.keep_last,
+                                                   min_delta=checkpoint.min_delta))
+        state, step = ledger.status.get("state"), ledger.status.get("step")
+        if not isinstance(step, int) or state not in ("stopped_early", "finished"):
+            return None
+        if state == "stopped_early":
+            self._log_already_stopped(step, ledger.best)
+            return TrainResult(self.rundir.path, "already_stopped", step, ledger.best)
+        if step < self.config.train.steps:
+            return None  # train.steps was raised: train on
+        self._log_already_finished(step, ledger.best)
+        return TrainResult(self.rundir.path, "already_finished", step, ledger.best)
+
+    def _log_already_stopped(self, step: int, best: LedgerEntry | None) -> None:
+        logger.info("%s stopped early at step %d (no improvement of %s for %d evaluations); best: %s. "
+                    "Not training again: use a new run_dir, or raise early_stopping.patience and remove "
+                    "the run's checkpoints to start over.", self.rundir.path, step,
+                    self.config.evaluation.monitor, self.config.early_stopping.patience, _describe(best))
+
+    def _log_already_finished(self, step: int, best: LedgerEntry | None) -> None:
+        logger.info("%s already trained to step %d (train.steps is %d); best: %s", self.rundir.path,
+                    step, self.config.train.steps, _describe(best))
+
     def _already_done(self, checkpointer: BestCheckpoints, state: EarlyStoppingState,
                       start_step: int) -> TrainResult | None:
         best = checkpointer.ledger.best
@@ -219,14 +256,10 @@ class _Training:
             checkpointer.store.set_status(state="stopped_early" if state.stopped else "finished", step=start_step,
                                           best=best.name if best else None)
         if state.stopped:
-            logger.info("%s stopped early at step %d (no improvement of %s for %d evaluations); best: %s. "
-                        "Not training again: use a new run_dir, or raise early_stopping.patience and remove "
-                        "the run's checkpoints to start over.", self.rundir.path, int(state.stopped_step.numpy()),
-                        self.config.evaluation.monitor, self.config.early_stopping.patience, _describe(best))
+            self._log_already_stopped(int(state.stopped_step.numpy()), best)
             return TrainResult(self.rundir.path, "already_stopped", start_step, best)
         if start_step >= self.config.train.steps:
-            logger.info("%s already trained to step %d (train.steps is %d); best: %s", self.rundir.path,
-                        start_step, self.config.train.steps, _describe(best))
+            self._log_already_finished(start_step, best)
             return TrainResult(self.rundir.path, "already_finished", start_step, best)
         return None
 
