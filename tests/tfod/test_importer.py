@@ -298,7 +298,8 @@ def test_a_detection_checkpoint_that_is_a_detkeeper_run_becomes_init_from(tmp_pa
     text = EFFICIENTDET.read_text().replace("pretrained/efficientdet_d0_coco17_tpu-32/checkpoint/ckpt-0",
                                             "runs/previous")
     result = import_pipeline_config_text(text, tmp_path)
-    assert result.data["model"]["init_from"] == {"path": "runs/previous", "include": "all"}
+    # "detection", as the API's SSD restores it: the feature extractor (backbone and FPN), not the heads
+    assert result.data["model"]["init_from"] == {"path": "runs/previous", "include": "backbone+neck"}
     assert result.data["model"]["backbone"]["weights"] == "none"
     assert "train_config.fine_tune_checkpoint" not in notes_of(result)
 

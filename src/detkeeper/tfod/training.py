@@ -25,7 +25,10 @@ CROP_ZOOM = [1.0, 2.0]
 # that reaches each TF OD API colour step at its proto defaults or given values.
 _COLOUR = ("random_adjust_brightness", "random_adjust_contrast", "random_adjust_saturation",
            "random_adjust_hue", "random_distort_color")
-_INCLUDE = {"classification": "backbone", "fine_tune": "backbone+neck", "detection": "all", "full": "all"}
+# fine_tune_checkpoint_type -> model.init_from.include, as the API's SSDMetaArch.restore_from_objects
+# restores: classification the backbone, detection the whole feature extractor (backbone and FPN),
+# full everything (here: the head where its shapes fit).
+_INCLUDE = {"classification": "backbone", "fine_tune": "backbone+neck", "detection": "backbone+neck", "full": "all"}
 
 
 def map_train(config: Node, model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int | None]:
