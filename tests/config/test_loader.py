@@ -48,7 +48,7 @@ def test_bad_literal_lists_allowed_values(write_config) -> None:
 
 def test_several_errors_reported_together(write_config) -> None:
     path = write_config("""
-        model: {image_size: 300}
+        model: {image_size: 16}
         train: {batch_size: 0, stepz: 10}
         checkpoint: {mode: biggest}
         data:

@@ -240,20 +240,23 @@ def run_show(args) -> int:
     image_size = args.image_size or (config.model.image_size if config else 320)
     seed = args.seed if args.seed is not None else (config.train.seed if config else 0)
     augment_config = config.data.augment if config else None
-    resize = (config.model.resize.mode, config.model.resize.method) if config else ("pad", "antialias")
     path = write_batch_picture(target.sources, split, Path(args.out), count=args.count, image_size=image_size,
-                               augment=not args.no_augment, augment_config=augment_config, seed=seed, resize=resize)
+                               augment=not args.no_augment, augment_config=augment_config, seed=seed,
+                               model_config=config.model if config else None)
     print(f"{target.labels[split]}: {args.count} images as the pipeline makes them -> {path}")
     return 0
 
 
 def write_batch_picture(sources, split: str, out: Path, *, count: int, image_size: int, augment: bool,
-                        augment_config=None, seed: int = 0, max_boxes: int = 100,
-                        resize: tuple[str, str] = ("pad", "antialias")) -> Path:
-    """Draw one pipeline batch (training transforms unless `augment` is false) into a PNG grid;
-    `resize` is ``model.resize`` (mode, method)."""
+                        augment_config=None, seed: int = 0, max_boxes: int = 100, model_config=None) -> Path:
+    """Draw one pipeline batch (training transforms unless `augment` is false) into a PNG grid,
+    resized as `model_config`'s model would be (detkeeper's default without one)."""
     from detkeeper.data.augment import Resize  # light: imports TensorFlow
     from detkeeper.data.pipeline import Augmentation, training_dataset  # light: imports TensorFlow
+    from detkeeper.models.registry import DEFAULT_RESIZE, resize_settings  # light: imports Keras
+
+    settings = resize_settings(model_config) if model_config is not None else dict(
+        zip(("resize_mode", "resize_method"), DEFAULT_RESIZE))
 
     if count < 1:
         raise DataError(f"--count must be at least 1, got {count}")
@@ -263,7 +266,7 @@ def write_batch_picture(sources, split: str, out: Path, *, count: int, image_siz
         augmentation = Augmentation.from_config(augment_config) if augment_config else Augmentation()
     dataset = training_dataset(prepared.records, prepared.label_map, image_size=image_size,
                                batch_size=count, max_boxes=max_boxes, augmentation=augmentation, seed=seed,
-                               resize=Resize(*resize))
+                               resize=Resize(settings["resize_mode"], settings["resize_method"]))
     batch = next(iter(dataset))
     pictures = []
     for image, boxes, classes, num in zip(batch["images"].numpy(), batch["boxes"].numpy(),

@@ -98,18 +98,20 @@ ResizeMethod = Literal["antialias", "tf1_bilinear"]
 class ResizeConfig:
     """How every image becomes the model's square input, in training, evaluation and export alike."""
 
-    mode: ResizeMode = setting(
-        "pad",
+    mode: ResizeMode | None = setting(
+        None,
         help=(
             "pad: keep the aspect ratio, long side to image_size, pad bottom and right; stretch: "
-            "each side to image_size (the TF OD API's fixed_shape_resizer)."
+            "each side to image_size (the TF OD API's fixed_shape_resizer); unset: the model's own "
+            "(pad for detkeeper's families, the zoo config's for the TF OD API ones)."
         ),
     )
-    method: ResizeMethod = setting(
-        "antialias",
+    method: ResizeMethod | None = setting(
+        None,
         help=(
             "antialias: bilinear with antialiasing; tf1_bilinear: TF1's resize_images bilinear (no "
-            "antialiasing, no half-pixel centres), which TF OD API models were trained with."
+            "antialiasing, no half-pixel centres), which TF OD API models were trained with; unset: "
+            "the model's own (antialias for detkeeper's families, tf1_bilinear for the TF OD API ones)."
         ),
     )
 

@@ -20,6 +20,7 @@ from detkeeper.errors import DetkeeperError
 from detkeeper.models import boxes, losses
 from detkeeper.models.backbones import build_backbone, check_backbone
 from detkeeper.models.custom import tower_layer
+from detkeeper.models.registry import resize_settings
 
 
 def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
@@ -216,7 +217,3 @@ def build_pyramid_detector(detector_class: type, model_config, num_classes: int,
         custom_objects_module=model_config.custom_objects_module, name=model_config.name,
         **resize_settings(model_config))
 
-
-def resize_settings(model_config) -> dict[str, str]:
-    """The ``Detector`` arguments ``model.resize`` sets: how images become the model's input."""
-    return {"resize_mode": model_config.resize.mode, "resize_method": model_config.resize.method}

@@ -56,8 +56,8 @@ import tensorflow as tf
 
 from detkeeper.errors import ConfigError
 from detkeeper.models import boxes
-from detkeeper.models.detector import Detector, resize_settings
-from detkeeper.models.registry import Postprocess, register_model
+from detkeeper.models.detector import Detector
+from detkeeper.models.registry import Postprocess, register_model, resize_settings
 
 logger = logging.getLogger("detkeeper.models")
 

@@ -37,24 +37,40 @@ ModelBuilder = Callable[..., object]  # (model_config, num_classes, postprocess)
 ModelCheck = Callable[[object], None]  # (model_config) -> None; raises ConfigError("model.<key>: ...")
 _BUILDERS: dict[str, ModelBuilder] = {}
 _CHECKS: dict[str, ModelCheck] = {}
+#: detkeeper's own resize (``model.resize``: mode, method), for families that register none.
+DEFAULT_RESIZE = ("pad", "antialias")
+_RESIZES: dict[str, tuple[str, str]] = {}
 
 
-def register_model(name: str, check: ModelCheck | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, check: ModelCheck | None = None,
+                   resize: tuple[str, str] = DEFAULT_RESIZE) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`.
 
     `check(model_config)` raises the ``ConfigError`` the builder would raise for the config's names
     and sizes, without building anything, so a run can refuse a config before it reads its data.
+    `resize` is the family's ``model.resize`` (mode, method) where the config leaves it unset: a TF
+    OD API family resizes as its zoo configs do.
     """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
+        _RESIZES[name] = resize
         if check is not None:
             _CHECKS[name] = check
         return builder
 
     return add
+
+
+def resize_settings(model_config) -> dict[str, str]:
+    """The ``Detector`` arguments for ``model.resize`` (how images become the model's input): the
+    config's values, the family's registered ones where it leaves them unset."""
+    _load_families()
+    mode, method = _RESIZES.get(model_config.name, DEFAULT_RESIZE)
+    resize = model_config.resize
+    return {"resize_mode": resize.mode or mode, "resize_method": resize.method or method}
 
 
 def _load_families() -> None:

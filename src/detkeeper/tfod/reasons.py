@@ -51,7 +51,6 @@ REASONS: dict[str, str] = {
     "channel_means": "detkeeper's backbones normalize their own input, inside the model",
     "channel_stds": "detkeeper's backbones normalize their own input, inside the model",
     "bgr_ordering": "detkeeper's backbones take RGB",
-    "resize_method": "detkeeper resizes with antialiased bilinear interpolation",
     "sync_replicas": _ONE_DEVICE,
     "replicas_to_aggregate": _ONE_DEVICE,
     "startup_delay_steps": _ONE_DEVICE,
