@@ -40,6 +40,13 @@ def coco_fake100_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tfod_oracle_dir() -> Path:
+    """What the TF Object Detection API itself computes for zoo models with seeded weights: per
+    model a pipeline.config, a zoo-layout checkpoint and reference.npz (see its README.md)."""
+    return _shared(SHARED_DATA / "tfod-oracle", "tfod-oracle")
+
+
+@pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shapes dataset (24/8/8 images at 128 px, seed 0), generated once per session.
 
