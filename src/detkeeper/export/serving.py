@@ -115,10 +115,13 @@ class DetectionModule(tf.Module):
         outputs = self.model(canvases, training=False)
         candidate_boxes, probabilities = self.model.decode_boxes_and_scores(outputs)
         candidate_boxes, probabilities = tf.cast(candidate_boxes, tf.float32), tf.cast(probabilities, tf.float32)
+        clip_size = self.image_size if self.model.CLIP_BEFORE_NMS else None  # as Detector.postprocess
         found = box_ops.batched_nms(candidate_boxes, probabilities, max_detections=self.settings.max_detections,
                                     iou_threshold=self.settings.iou_threshold,
-                                    score_threshold=self.settings.score_threshold, clip_size=self.image_size)
-        anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clip_size=self.image_size)
+                                    score_threshold=self.settings.score_threshold, clip_size=clip_size)
+        anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clip_size=clip_size)
+        if clip_size is None:
+            found = {**found, "boxes": tf.clip_by_value(found["boxes"], 0.0, float(self.image_size))}
         limits = tf.maximum(tf.tile(sizes, [1, 2])[:, None, :], 1.0)  # normalizes; never divides by 0
         original = box_ops.to_original_pixels(found["boxes"], factors, sizes)
         real = found["classes"] >= 0
@@ -183,7 +186,7 @@ class DetectionModule(tf.Module):
         }
 
 
-def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_size: float) -> tf.Tensor:
+def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_size: float | None) -> tf.Tensor:
     """The anchor each detection of ``box_ops.batched_nms(boxes, scores, clip_size=...)`` came from,
     ``[B, N]`` int32 (-1 in padding rows).
 
@@ -194,7 +197,7 @@ def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_s
     one whose clipped box and score for the detection's class are exactly the detection's. Two
     anchors can agree on both only if they are the same box with the same score, which NMS would
     never both keep; the lowest such index is taken. Costs ``B x A x N`` comparisons."""
-    clipped = tf.clip_by_value(boxes, 0.0, float(clip_size))  # as batched_nms clips before NMS
+    clipped = boxes if clip_size is None else tf.clip_by_value(boxes, 0.0, float(clip_size))  # as batched_nms
     classes = found["classes"]
     class_scores = tf.gather(scores, tf.maximum(classes, 0), axis=2, batch_dims=1)  # [B, A, N]
     same = tf.equal(class_scores, found["scores"][:, None, :])

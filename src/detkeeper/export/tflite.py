@@ -197,12 +197,17 @@ def canvas_detect_function(model, label_map: LabelMap):
 
     def detect(images):
         candidates, probabilities = model.decode_boxes_and_scores(model(images, training=False))
-        boxes = tf.clip_by_value(candidates[0], 0.0, float(size))  # as batched_nms clips before NMS
         num_classes = int(probabilities.shape[-1])
         # One NMS for every class at once: class c's copy of each box moves to [c * (S + 1), c * (S + 1) + S],
         # where it cannot overlap another class's. Pairs are anchor-major: position = anchor * classes + class.
-        offsets = tf.range(num_classes, dtype=tf.float32) * float(size + 1)
-        shifted = tf.reshape(boxes[:, None, :] + offsets[None, :, None], [-1, 4])
+        if model.CLIP_BEFORE_NMS:  # as Detector.postprocess
+            boxes = placed = tf.clip_by_value(candidates[0], 0.0, float(size))
+            offsets = tf.range(num_classes, dtype=tf.float32) * float(size + 1)
+        else:  # unclipped boxes may reach past the image: the classes' regions are as far apart as they reach
+            boxes = candidates[0]
+            placed = boxes - tf.reduce_min(boxes)
+            offsets = tf.range(num_classes, dtype=tf.float32) * (tf.reduce_max(placed) + 1.0)
+        shifted = tf.reshape(placed[:, None, :] + offsets[None, :, None], [-1, 4])
         selected, scores, count = tf.raw_ops.NonMaxSuppressionV5(
             boxes=shifted, scores=tf.reshape(probabilities[0], [-1]), max_output_size=detections,
             iou_threshold=float(model.iou_threshold), score_threshold=float(model.score_threshold),
@@ -210,7 +215,8 @@ def canvas_detect_function(model, label_map: LabelMap):
         classes = selected % num_classes
         real = tf.range(detections) < count
         return {
-            "detection_boxes": tf.where(real[:, None], tf.gather(boxes, selected // num_classes), 0.0)[None],
+            "detection_boxes": tf.where(real[:, None], tf.clip_by_value(tf.gather(boxes, selected // num_classes),
+                                                                        0.0, float(size)), 0.0)[None],
             "detection_scores": tf.where(real, scores, 0.0)[None],
             "detection_classes": tf.where(real, tf.gather(label_ids, classes + 1), 0.0)[None],
             "num_detections": tf.cast(count, tf.float32)[None],

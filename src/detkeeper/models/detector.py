@@ -43,6 +43,10 @@ class Detector(keras.Model):
     #: The RGB value (0..255) padding fills with (``model.resize.mode: pad``): a family whose
     #: normalisation maps another value to zero overrides it (see ``detkeeper.data.augment.Resize``).
     pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: Whether NMS sees the decoded boxes clipped to the image (detkeeper's families), or as they
+    #: are and clipped afterwards (the TF OD API's SSD post-processing); the two suppress
+    #: differently near the border, where clipping changes the overlaps.
+    CLIP_BEFORE_NMS: bool = True
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
                  iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
@@ -111,11 +115,14 @@ class Detector(keras.Model):
         return self.get_metrics_result()
 
     def postprocess(self, outputs: dict) -> dict:
-        """Candidates -> the final detections, by class-aware NMS."""
+        """Candidates -> the final detections, by class-aware NMS (see ``CLIP_BEFORE_NMS``)."""
         candidate_boxes, scores = self.decode_boxes_and_scores(outputs)
-        return boxes.batched_nms(candidate_boxes, scores, max_detections=self.max_detections,
-                                 iou_threshold=self.iou_threshold, score_threshold=self.score_threshold,
-                                 clip_size=self.image_size)
+        found = boxes.batched_nms(candidate_boxes, scores, max_detections=self.max_detections,
+                                  iou_threshold=self.iou_threshold, score_threshold=self.score_threshold,
+                                  clip_size=self.image_size if self.CLIP_BEFORE_NMS else None)
+        if not self.CLIP_BEFORE_NMS:
+            found["boxes"] = tf.clip_by_value(found["boxes"], 0.0, float(self.image_size))
+        return found
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data

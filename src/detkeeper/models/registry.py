@@ -16,7 +16,8 @@ from detkeeper.models.custom import import_custom_objects
 
 #: Modules whose import registers models; listed here so the registry fills without side effects
 #: at `import detkeeper`.
-_FAMILY_MODULES = ("detkeeper.models.retinanet", "detkeeper.models.fcos", "detkeeper.models.hub")
+_FAMILY_MODULES = ("detkeeper.models.retinanet", "detkeeper.models.fcos", "detkeeper.models.ssd",
+                  "detkeeper.models.hub")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""SSD MobileNetV2 FPN-lite: the TF OD API's SSD meta-architecture, variable for variable.
+
+``meta_architectures/ssd_meta_arch.py`` as the zoo's ``ssd_mobilenet_v2_fpnlite_{320x320,640x640}``
+configs build it: MobileNetV2 (:mod:`~detkeeper.models.ssd.mobilenet_v2`) -> FPN-lite
+(:mod:`~detkeeper.models.ssd.fpn_lite`) -> weight-shared predictor
+(:mod:`~detkeeper.models.ssd.predictor`) over the API's multiscale anchors
+(:mod:`~detkeeper.models.ssd.anchors`). A zoo checkpoint loads into it with
+:func:`detkeeper.models.ssd.zoo_checkpoint.restore_zoo_checkpoint`.
+
+``call`` returns the API's raw ``predict`` outputs: ``box_encodings [B, A, 4]`` (``ty, tx, th, tw``
+of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and ``class_logits
+[B, A, C + 1]`` (the API's ``class_predictions_with_background``: slot 0 is the background).
+Decoding uses the sigmoid score converter and drops the background slot, so scores are per class.
+
+Training (this slice reuses detkeeper's pieces): the config's argmax matcher (IoU >= 0.5 positive,
+below background, each object's best anchor forced), sigmoid focal loss (alpha 0.25, gamma 2) over
+all C + 1 slots with the background slot's target always 0 (``encode_background_as_zeros``),
+smooth-L1 on the encodings divided by the code size (``normalize_loc_loss_by_codesize``), both
+normalised by the number of matches. The API's L2 regularizer on the convolutions is not carried.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from detkeeper.errors import ConfigError
+from detkeeper.models import boxes, losses
+from detkeeper.models.backbones import check_backbone
+from detkeeper.models.detector import Detector
+from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
+from detkeeper.models.registry import Postprocess, register_model, resize_settings
+from detkeeper.models.ssd.anchors import multiscale_grid_anchors
+from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, FpnLiteFeatureMaps
+from detkeeper.models.ssd.mobilenet_v2 import build_ssd_backbone, check_backbone_name
+from detkeeper.models.ssd.predictor import BOX_CODE_SIZE, WeightSharedBoxPredictor
+
+# The FPN-lite zoo configs' anchor generator, box coder and matcher.
+ASPECT_RATIOS = (1.0, 2.0, 0.5)
+SCALES_PER_OCTAVE = 2
+ANCHOR_SCALE = 4.0
+BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
+MATCHED_THRESHOLD = 0.5
+UNMATCHED_THRESHOLD = 0.5
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class SsdFpnLite(Detector):
+    """SSD with an FPN-lite neck and the weight-shared depthwise predictor."""
+
+    LOSS_TERMS = ("class_loss", "box_loss")
+    CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
+    pad_value = (127.5, 127.5, 127.5)  # MobileNet's x / 127.5 - 1 is 0 there, where the API pads
+
+    def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 128,
+                 head_channels: int = 128, head_convs: int = 4, min_level: int = 3, max_level: int = 7,
+                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, **kwargs) -> None:
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.backbone = backbone
+        self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
+        self.min_level, self.max_level = min_level, max_level
+        self.batch_norm_momentum = batch_norm_momentum
+        self.fpn = FpnLiteFeatureMaps(fpn_channels, min_level, max_level, batch_norm_momentum, name="fpn")
+        self.head = WeightSharedBoxPredictor(
+            num_classes, len(ASPECT_RATIOS) * SCALES_PER_OCTAVE, head_channels, head_convs,
+            num_levels=max_level - min_level + 1, batch_norm_momentum=batch_norm_momentum, name="head")
+        self.anchors = multiscale_grid_anchors(image_size, min_level, max_level, ANCHOR_SCALE,
+                                               ASPECT_RATIOS, SCALES_PER_OCTAVE)
+
+    def feature_maps(self, images, training=False) -> list:
+        """The FPN outputs, finest first (the API's ``feature_maps``)."""
+        return self.fpn(self.backbone(images, training=training), training=training)
+
+    def call(self, images, training=False):
+        box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
+        return {"box_encodings": box_encodings, "class_logits": class_logits}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        class_logits = tf.cast(y_pred["class_logits"], tf.float32)
+        box_encodings = tf.cast(y_pred["box_encodings"], tf.float32)
+        match = boxes.match_anchors(self.anchors, y["boxes"], y["classes"], positive_iou=MATCHED_THRESHOLD,
+                                    negative_iou=UNMATCHED_THRESHOLD)
+        labels = match["labels"]
+        positive = tf.cast(labels >= 0, tf.float32)
+        not_ignored = tf.cast(labels >= -1, tf.float32)
+        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)
+
+        # Slot 0 (background) has target 0 everywhere; a positive anchor's class c is slot c + 1.
+        class_targets = tf.one_hot(tf.maximum(labels, 0) + 1, self.num_classes + 1) * positive[..., None]
+        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits) * not_ignored[..., None])
+        class_loss = class_loss / num_positive
+
+        box_targets = boxes.encode(match["matched_boxes"], self.anchors, BOX_CODER_SCALES)
+        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings) * positive[..., None])
+        box_loss = box_loss / (num_positive * BOX_CODE_SIZE)
+
+        self.track_losses(class_loss=class_loss, box_loss=box_loss)
+        return self.with_regularization(class_loss + box_loss)
+
+    def decode_boxes_and_scores(self, outputs):
+        decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
+        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))[..., 1:]
+        return decoded, scores
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
+                "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
+                "batch_norm_momentum": self.batch_norm_momentum}
+
+
+#: The zoo's FPN-lite sizes, where ``model.neck`` / ``model.head`` leave a value unset.
+DEFAULT_CHANNELS, DEFAULT_HEAD_CONVS, DEFAULT_MIN_LEVEL, DEFAULT_MAX_LEVEL = 128, 4, 3, 7
+
+
+def _levels(model_config) -> tuple[int, int]:
+    neck = model_config.neck
+    return neck.min_level or DEFAULT_MIN_LEVEL, neck.max_level or DEFAULT_MAX_LEVEL
+
+
+def check_ssd_fpnlite_config(model_config) -> None:
+    """What building would refuse: another backbone, levels FPN-lite cannot make."""
+    check_backbone_name(model_config.backbone.name)
+    check_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
+    if model_config.head.block is not None:
+        raise ConfigError(f"model.head.block: the SSD predictor's tower is the TF OD API's separable "
+                          f"convolutions; expected null, got {model_config.head.block!r}")
+    min_level, max_level = _levels(model_config)
+    if not 3 <= min_level <= 5:
+        raise ConfigError(f"model.neck.min_level: FPN-lite starts at a backbone level, 3, 4 or 5; got {min_level}")
+    if max_level < 5:
+        raise ConfigError(f"model.neck.max_level: FPN-lite ends at level 5 or above; got {max_level}")
+    if min_level > max_level:
+        raise ConfigError(f"model.neck.max_level: expected >= min_level ({min_level}), got {max_level}")
+
+
+@register_model("ssd_mobilenet_v2_fpnlite", check=check_ssd_fpnlite_config, resize=("stretch", "tf1_bilinear"))
+def ssd_mobilenet_v2_fpnlite(model_config, num_classes: int, postprocess: Postprocess) -> SsdFpnLite:
+    """The zoo's ``ssd_mobilenet_v2_fpnlite_320x320`` / ``640x640`` (``model.image_size`` 320 or
+    640): 128-channel FPN-lite P3-P7, four-conv shared tower; ``model.neck.channels``,
+    ``min_level``, ``max_level``, ``model.head.channels`` and ``convs`` override them. Images are
+    stretched to the input with TF1's bilinear resize unless ``model.resize`` says otherwise.
+    ``model.backbone.name``: ``mobilenetv2`` (the API's, which zoo checkpoints fit) or ``tiny``."""
+    check_ssd_fpnlite_config(model_config)
+    neck, head = model_config.neck, model_config.head
+    min_level, max_level = _levels(model_config)
+    backbone = build_ssd_backbone(model_config.backbone.name, model_config.backbone.weights,
+                                  model_config.image_size)
+    return SsdFpnLite(
+        backbone, num_classes, model_config.image_size, fpn_channels=neck.channels or DEFAULT_CHANNELS,
+        head_channels=head.channels or DEFAULT_CHANNELS,
+        head_convs=head.convs if head.convs is not None else DEFAULT_HEAD_CONVS,
+        min_level=min_level, max_level=max_level, score_threshold=postprocess.score_threshold,
+        iou_threshold=postprocess.iou_threshold, max_detections=postprocess.max_detections,
+        custom_objects_module=model_config.custom_objects_module, name=model_config.name,
+        **resize_settings(model_config))
