@@ -282,7 +282,9 @@ def test_train_starts_from_init_from_and_a_rerun_keeps_its_own_checkpoint(source
     assert run_config(run).model.init_from is None  # evaluating the run never needs the source
 
     written = report_path.stat().st_mtime_ns
-    assert main(["train", str(config), "--quiet", "--set", f"model.init_from.path={checkpoint}"]) == 0
+    # Two more steps: the rerun resumes from the run's own checkpoint, never from the source again.
+    assert main(["train", str(config), "--quiet", "--set", f"model.init_from.path={checkpoint}",
+                 "--set", "train.steps=4"]) == 0
     assert report_path.stat().st_mtime_ns == written
     assert f"model.init_from ({checkpoint}) not applied: the run continues from its own checkpoint {STEP}" \
         in (run.path / "train.log").read_text()
