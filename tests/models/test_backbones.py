@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from detkeeper.errors import ConfigError
-from detkeeper.models.backbones import FEATURE_STRIDES, build_backbone, feature_channels, list_backbones
+from detkeeper.models.backbones import (FEATURE_STRIDES, RANDOM_INIT_BN_MOMENTUM, all_layers, build_backbone,
+                                       feature_channels, list_backbones)
 
 # Fast enough to run forward passes in every test; the others are only built.
 FAST = ("tiny", "mobilenetv2_035")
@@ -65,6 +66,14 @@ def test_variable_paths_are_unique_and_stable(name: str):
     paths = [variable.path for variable in _built(name, 64).weights]
     assert len(paths) == len(set(paths))
     assert paths == [variable.path for variable in build_backbone(name, "none", 128).weights]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_from_random_init_every_batch_norm_tracks_its_statistics_quickly(name: str):
+    """Every BatchNormalization, those inside a keras.applications model too, gets momentum 0.9."""
+    backbone = build_backbone(name, "none", 64)
+    norms = [layer for layer in all_layers(backbone) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and {layer.momentum for layer in norms} == {RANDOM_INIT_BN_MOMENTUM}
 
 
 def test_tiny_has_meaningful_variable_names_and_a_small_size():

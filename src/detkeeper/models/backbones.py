@@ -100,10 +100,19 @@ def _track_statistics_quickly(backbone: keras.Model) -> None:
     outputs have variances near 1e-3). With Keras' 0.99 (MobileNetV2: 0.999) that start still
     dominates after hundreds of steps, and inference-mode outputs differ wildly from training-mode
     ones: a model with near-zero training loss scored mAP 0.01 on its own training images. At 0.9
-    the start is forgotten within ~50 steps. Pretrained weights keep their own momentum."""
-    for layer in backbone.layers:
+    the start is forgotten within ~50 steps. Pretrained weights keep their own momentum. The
+    keras.applications backbones hold the application as one nested model: every level is walked."""
+    for layer in all_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = RANDOM_INIT_BN_MOMENTUM
+
+
+def all_layers(model: keras.Model):
+    """Every layer of `model`, nested models' layers included (depth first)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
 
 
 def feature_channels(backbone: keras.Model) -> dict[str, int]:
