@@ -1,4 +1,6 @@
-"""``model.init_from``: start a new run's detector from another run's checkpoint or an export.
+"""``model.init_from``: start a new run's detector from another run's checkpoint, an export, or a
+TF OD API model-zoo checkpoint (``.../checkpoint/ckpt-0``, read by the API's own variable names
+into the TF OD API families; see :func:`_apply_zoo_checkpoint`).
 
 A plain ``tf.train.Checkpoint`` restore cannot do this: Keras keys a model's variables by
 position, and a head for another number of classes makes the whole restore fail (or, with
@@ -30,6 +32,7 @@ import tensorflow as tf
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.files import atomic_write_text
+from detkeeper.models.ssd.zoo_checkpoint import is_zoo_checkpoint, reads_zoo_checkpoints, restore_zoo_checkpoint
 from detkeeper.run.exports import (ASSETS_DIR, EXPORT_ASSETS, export_assets, exported_variables,
                                    read_export_source)
 from detkeeper.run.layout import RunDirectory
@@ -49,13 +52,15 @@ class InitSource:
     """The restored source detector and where its weights came from."""
 
     path: str  # as configured
-    kind: str  # "checkpoint" | "export"
+    kind: str  # "checkpoint" | "export" | "tfod_checkpoint"
     checkpoint: str  # the checkpoint prefix read
     step: int | None
     ema: bool
-    model: object  # Detector
+    model: object | None  # Detector; None for a TF OD API checkpoint, read by its own keys
 
     def describe(self) -> str:
+        if self.kind == "tfod_checkpoint":
+            return "TF OD API checkpoint"
         step = f"step {self.step}" if self.step is not None else ""
         weights = "EMA weights" if self.ema else ""
         what = ", ".join(item for item in (step, weights) if item)
@@ -104,8 +109,9 @@ class InitReport:
             "applied": error is None,
             "error": error,
             "source": {"path": source.path, "kind": source.kind, "checkpoint": source.checkpoint,
-                       "step": source.step, "ema": source.ema, "model": source.model.name,
-                       "num_classes": source.model.num_classes},
+                       "step": source.step, "ema": source.ema,
+                       "model": source.model.name if source.model is not None else None,
+                       "num_classes": source.model.num_classes if source.model is not None else None},
             "include": self.include,
             "parts": list(INCLUDED_PARTS[self.include]),
             "counts": {status: self.count(status) for status in STATUSES},
@@ -120,6 +126,8 @@ def apply_init_from(model, init_from, run_dir: str | Path) -> InitReport:
     """Restore the parts of `model` that ``init_from`` (an ``InitFromConfig``) names, write
     ``RUN/init_from.json`` and log one summary line; a DetkeeperError when the source cannot be
     read, nothing fits, or an included backbone or neck would come over only in part."""
+    if is_zoo_checkpoint(init_from.path):
+        return _apply_zoo_checkpoint(model, init_from, run_dir)
     source = load_source(init_from.path)
     report = dataclasses.replace(match_variables(model, source, init_from.include),
                                  path=RunDirectory(run_dir).init_from_path)
@@ -132,6 +140,34 @@ def apply_init_from(model, init_from, run_dir: str | Path) -> InitReport:
     for outcome in report.outcomes:
         if outcome.status == "restored":
             targets[outcome.name][1].assign(sources[outcome.name][1].value)
+    logger.info(report.summary())
+    return report
+
+
+def _apply_zoo_checkpoint(model, init_from, run_dir: str | Path) -> InitReport:
+    """A TF OD API (model zoo) checkpoint: its variables are matched to `model`'s by the API's own
+    keys (:mod:`detkeeper.models.ssd.zoo_checkpoint`), every key and shape of the included parts
+    checked before anything is assigned. ``include: all`` keeps a class output for another number
+    of classes fresh (its prior bias), as fine-tuning to new classes needs."""
+    path = init_from.path
+    if not reads_zoo_checkpoints(model):
+        raise DetkeeperError(f"model.init_from.path: {path} is a TF OD API checkpoint, read by the API's own "
+                             f"variable names; model {model.name!r} ({type(model).__name__}) is not one of the "
+                             "TF OD API families that read them (ssd_mobilenet_v2_fpnlite)")
+    include = init_from.include
+    try:
+        outcomes = restore_zoo_checkpoint(model, path, INCLUDED_PARTS[include], fresh_class_head=include == "all")
+    except DetkeeperError as error:
+        raise DetkeeperError(f"model.init_from.path: {error}") from None
+    prefix = f"{model.name}/"
+    report = InitReport(
+        source=InitSource(path=str(path), kind="tfod_checkpoint", checkpoint=str(path), step=None, ema=False,
+                          model=None),
+        include=include, path=RunDirectory(run_dir).init_from_path,
+        outcomes=tuple(VariableOutcome(outcome.path[len(prefix):] if outcome.path.startswith(prefix) else outcome.path,
+                                       outcome.part, outcome.status, outcome.shape, outcome.checkpoint_shape)
+                       for outcome in outcomes))
+    atomic_write_text(report.path, report.to_json())
     logger.info(report.summary())
     return report
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
 from detkeeper.models.ssd.mobilenet_v2 import application_layers_with_weights
+from detkeeper.models.ssd.ssd import SsdFpnLite
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 PARTS = ("backbone", "neck", "head")
@@ -127,6 +129,23 @@ def _part_of_key(key: str) -> str | None:
         if key.startswith(PART_PREFIXES[part]):
             return part
     return None
+
+
+def is_zoo_checkpoint(prefix: str) -> bool:
+    """Whether `prefix` is a TF2 checkpoint laid out as the TF OD API saves its models (a
+    ``model/_feature_extractor/...`` key), read from its index alone."""
+    if not Path(f"{prefix}.index").is_file():
+        return False
+    try:
+        names = tf.train.list_variables(prefix)
+    except (ValueError, tf.errors.OpError):
+        return False
+    return any(name.startswith(PART_PREFIXES["neck"]) for name, _ in names)
+
+
+def reads_zoo_checkpoints(model) -> bool:
+    """Whether `model` is a family whose variables map onto a zoo checkpoint's keys."""
+    return isinstance(model, SsdFpnLite)
 
 
 def read_checkpoint_shapes(prefix: str) -> tuple[tf.train.CheckpointReader, dict[str, tuple[int, ...]]]:
