@@ -253,10 +253,9 @@ def write_batch_picture(sources, split: str, out: Path, *, count: int, image_siz
     resized as `model_config`'s model would be (detkeeper's default without one)."""
     from detkeeper.data.augment import Resize  # light: imports TensorFlow
     from detkeeper.data.pipeline import Augmentation, training_dataset  # light: imports TensorFlow
-    from detkeeper.models.registry import DEFAULT_RESIZE, resize_settings  # light: imports Keras
+    from detkeeper.models.registry import DEFAULT_RESIZE, model_resize  # light: imports Keras
 
-    settings = resize_settings(model_config) if model_config is not None else dict(
-        zip(("resize_mode", "resize_method"), DEFAULT_RESIZE))
+    resize = Resize(*(model_resize(model_config) if model_config is not None else DEFAULT_RESIZE))
 
     if count < 1:
         raise DataError(f"--count must be at least 1, got {count}")
@@ -266,7 +265,7 @@ def write_batch_picture(sources, split: str, out: Path, *, count: int, image_siz
         augmentation = Augmentation.from_config(augment_config) if augment_config else Augmentation()
     dataset = training_dataset(prepared.records, prepared.label_map, image_size=image_size,
                                batch_size=count, max_boxes=max_boxes, augmentation=augmentation, seed=seed,
-                               resize=Resize(settings["resize_mode"], settings["resize_method"]))
+                               resize=resize)
     batch = next(iter(dataset))
     pictures = []
     for image, boxes, classes, num in zip(batch["images"].numpy(), batch["boxes"].numpy(),

@@ -65,13 +65,18 @@ def register_model(name: str, check: ModelCheck | None = None,
     return add
 
 
-def resize_settings(model_config) -> dict[str, str]:
-    """The ``Detector`` arguments for ``model.resize`` (how images become the model's input): the
-    config's values, the family's registered ones where it leaves them unset."""
+def model_resize(model_config) -> tuple[str, str]:
+    """``model.resize`` (mode, method) as the model applies it: the config's values, the family's
+    registered ones where it leaves them unset."""
     _load_families()
     mode, method = _RESIZES.get(model_config.name, DEFAULT_RESIZE)
-    resize = model_config.resize
-    return {"resize_mode": resize.mode or mode, "resize_method": resize.method or method}
+    return model_config.resize.mode or mode, model_config.resize.method or method
+
+
+def resize_settings(model_config) -> dict[str, str]:
+    """The ``Detector`` arguments for ``model.resize`` (see :func:`model_resize`)."""
+    mode, method = model_resize(model_config)
+    return {"resize_mode": mode, "resize_method": method}
 
 
 def _load_families() -> None:

@@ -36,7 +36,7 @@ from detkeeper.models.ema import WeightAverage
 from detkeeper.models.precision import mixed_precision
 from detkeeper.models.registry import Postprocess
 from detkeeper.run.layout import RunDirectory
-from detkeeper.run.ledger import Ledger, LedgerEntry, RetentionPolicy
+from detkeeper.run.ledger import Ledger, LedgerEntry
 from detkeeper.training.callbacks import BestCheckpoints, StopOnNonFiniteLoss
 from detkeeper.training.distributed_loop import fit_distributed
 from detkeeper.training.distribution import create_distribution, worker_config
@@ -223,10 +223,7 @@ class _Training:
         path = self.rundir.ledger_path
         if self.distribution.num_workers != 1 or not path.is_file():
             return None
-        checkpoint = self.config.checkpoint
-        ledger = Ledger.read(path, RetentionPolicy(self.config.evaluation.monitor, mode=checkpoint.mode,
-                                                   keep_best=checkpoint.keep_best, keep_last=checkpoint.keep_last,
-                                                   min_delta=checkpoint.min_delta))
+        ledger = Ledger.read(path)  # the run's own retention policy ranks its best
         state, step = ledger.status.get("state"), ledger.status.get("step")
         if not isinstance(step, int) or state not in ("stopped_early", "finished"):
             return None
