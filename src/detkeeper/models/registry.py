@@ -41,16 +41,18 @@ _CHECKS: dict[str, ModelCheck] = {}
 #: detkeeper's own resize (``model.resize``: mode, method), for families that register none.
 DEFAULT_RESIZE = ("pad", "antialias")
 _RESIZES: dict[str, tuple[str, str]] = {}
+_ZOO_FAMILIES: set[str] = set()
 
 
-def register_model(name: str, check: ModelCheck | None = None,
-                   resize: tuple[str, str] = DEFAULT_RESIZE) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str, str] = DEFAULT_RESIZE,
+                   reads_zoo_checkpoints: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`.
 
     `check(model_config)` raises the ``ConfigError`` the builder would raise for the config's names
     and sizes, without building anything, so a run can refuse a config before it reads its data.
     `resize` is the family's ``model.resize`` (mode, method) where the config leaves it unset: a TF
-    OD API family resizes as its zoo configs do.
+    OD API family resizes as its zoo configs do. `reads_zoo_checkpoints`: its models load TF OD
+    API zoo checkpoints by the API's keys (:mod:`detkeeper.models.ssd.zoo_checkpoint`).
     """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
@@ -58,6 +60,8 @@ def register_model(name: str, check: ModelCheck | None = None,
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
         _RESIZES[name] = resize
+        if reads_zoo_checkpoints:
+            _ZOO_FAMILIES.add(name)
         if check is not None:
             _CHECKS[name] = check
         return builder
@@ -87,6 +91,12 @@ def _load_families() -> None:
 def list_models() -> list[str]:
     _load_families()
     return sorted(_BUILDERS)
+
+
+def zoo_checkpoint_families() -> list[str]:
+    """The registered families whose models read TF OD API zoo checkpoints."""
+    _load_families()
+    return sorted(_ZOO_FAMILIES)
 
 
 def _builder_for(model_config) -> ModelBuilder:

@@ -32,6 +32,7 @@ import tensorflow as tf
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.files import atomic_write_text
+from detkeeper.models.registry import zoo_checkpoint_families
 from detkeeper.models.ssd.zoo_checkpoint import is_zoo_checkpoint, reads_zoo_checkpoints, restore_zoo_checkpoint
 from detkeeper.run.exports import (ASSETS_DIR, EXPORT_ASSETS, export_assets, exported_variables,
                                    read_export_source)
@@ -153,7 +154,7 @@ def _apply_zoo_checkpoint(model, init_from, run_dir: str | Path) -> InitReport:
     if not reads_zoo_checkpoints(model):
         raise DetkeeperError(f"model.init_from.path: {path} is a TF OD API checkpoint, read by the API's own "
                              f"variable names; model {model.name!r} ({type(model).__name__}) is not one of the "
-                             "TF OD API families that read them (ssd_mobilenet_v2_fpnlite)")
+                             f"TF OD API families that read them ({', '.join(zoo_checkpoint_families())})")
     include = init_from.include
     try:
         outcomes = restore_zoo_checkpoint(model, path, INCLUDED_PARTS[include], fresh_class_head=include == "all")

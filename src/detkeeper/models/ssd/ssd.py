@@ -5,7 +5,8 @@ configs build it: MobileNetV2 (:mod:`~detkeeper.models.ssd.mobilenet_v2`) -> FPN
 (:mod:`~detkeeper.models.ssd.fpn_lite`) -> weight-shared predictor
 (:mod:`~detkeeper.models.ssd.predictor`) over the API's multiscale anchors
 (:mod:`~detkeeper.models.ssd.anchors`). A zoo checkpoint loads into it with
-:func:`detkeeper.models.ssd.zoo_checkpoint.restore_zoo_checkpoint`.
+:func:`detkeeper.models.ssd.zoo_checkpoint.restore_zoo_checkpoint`, by the keys
+:meth:`SsdFpnLite.zoo_checkpoint_slots` names.
 
 ``call`` returns the API's raw ``predict`` outputs: ``box_encodings [B, A, 4]`` (``ty, tx, th, tw``
 of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and ``class_logits
@@ -32,8 +33,9 @@ from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model, resize_settings
 from detkeeper.models.ssd.anchors import multiscale_grid_anchors
 from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, FpnLiteFeatureMaps
-from detkeeper.models.ssd.mobilenet_v2 import build_ssd_backbone, check_backbone_name
+from detkeeper.models.ssd.mobilenet_v2 import application_layers_with_weights, build_ssd_backbone, check_backbone_name
 from detkeeper.models.ssd.predictor import BOX_CODE_SIZE, WeightSharedBoxPredictor
+from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, PREDICTOR_PREFIX, ZooSlot, layer_slots
 
 # The FPN-lite zoo configs' anchor generator, box coder and matcher.
 ASPECT_RATIOS = (1.0, 2.0, 0.5)
@@ -102,6 +104,36 @@ class SsdFpnLite(Detector):
         scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))[..., 1:]
         return decoded, scores
 
+    ZOO_BACKBONE_PREFIX = f"{EXTRACTOR_PREFIX}classification_backbone/"
+
+    def zoo_checkpoint_slots(self) -> list[ZooSlot]:
+        """Every variable with the key the API's ``SSDMobileNetV2FpnKerasFeatureExtractor`` and
+        ``WeightSharedConvolutionalBoxPredictor`` store it under."""
+        slots = []
+        for index, layer in enumerate(application_layers_with_weights(self.backbone)):
+            slots += layer_slots("backbone", f"{self.ZOO_BACKBONE_PREFIX}layer_with_weights-{index}/", layer)
+        fpn, generator = self.fpn, f"{EXTRACTOR_PREFIX}_fpn_features_generator/"
+        slots += layer_slots("neck", f"{generator}top_layers/0/", fpn.top)
+        for index, (residual, conv, norm) in enumerate(zip(fpn.residual, fpn.smoothing, fpn.smoothing_norm)):
+            slots += layer_slots("neck", f"{generator}residual_blocks/{index}/0/", residual)
+            slots += layer_slots("neck", f"{generator}conv_layers/{index}/0/", conv)
+            slots += layer_slots("neck", f"{generator}conv_layers/{index}/1/", norm)
+        for index, (conv, norm) in enumerate(zip(fpn.coarse, fpn.coarse_norm)):
+            slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/0/", conv)
+            slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/1/", norm)
+        head = self.head
+        for index, conv in enumerate(head.tower):
+            slots += layer_slots("head", f"{PREDICTOR_PREFIX}_head_scope_conv_layers/PredictionTower/{index}/", conv)
+        for level, norms in enumerate(head.tower_norms):
+            for index, norm in enumerate(norms):
+                # The tower of a level is [conv, norm, activation] * convs: norm i sits at 3 i + 1.
+                slots += layer_slots(
+                    "head", f"{PREDICTOR_PREFIX}_base_tower_layers_for_heads/box_encodings/{level}/{3 * index + 1}/", norm)
+        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_box_prediction_head/_box_encoder_layers/0/", head.box_output)
+        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_prediction_heads/class_predictions_with_background/"
+                             "_class_predictor_layers/0/", head.class_output, class_output=True)
+        return slots
+
     def get_config(self) -> dict:
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
@@ -134,7 +166,8 @@ def check_ssd_fpnlite_config(model_config) -> None:
         raise ConfigError(f"model.neck.max_level: expected >= min_level ({min_level}), got {max_level}")
 
 
-@register_model("ssd_mobilenet_v2_fpnlite", check=check_ssd_fpnlite_config, resize=("stretch", "tf1_bilinear"))
+@register_model("ssd_mobilenet_v2_fpnlite", check=check_ssd_fpnlite_config, resize=("stretch", "tf1_bilinear"),
+                reads_zoo_checkpoints=True)
 def ssd_mobilenet_v2_fpnlite(model_config, num_classes: int, postprocess: Postprocess) -> SsdFpnLite:
     """The zoo's ``ssd_mobilenet_v2_fpnlite_320x320`` / ``640x640`` (``model.image_size`` 320 or
     640): 128-channel FPN-lite P3-P7, four-conv shared tower; ``model.neck.channels``,

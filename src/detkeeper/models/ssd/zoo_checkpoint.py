@@ -1,15 +1,16 @@
-"""Reading a TF OD API (TF2 model zoo) checkpoint into an :class:`~detkeeper.models.ssd.SsdFpnLite`.
+"""Reading a TF OD API (TF2 model zoo) checkpoint into one of the API's families reproduced here.
 
 A zoo checkpoint (``.../checkpoint/ckpt-0``) is ``tf.train.Checkpoint(model=<the API's SSD>)``: its
 keys follow the API's object graph (``model/_feature_extractor/classification_backbone/
 layer_with_weights-N/kernel``, ``model/_box_predictor/_head_scope_conv_layers/PredictionTower/0/
 depthwise_kernel``, ...) with ``/.ATTRIBUTES/VARIABLE_VALUE`` appended. It is read with
 ``tf.train.load_checkpoint``, without the API: :func:`zoo_variable_map` names, for each of the
-model's variables, the key the API stores it under, and :func:`restore_zoo_checkpoint` checks
-every key and shape before assigning anything.
+model's variables, the key the API stores it under (each family lays its own out in
+``zoo_checkpoint_slots()``), and :func:`restore_zoo_checkpoint` checks every key and shape before
+assigning anything.
 
 The parts are the detector's (:meth:`~detkeeper.models.detector.Detector.parts`): ``backbone``
-(``classification_backbone``), ``neck`` (the rest of ``_feature_extractor``: the FPN and the coarse
+(``classification_backbone`` for MobileNetV2), ``neck`` (the rest of ``_feature_extractor``: the FPN and the coarse
 layers) and ``head`` (``_box_predictor``). The API's ``fine_tune_checkpoint_type`` maps onto them:
 classification restores the backbone (from a detection checkpoint here: the API's classification
 checkpoints have another layout), detection the backbone and the neck, full all three.
@@ -25,15 +26,14 @@ import keras
 import tensorflow as tf
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.models.ssd.mobilenet_v2 import application_layers_with_weights
-from detkeeper.models.ssd.ssd import SsdFpnLite
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 PARTS = ("backbone", "neck", "head")
-#: The checkpoint's key prefix of each part; a key under none of them is not the model's (the
-#: object graph, ``save_counter``, an optimizer and its slots).
-PART_PREFIXES = {"backbone": "model/_feature_extractor/classification_backbone/",
-                 "neck": "model/_feature_extractor/", "head": "model/_box_predictor/"}
+#: The checkpoint's key prefix of the neck and the head; the backbone's is the family's
+#: (``ZOO_BACKBONE_PREFIX``, inside the feature extractor). A key under none of them is not the
+#: model's (the object graph, ``save_counter``, an optimizer and its slots).
+EXTRACTOR_PREFIX = "model/_feature_extractor/"
+PREDICTOR_PREFIX = "model/_box_predictor/"
 FIRST_MISMATCHES = 5  # named in the error
 
 
@@ -51,10 +51,26 @@ class ZooVariable:
     checkpoint_shape: tuple[int, ...] | None
 
 
+@dataclasses.dataclass(frozen=True)
+class ZooSlot:
+    """Where one model variable lives in a zoo checkpoint: its part, its key (without the value
+    suffix), and whether it belongs to a class output (which another number of classes resizes)."""
+
+    part: str
+    key: str
+    variable: keras.Variable
+    class_output: bool = False
+
+
 _BATCH_NORM = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
-def _layer_variables(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
+def layer_slots(part: str, prefix: str, layer: keras.layers.Layer, class_output: bool = False) -> list[ZooSlot]:
+    """The slots of a Keras layer whose variables the API's checkpoint stores under `prefix`."""
+    return [ZooSlot(part, prefix + name, variable, class_output) for name, variable in layer_variables(layer).items()]
+
+
+def layer_variables(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
     """A layer's variables by the attribute name TF Keras 2 gives them in a checkpoint."""
     if isinstance(layer, keras.layers.BatchNormalization):
         return {name: getattr(layer, name) for name in _BATCH_NORM}
@@ -71,50 +87,13 @@ def _layer_variables(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
     return named
 
 
-def _layers_by_key(model) -> Iterable[tuple[str, str, keras.layers.Layer]]:
-    """``(part, key prefix, layer)`` for every layer with variables, in the checkpoint's naming."""
-    backbone = PART_PREFIXES["backbone"]
-    for index, layer in enumerate(application_layers_with_weights(model.backbone)):
-        yield "backbone", f"{backbone}layer_with_weights-{index}/", layer
-    fpn, extractor = model.fpn, "model/_feature_extractor/"
-    generator = f"{extractor}_fpn_features_generator/"
-    yield "neck", f"{generator}top_layers/0/", fpn.top
-    for index, (residual, conv, norm) in enumerate(zip(fpn.residual, fpn.smoothing, fpn.smoothing_norm)):
-        yield "neck", f"{generator}residual_blocks/{index}/0/", residual
-        yield "neck", f"{generator}conv_layers/{index}/0/", conv
-        yield "neck", f"{generator}conv_layers/{index}/1/", norm
-    for index, (conv, norm) in enumerate(zip(fpn.coarse, fpn.coarse_norm)):
-        yield "neck", f"{extractor}_coarse_feature_layers/{index}/0/", conv
-        yield "neck", f"{extractor}_coarse_feature_layers/{index}/1/", norm
-    head, predictor = model.head, PART_PREFIXES["head"]
-    for index, conv in enumerate(head.tower):
-        yield "head", f"{predictor}_head_scope_conv_layers/PredictionTower/{index}/", conv
-    for level, norms in enumerate(head.tower_norms):
-        for index, norm in enumerate(norms):
-            # The tower of a level is [conv, norm, activation] * convs: norm i sits at 3 i + 1.
-            yield "head", f"{predictor}_base_tower_layers_for_heads/box_encodings/{level}/{3 * index + 1}/", norm
-    yield "head", f"{predictor}_box_prediction_head/_box_encoder_layers/0/", head.box_output
-    yield "head", (f"{predictor}_prediction_heads/class_predictions_with_background/"
-                   "_class_predictor_layers/0/"), head.class_output
-
-
-def class_output_keys(model) -> set[str]:
-    """The keys of the class output layer, the one a model for other classes cannot take."""
-    prefix = (f"{PART_PREFIXES['head']}_prediction_heads/class_predictions_with_background/"
-              "_class_predictor_layers/0/")
-    return {prefix + name for name in _layer_variables(model.head.class_output)}
-
-
-def zoo_variable_map(model) -> dict[str, tuple[str, keras.Variable]]:
-    """Checkpoint key (without the value suffix) -> ``(part, variable)``, one to one over the
+def zoo_variable_map(model) -> dict[str, ZooSlot]:
+    """Checkpoint key (without the value suffix) -> its :class:`ZooSlot`, one to one over the
     model's variables (the model is built first if it is not)."""
     if not model.built:
         model(tf.zeros([1, model.image_size, model.image_size, 3]))
-    mapping = {}
-    for part, prefix, layer in _layers_by_key(model):
-        for name, variable in _layer_variables(layer).items():
-            mapping[prefix + name] = (part, variable)
-    mapped = {id(variable) for _, variable in mapping.values()}
+    mapping = {slot.key: slot for slot in model.zoo_checkpoint_slots()}
+    mapped = {id(slot.variable) for slot in mapping.values()}
     unmapped = [variable.path for variables in model.parts().values() for variable in variables
                 if id(variable) not in mapped]
     if unmapped or len(mapped) != len(mapping):
@@ -122,12 +101,13 @@ def zoo_variable_map(model) -> dict[str, tuple[str, keras.Variable]]:
     return mapping
 
 
-def _part_of_key(key: str) -> str | None:
-    if key.startswith(PART_PREFIXES["backbone"]):
+def _part_of_key(key: str, backbone_prefix: str) -> str | None:
+    if key.startswith(backbone_prefix):
         return "backbone"
-    for part in ("neck", "head"):
-        if key.startswith(PART_PREFIXES[part]):
-            return part
+    if key.startswith(EXTRACTOR_PREFIX):
+        return "neck"
+    if key.startswith(PREDICTOR_PREFIX):
+        return "head"
     return None
 
 
@@ -140,15 +120,17 @@ def is_zoo_checkpoint(prefix: str) -> bool:
         names = tf.train.list_variables(prefix)
     except (ValueError, tf.errors.OpError):
         return False
-    return any(name.startswith(PART_PREFIXES["neck"]) for name, _ in names)
+    return any(name.startswith(EXTRACTOR_PREFIX) for name, _ in names)
 
 
 def reads_zoo_checkpoints(model) -> bool:
-    """Whether `model` is a family whose variables map onto a zoo checkpoint's keys."""
-    return isinstance(model, SsdFpnLite)
+    """Whether `model` is a family whose variables map onto a zoo checkpoint's keys: it names its
+    slots (``zoo_checkpoint_slots()``) and its backbone's key prefix (``ZOO_BACKBONE_PREFIX``)."""
+    return hasattr(model, "zoo_checkpoint_slots") and hasattr(model, "ZOO_BACKBONE_PREFIX")
 
 
-def read_checkpoint_shapes(prefix: str) -> tuple[tf.train.CheckpointReader, dict[str, tuple[int, ...]]]:
+def read_checkpoint_shapes(prefix: str, backbone_prefix: str) -> tuple[tf.train.CheckpointReader,
+                                                                        dict[str, tuple[int, ...]]]:
     """The reader and ``{key: shape}`` of the model's variables in a TF2 checkpoint (value suffix
     dropped; optimizer slots, ``save_counter`` and the object graph left out)."""
     try:
@@ -158,7 +140,7 @@ def read_checkpoint_shapes(prefix: str) -> tuple[tf.train.CheckpointReader, dict
                              f".../checkpoint/ckpt-0): {error}") from error
     shapes = {}
     for key, shape in reader.get_variable_to_shape_map().items():
-        if key.endswith(VALUE_SUFFIX) and ".OPTIMIZER_SLOT" not in key and _part_of_key(key):
+        if key.endswith(VALUE_SUFFIX) and ".OPTIMIZER_SLOT" not in key and _part_of_key(key, backbone_prefix):
             shapes[key[: -len(VALUE_SUFFIX)]] = tuple(shape)
     return reader, shapes
 
@@ -177,18 +159,18 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
     unknown = [part for part in include if part not in PARTS]
     if unknown:
         raise ValueError(f"unknown parts {unknown}; expected some of {PARTS}")
-    reader, checkpoint_shapes = read_checkpoint_shapes(prefix)
+    reader, checkpoint_shapes = read_checkpoint_shapes(prefix, model.ZOO_BACKBONE_PREFIX)
     mapping = zoo_variable_map(model)
-    class_keys = class_output_keys(model) if fresh_class_head else set()
 
     mismatches, outcomes = [], []
-    for key, (part, variable) in mapping.items():
+    for key, slot in mapping.items():
+        part, variable = slot.part, slot.variable
         shape, found = tuple(variable.shape), checkpoint_shapes.get(key)
         if part not in include:
             status = "not_included"
         elif found == shape:
             status = "restored"
-        elif key in class_keys and found is not None:
+        elif fresh_class_head and slot.class_output and found is not None:
             status = "skipped_for_shape"
         else:
             status = "mismatch"
@@ -196,7 +178,7 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
             mismatches.append(f"{key}: checkpoint {stored}, model {list(shape)}")
         outcomes.append(ZooVariable(key, variable.path, part, status, shape, found))
     for key, found in checkpoint_shapes.items():
-        part = _part_of_key(key)
+        part = _part_of_key(key, model.ZOO_BACKBONE_PREFIX)
         if key not in mapping and part in include:
             mismatches.append(f"{key}: checkpoint {list(found)}, not in the model")
     if mismatches:
@@ -207,5 +189,5 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
 
     for outcome in outcomes:
         if outcome.status == "restored":
-            mapping[outcome.key][1].assign(reader.get_tensor(outcome.key + VALUE_SUFFIX))
+            mapping[outcome.key].variable.assign(reader.get_tensor(outcome.key + VALUE_SUFFIX))
     return outcomes
