@@ -63,6 +63,13 @@ def test_every_syntax_form_parses_into_lists_of_values():
     assert isinstance(parsed["a"][0], int) and isinstance(parsed["c"][0], float)
 
 
+def test_floats_protobuf_wrote_as_float32_read_as_their_author_wrote_them():
+    """The zoo's pipeline.config files were written by protobuf from float32 fields."""
+    text = "a: 0.8999999761581421 b: -4.599999904632568 c: 9.99999993922529e-09 d: 0.1 e: 0.123456789 f: 1e300"
+    parsed = parse_text_format(text, "t")
+    assert [parsed[name][0] for name in "abcdef"] == [0.9, -4.6, 1e-8, 0.1, 0.123456789, 1e300]
+
+
 def test_string_escapes_decode_as_protobuf_does():
     text = r"""s: "tab\t nl\n q\" sq\' bs\\ oct\101 hex\x42 u\u00e9 U\U0001F600" t: 'it''s' u: "caf\303\251" """
     parsed = parse_text_format(text, "t")
@@ -391,23 +398,6 @@ SMALLER_BACKBONE = {SSD: [], CENTERNET: ["model.backbone.name=tiny"], EFFICIENTD
 TINY = ["model.image_size=128", "model.backbone.weights=none", "model.neck.channels=16", "model.head.channels=16",
         "model.head.convs=1", "train.steps=2", "train.batch_size=2", "train.schedule.warmup_steps=1",
         "evaluation.every_steps=2", "data.max_boxes=10"]
-
-
-@pytest.fixture(scope="module")
-def tfod_workspace(tmp_path_factory) -> Path:
-    """A TF OD API-style workspace: data/train.record-0000?-of-00002, data/val.record-00000-of-00001 and
-    data/label_map.pbtxt made from 12 + 4 images of the built-in shapes dataset at 128 px."""
-    from detkeeper.data.synthetic import generate_shapes_dataset
-    from detkeeper.data.tfrecord import write_tfrecords
-    from detkeeper.data.voc import read_voc
-
-    root = tmp_path_factory.mktemp("tfod_workspace")
-    shapes = generate_shapes_dataset(root / "shapes", num_train=12, num_val=4, num_test=1, image_size=128)
-    train, val = read_voc(shapes, split="train"), read_voc(shapes, split="val")
-    write_tfrecords(train.records, train.label_map, root / "data" / "train.record", num_shards=2)
-    write_tfrecords(val.records, train.label_map, root / "data" / "val.record")
-    train.label_map.write(root / "data" / "label_map.pbtxt")
-    return root
 
 
 @pytest.mark.parametrize("fixture", [SSD, CENTERNET, EFFICIENTDET], ids=lambda path: path.stem)

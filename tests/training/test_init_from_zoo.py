@@ -2,7 +2,8 @@
 ``../shared/data/tfod-oracle``): the 90-class FPN-lite 320 checkpoint starts a 3-class
 ``ssd_mobilenet_v2_fpnlite``, as ``fine_tune_checkpoint`` does in the API (``detection``: the
 feature extractor, backbone and FPN; ``full``: the head too, where its shapes fit). The models are
-built at 128 px to keep the tests quick: no variable depends on the input size."""
+built at 128 px to keep the tests quick: no variable depends on the input size. Training from it
+(through `config import` of the zoo's config) is tests/tfod/test_zoo_import.py's acceptance test."""
 
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ from detkeeper.config.schema import BackboneConfig, InitFromConfig, ModelConfig
 from detkeeper.errors import DetkeeperError
 from detkeeper.models import build_model
 from detkeeper.training.init_from import apply_init_from
-from detkeeper.training.trainer import train
-
-from training_runs import write_config
 
 FIRST_BACKBONE_KEY = "model/_feature_extractor/classification_backbone/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -68,20 +66,3 @@ def test_a_detkeeper_family_is_refused_naming_the_families_that_read_it(zoo_pref
                                              r"model 'retinanet_tiny' \(RetinaNet\) is not one of"):
         apply_init_from(model, InitFromConfig(path=zoo_prefix, include="backbone"), tmp_path)
     assert not (tmp_path / "init_from.json").exists()
-
-
-@pytest.mark.slow
-def test_training_fine_tunes_from_the_zoo_checkpoint(zoo_prefix, shapes_dataset, tmp_path):
-    """Two steps of ``detkeeper train`` from the zoo checkpoint (shapes, 4 classes); at 128 px, since
-    no variable depends on the input size (the 320 model's weights fit any size)."""
-    config = write_config(tmp_path / "run.yaml", shapes_dataset, tmp_path / "run",
-                          model={"name": "ssd_mobilenet_v2_fpnlite", "image_size": 128,
-                                 "backbone": {"name": "mobilenetv2", "weights": "none"},
-                                 "init_from": {"path": zoo_prefix, "include": "backbone+neck"}},
-                          train={"batch_size": 2, "steps": 2, "schedule": {"name": "constant", "warmup_steps": 0}},
-                          evaluation={"every_steps": 2})
-    result = train(config)
-    assert result.status == "finished" and result.best is not None
-    written = json.loads((result.run_dir / "init_from.json").read_text())
-    assert written["applied"] and written["counts"]["restored"] > 0
-    assert "init_from " in (result.run_dir / "train.log").read_text()

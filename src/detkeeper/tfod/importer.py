@@ -25,7 +25,8 @@ from detkeeper.config.validate import format_key, from_data
 from detkeeper.config.yamlio import dump_yaml
 from detkeeper.errors import ConfigError
 from detkeeper.files import atomic_write_text, is_url, unfilled_placeholders
-from detkeeper.tfod.mapping import Mapped, Note, Tracker, map_model, unmapped_notes
+from detkeeper.tfod.mapping import map_model
+from detkeeper.tfod.tracking import Mapped, Note, Tracker, unmapped_notes
 from detkeeper.tfod.pbtxt import parse_text_format
 from detkeeper.tfod.training import map_evaluation, map_inputs, map_train
 

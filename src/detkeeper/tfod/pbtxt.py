@@ -5,7 +5,9 @@ A message becomes a ``dict`` mapping each field name to the *list* of its values
 
 - a nested message: another such ``dict``;
 - numbers: ``int`` (decimal, ``0x`` hex, ``0`` octal) or ``float`` (``.08``, ``8e-2``, ``1.0f``,
-  ``inf``, ``-nan``);
+  ``inf``, ``-nan``); a float written as the float32 it is (protobuf writes the zoo's files so:
+  ``0.8999999761581421``) reads as the shortest decimal with that float32 (``0.9``), since the
+  API's fields are float32 and ``0.9`` is what the author wrote;
 - ``True`` / ``False`` for the identifiers ``true`` / ``True`` / ``false`` / ``False``;
 - ``str`` for quoted strings (single or double quotes, C escapes, adjacent strings joined) and
   for other identifiers (enum values such as ``RELU_6`` or ``V2``).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Union
 
@@ -231,7 +234,7 @@ class _Parser:
             return int(text, 8)
         if re.fullmatch(r"[0-9]+", text):
             return int(text)
-        return float(text.rstrip("fF"))
+        return shortest_float32(float(text.rstrip("fF")))
 
     def _string_bytes(self, token: _Token) -> bytes:
         body = token.text[1:-1]
@@ -258,3 +261,23 @@ class _Parser:
             position = match.end()
         out += body[position:].encode("utf-8")
         return bytes(out)
+
+
+def shortest_float32(value: float) -> float:
+    """`value` unchanged, unless it is exactly a float32 whose shortest decimal is shorter (the
+    float32 protobuf stores for ``0.9`` is ``0.8999999761581421``: that reads as ``0.9``)."""
+    if not math.isfinite(value) or _float32(value) != value:
+        return value
+    for digits in range(1, 10):
+        shorter = float(f"{value:.{digits}g}")
+        if _float32(shorter) == value:
+            return shorter
+    return value
+
+
+def _float32(value: float) -> float:
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # beyond float32's range: not a float32
+        return math.nan
+

@@ -1,6 +1,6 @@
 """Why a pipeline.config field is not carried over to detkeeper, by field name.
 
-Used by :func:`detkeeper.tfod.mapping.unmapped_notes` for the fields the mapping does not
+Used by :func:`detkeeper.tfod.tracking.unmapped_notes` for the fields the mapping does not
 read; the mapping states its own reasons for the fields it decides about.
 """
 

@@ -1,7 +1,7 @@
 """``train_config``, the input readers and ``eval_config`` of a pipeline.config as detkeeper keys.
 
 Part of :mod:`detkeeper.tfod.importer`; the model section is in
-:mod:`detkeeper.tfod.mapping`, which also holds the bookkeeping (`Node`, `Tracker`).
+:mod:`detkeeper.tfod.mapping`, the bookkeeping (`Node`, `Tracker`) in :mod:`detkeeper.tfod.tracking`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Any
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DataError
 from detkeeper.run.sources import is_detkeeper_model
-from detkeeper.tfod.mapping import EVALUATE_EVERY, Node
+from detkeeper.tfod.mapping import EVALUATE_EVERY
+from detkeeper.tfod.tracking import Node
+from detkeeper.tfod.zoo_ssd import ZOO_SSD_FAMILY_NAMES
 from detkeeper.tfod.reasons import augmentation_reason
 
 DEFAULT_STEPS = 2000  # detkeeper's train.steps default, for a pipeline that trains forever
@@ -29,6 +31,13 @@ _COLOUR = ("random_adjust_brightness", "random_adjust_contrast", "random_adjust_
 # restores: classification the backbone, detection the whole feature extractor (backbone and FPN),
 # full everything (here: the head where its shapes fit).
 _INCLUDE = {"classification": "backbone", "fine_tune": "backbone+neck", "detection": "backbone+neck", "full": "all"}
+_ZOO_INCLUDE_WHY = {
+    "classification": ("the backbone, read from a zoo detection checkpoint (the API's classification "
+                       "checkpoints have another layout, which detkeeper does not read)"),
+    "fine_tune": "the feature extractor: backbone and FPN, as the API restores it",
+    "detection": "the feature extractor: backbone and FPN, as the API restores it",
+    "full": "everything; a class output for another number of classes starts fresh from its prior bias",
+}
 
 
 def map_train(config: Node, model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int | None]:
@@ -232,12 +241,19 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
     if kind not in _INCLUDE:
         raise track.error(config.at("fine_tune_checkpoint_type"),
                           f"expected one of {', '.join(_INCLUDE)}, got {kind!r}")
-    if is_detkeeper_model(track.absolute(checkpoint)):
+    zoo_family = model["name"] in ZOO_SSD_FAMILY_NAMES
+    if zoo_family or is_detkeeper_model(track.absolute(checkpoint)):
         include = _INCLUDE[kind]
         model["init_from"] = {"path": track.path_for_yaml(checkpoint), "include": include}
         track.map(config.at("fine_tune_checkpoint"), "model.init_from.path", model["init_from"]["path"],
-                  "a detkeeper run, checkpoint or export")
-        track.map(config.at("fine_tune_checkpoint_type"), "model.init_from.include", include)
+                  f"a TF OD API checkpoint, read by the API's own variable names into {model['name']}"
+                  if zoo_family else "a detkeeper run, checkpoint or export")
+        track.map(config.at("fine_tune_checkpoint_type"), "model.init_from.include", include,
+                  _ZOO_INCLUDE_WHY[kind] if zoo_family else "")
+        if zoo_family and config.peek("fine_tune_checkpoint_version") in (None, "V2"):
+            config.text("fine_tune_checkpoint_version")
+            track.map(config.at("fine_tune_checkpoint_version"), "(model.init_from)", "V2",
+                      "a TF2 checkpoint (tf.train.Checkpoint), the layout model.init_from reads")
         return
     backbone = model["backbone"]["name"]
     model["backbone"]["weights"] = "imagenet"

@@ -44,6 +44,8 @@ ANCHOR_SCALE = 4.0
 BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
 MATCHED_THRESHOLD = 0.5
 UNMATCHED_THRESHOLD = 0.5
+# Its loss: weighted_sigmoid_focal (alpha, gamma) and weighted_smooth_l1 (delta), weights 1 and 1.
+FOCAL_ALPHA, FOCAL_GAMMA, SMOOTH_L1_DELTA = 0.25, 2.0, 1.0
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
@@ -89,11 +91,11 @@ class SsdFpnLite(Detector):
 
         # Slot 0 (background) has target 0 everywhere; a positive anchor's class c is slot c + 1.
         class_targets = tf.one_hot(tf.maximum(labels, 0) + 1, self.num_classes + 1) * positive[..., None]
-        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits) * not_ignored[..., None])
+        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits, FOCAL_ALPHA, FOCAL_GAMMA) * not_ignored[..., None])
         class_loss = class_loss / num_positive
 
         box_targets = boxes.encode(match["matched_boxes"], self.anchors, BOX_CODER_SCALES)
-        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings) * positive[..., None])
+        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings, SMOOTH_L1_DELTA) * positive[..., None])
         box_loss = box_loss / (num_positive * BOX_CODE_SIZE)
 
         self.track_losses(class_loss=class_loss, box_loss=box_loss)
