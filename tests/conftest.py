@@ -8,6 +8,7 @@ workers here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ def _shared(path: Path, name: str) -> Path:
         pytest.skip(f"../shared/data/{name} not found: the shared datasets sit beside the "
                     "repository in CI and developer checkouts")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def detkeeper_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """detkeeper's cache (TF OD API model folders read into runs) in the session's temporary
+    folder, never the user's ~/.cache; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("detkeeper-cache")
+    os.environ["DETKEEPER_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _ENTRY_POINTS = {
     "train": ("detkeeper.api", "train"),
     "evaluate": ("detkeeper.api", "evaluate"),
-    "export": ("detkeeper.export.exporter", "export_model"),
-    "load": ("detkeeper.export.predictor", "load"),
+    "export": ("detkeeper.api", "export"),
+    "load": ("detkeeper.api", "load"),
 }
 __all__ = ["__version__", *_ENTRY_POINTS]
 

@@ -154,3 +154,13 @@ def read_user_text(path: str | os.PathLike, what: str) -> str:
         raise DataError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read the {what} ({error})") from None
+
+
+def cache_directory(kind: str) -> Path:
+    """``$DETKEEPER_CACHE/<kind>`` (default ``$XDG_CACHE_HOME/detkeeper`` or ``~/.cache/detkeeper``):
+    what detkeeper derives from a user's files once and reuses, never the only copy of anything."""
+    root = os.environ.get("DETKEEPER_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "detkeeper")
+    return Path(root) / kind

@@ -120,3 +120,23 @@ def test_classes_become_contiguous_indices_for_gapped_label_map_ids(tmp_path):
     batch = _batches(evaluation_dataset([record], labels, image_size=8, batch_size=1, max_boxes=2), 1)[0]
     assert batch["classes"].tolist() == [[1, 0]]
     assert batch["images"].shape == (1, 8, 8, 3) and batch["images"].max() == 255.0
+
+
+def test_jpeg_decodes_to_the_pixels_pil_decodes_and_png_as_it_is():
+    """One decoder for training, evaluation and the export: JPEG with the accurate IDCT (as PIL,
+    OpenCV and the TF OD API's Python tools), where tf.io.decode_image's default is a few levels off."""
+    import tensorflow as tf
+
+    from detkeeper.data.image_format import decode_rgb
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt, quality=90)
+        data = buffer.getvalue()
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), expected)
+        decoded_in_a_graph = tf.function(decode_rgb)(tf.constant(data))
+        np.testing.assert_array_equal(decoded_in_a_graph.numpy(), expected)
+        fast = tf.io.decode_image(data, channels=3).numpy()
+        assert (fast != expected).any() == (fmt == "JPEG")  # the default the pipeline used before

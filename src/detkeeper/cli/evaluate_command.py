@@ -36,7 +36,8 @@ def register(commands, common) -> None:
                     "and AP per class, and writes metrics.json, detections.json and precision-recall plots.")
     parser.add_argument("model_path", nargs="?", metavar="MODEL",
                         help="a run directory, a checkpoint of one (RUN/checkpoints/step-NNNNNNN/ckpt), "
-                             "or an export of `detkeeper export` (evaluated through its serving signature)")
+                             "an export of `detkeeper export` (evaluated through its serving signature), or a "
+                             "TF OD API model folder (pipeline.config + checkpoint/)")
     parser.add_argument("--model", metavar="PATH", help="the same as MODEL (the older spelling)")
     parser.add_argument("--checkpoint", metavar="best|latest|STEP",
                         help="with a run directory: which kept checkpoint (default best)")
@@ -48,7 +49,7 @@ def register(commands, common) -> None:
                                         "without --data: the config split (default val)")
     parser.add_argument("--images", help="COCO: image folder (default: the JSON's folder)")
     parser.add_argument("--label-map", help="label_map.pbtxt naming the dataset's classes (TFRecords without "
-                                            "class/text)")
+                                            "class/text); with a TF OD API model folder, the model's too")
     parser.add_argument("--out", metavar="DIR", help="output folder (default RUN/eval/<checkpoint>-<data>)")
     parser.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval",
                         help="COCO implementation (same numbers; default faster_coco_eval)")
@@ -62,8 +63,9 @@ def register(commands, common) -> None:
 def run_evaluate(args) -> int:
     from detkeeper.evaluation.evaluate import prepare_evaluation  # light: imports TensorFlow
     from detkeeper.export.predictor import load  # light: imports TensorFlow
+    from detkeeper.tfod.model_folder import model_source  # light: imports TensorFlow
 
-    model = _model_argument(args)
+    model = model_source(_model_argument(args), args.label_map)
     prepared = prepare_evaluation(model, args.data, args.split, checkpoint=args.checkpoint,
                                   label_map=args.label_map, images=args.images, batch_size=args.batch_size,
                                   load_export=load)

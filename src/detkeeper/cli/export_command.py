@@ -31,7 +31,8 @@ def register(commands, common) -> None:
                     "label map, config and metadata.json as assets, and a .keras archive. Before it is "
                     "published, the SavedModel is reloaded in a fresh Python process without detkeeper and "
                     "must answer as the checkpoint does on validation images; otherwise nothing is written.")
-    parser.add_argument("run", metavar="RUN_DIR", help="a run directory, or a checkpoint in it")
+    parser.add_argument("run", metavar="RUN_DIR", help="a run directory, a checkpoint in it, or a TF OD API model "
+                                                       "folder (pipeline.config + checkpoint/)")
     parser.add_argument("--checkpoint", metavar="best|latest|STEP", help="which kept checkpoint (default best)")
     parser.add_argument("--out", metavar="DIR", help="export directory (default RUN_DIR/exports/<checkpoint>)")
     parser.add_argument("--overwrite", action="store_true",
@@ -49,16 +50,19 @@ def register(commands, common) -> None:
                              "weights, float32 activations; not an integer-only model), each scored by its mAP on "
                              "the verification images; one that does not convert is reported, and the SavedModel "
                              "is exported anyway")
+    parser.add_argument("--label-map", metavar="PBTXT",
+                        help="with a TF OD API model folder: its classes (default: the one its pipeline.config names)")
     parser.add_argument("--json", action="store_true", help="print the export folder, metadata and verification as JSON on stdout")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args) -> int:
     from detkeeper.export.exporter import export_model  # light: imports TensorFlow
+    from detkeeper.tfod.model_folder import model_source  # light: imports TensorFlow
 
     if not (args.quiet or args.json):
         print("exporting and verifying (a fresh Python process reloads the SavedModel) ...", flush=True)
-    result = export_model(args.run, checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
+    result = export_model(model_source(args.run, args.label_map), checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
                           score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                           max_detections=args.max_detections, verify_images=args.verify_images,
                           tflite=args.tflite)

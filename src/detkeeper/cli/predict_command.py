@@ -30,7 +30,8 @@ def register(commands, common) -> None:
         help="detect objects in image files with an export; COCO JSON and drawn images",
         description="Run an exported model (or a run's checkpoint) on images: a progress bar over the files, "
                     "COCO-format JSON of the detections and a copy of each image with labelled boxes.")
-    parser.add_argument("model", metavar="MODEL", help="an export directory or SavedModel (or a run directory)")
+    parser.add_argument("model", metavar="MODEL", help="an export directory or SavedModel, a run directory, or a TF "
+                                                       "OD API model folder (pipeline.config + checkpoint/)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--min-score", type=float, default=0.3, metavar="S",
@@ -39,6 +40,8 @@ def register(commands, common) -> None:
     parser.add_argument("--no-images", action="store_true", help="write the JSON only, no drawn images")
     parser.add_argument("--checkpoint", metavar="best|latest|STEP",
                         help="with a run directory: which kept checkpoint (default best)")
+    parser.add_argument("--label-map", metavar="PBTXT",
+                        help="with a TF OD API model folder: its classes (default: the one its pipeline.config names)")
     parser.add_argument("--json", action="store_true",
                         help="print a summary as JSON on stdout: files written, images, detections, skipped "
                              "files with the reason (no progress bar)")
@@ -64,13 +67,14 @@ def image_files(arguments: list[str]) -> list[Path]:
 def run_predict(args) -> int:
     from detkeeper.export.predictions import write_predictions  # light: imports TensorFlow
     from detkeeper.export.predictor import load  # light: imports TensorFlow
+    from detkeeper.tfod.model_folder import model_source  # light: imports TensorFlow
 
     if not 0.0 <= args.min_score <= 1.0:
         raise DetkeeperError(f"--min-score: expected a value in [0, 1], got {args.min_score}")
     if args.batch_size < 1:
         raise DetkeeperError(f"--batch-size: expected at least 1, got {args.batch_size}")
     files = image_files(args.images)
-    predictor = load(args.model, checkpoint=args.checkpoint)
+    predictor = load(model_source(args.model, args.label_map), checkpoint=args.checkpoint)
     skipped = []
     with progress(len(files), "predicting", args.quiet or args.json) as update:
         found = predictor.detect_files(files, batch_size=args.batch_size, progress=update, skipped=skipped)

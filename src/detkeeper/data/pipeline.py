@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from detkeeper.data import augment
+from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord
 
@@ -100,8 +101,7 @@ class _RecordTensors:
         path = self.paths[index]
         data = tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path),
                        lambda: self.encoded[index])
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        image.set_shape([None, None, 3])
+        image = decode_rgb(data)
         start, end = self.row_splits[index], self.row_splits[index + 1]
         return (tf.cast(image, tf.float32), self.boxes[start:end], self.classes[start:end],
                 self.image_ids[index])

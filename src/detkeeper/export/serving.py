@@ -42,6 +42,7 @@ import dataclasses
 import tensorflow as tf
 
 from detkeeper.data import augment
+from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
 from detkeeper.models import boxes as box_ops
@@ -150,8 +151,7 @@ class DetectionModule(tf.Module):
     def _detect_encoded(self, encoded: tf.Tensor) -> dict:
         """Encoded images ``[B]``, each decoded and resized on its own (sizes may differ)."""
         def preprocess(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-            return self._preprocess_one(tf.ensure_shape(image, [None, None, 3]))
+            return self._preprocess_one(decode_rgb(data))
 
         canvases, factors, sizes = tf.map_fn(
             preprocess, encoded, fn_output_signature=(

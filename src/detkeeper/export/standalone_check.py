@@ -57,6 +57,14 @@ def _layout(outputs) -> dict:
     return {key: [value.dtype.name, [int(size) for size in value.shape]] for key, value in outputs.items()}
 
 
+def _decode_rgb(tf, data: bytes):
+    """detkeeper.data.image_format.decode_rgb, which this process may not import: JPEG with the
+    accurate integer IDCT, as the export's graph decodes."""
+    if tf.io.is_jpeg(data):
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+
+
 def main(saved_model_dir: str, images_dir: str) -> dict:
     sys.meta_path.insert(0, _RefuseDetkeeper())
     import tensorflow as tf  # order: only after the hook that refuses detkeeper is installed
@@ -69,13 +77,13 @@ def main(saved_model_dir: str, images_dir: str) -> dict:
 
     called, sizes, layouts = [], [], {}
     for data in encoded:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+        image = _decode_rgb(tf, data)
         sizes.append([int(image.shape[0]), int(image.shape[1])])
         outputs = model(image[None])
         layouts.setdefault("call", _layout(outputs))
         called += _rows(outputs)
     outputs = model.signatures["serving_default"](
-        input_tensor=tf.io.decode_image(encoded[0], channels=3, expand_animations=False)[None])
+        input_tensor=_decode_rgb(tf, encoded[0])[None])
     layouts["serving_default"], default = _layout(outputs), _rows(outputs)
     outputs = model.signatures["encoded_image_string_tensor"](input_tensor=tf.constant(encoded))
     layouts["encoded_image_string_tensor"], by_bytes = _layout(outputs), _rows(outputs)

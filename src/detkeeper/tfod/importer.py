@@ -47,6 +47,8 @@ class ImportResult:
     placeholders: tuple[str, ...] = ()
     """Paths still holding a sample config's placeholder (``gs://${YOUR_GCS_BUCKET}/...``), as
     ``key: placeholder in 'path'``: `load_config` refuses them until they are filled in."""
+    num_classes: int | None = None
+    """The pipeline's ``num_classes`` (a run takes its classes from the label map it reads)."""
 
     def to_yaml(self) -> str:
         """The YAML file: a header with the not-carried-over notes as comments, then the config."""
@@ -101,7 +103,8 @@ def import_pipeline_config(path: str | os.PathLike, *, out_dir: str | os.PathLik
         raise ConfigError(f"{source}: the imported values are outside detkeeper's ranges:\n{listed}")
     placeholders = _placeholders(data)
     return ImportResult(source=source, data=data, mapped=tuple(tracker.mapped), not_carried=tuple(notes),
-                        missing_files=tuple(_missing_files(data, out)), placeholders=tuple(placeholders))
+                        missing_files=tuple(_missing_files(data, out)), placeholders=tuple(placeholders),
+                        num_classes=num_classes)
 
 
 def write_imported_config(result: ImportResult, out: str | os.PathLike, *, force: bool = False) -> Path:

@@ -1,0 +1,81 @@
+"""A TF OD API model folder (pipeline.config + checkpoint/) as a model source (issue 17): `detkeeper
+predict` on an oracle folder writes the API's own detections; `detkeeper.load` and `evaluate` take
+the folder too; it is read into a detkeeper run once; a model detkeeper does not reproduce is
+refused saying why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import detkeeper
+from detkeeper.cli.main import main
+from detkeeper.errors import DetkeeperError
+from detkeeper.tfod.model_folder import model_source
+
+CENTERNET = Path(__file__).resolve().parents[1] / "fixtures" / "tfod" / "centernet_resnet50_v1_fpn_512x512.config"
+FOLDER = "ssd_mobilenet_v2_fpnlite_320"
+PHOTO_WIDTH, PHOTO_HEIGHT = 640, 480
+SCORE_TOLERANCE = 1e-4 + 5e-6  # issue 17's, plus predictions.json's rounding to 5 decimals
+BOX_TOLERANCE = 1e-4 * PHOTO_WIDTH + 0.005  # normalised 1e-4 in pixels, plus the rounding to 2 decimals
+
+
+@pytest.fixture(scope="module")
+def predicted(tfod_oracle_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predicted")
+    code = main(["predict", str(tfod_oracle_dir / FOLDER), str(tfod_oracle_dir / "photo.jpg"), "--out", str(out),
+                 "--min-score", "0"])
+    assert code == 0
+    return json.loads((out / "predictions.json").read_text())
+
+
+def test_predict_on_a_zoo_folder_writes_the_apis_detections(predicted, tfod_oracle_dir):
+    reference = np.load(tfod_oracle_dir / FOLDER / "reference.npz")
+    count = int(reference["det/num_detections"][0])
+    boxes = reference["det/detection_boxes"][0, :count]
+    expected_bbox = np.stack([boxes[:, 1] * PHOTO_WIDTH, boxes[:, 0] * PHOTO_HEIGHT,
+                              (boxes[:, 3] - boxes[:, 1]) * PHOTO_WIDTH, (boxes[:, 2] - boxes[:, 0]) * PHOTO_HEIGHT], 1)
+    found = predicted["annotations"]
+    assert len(found) == count == 100
+    scores = np.array([item["score"] for item in found])
+    np.testing.assert_allclose(scores, reference["det/detection_scores"][0, :count], atol=SCORE_TOLERANCE)
+    # Same classes in the same order, except among scores within the tolerance of each other.
+    classes = np.array([item["category_id"] for item in found])
+    expected_classes = reference["det/detection_classes"][0, :count].astype(int) + 1  # label-map ids
+    expected_scores = reference["det/detection_scores"][0, :count]
+    for position in np.flatnonzero(classes != expected_classes):
+        near = np.abs(expected_scores - expected_scores[position]) <= SCORE_TOLERANCE
+        assert classes[position] in expected_classes[near], position
+    same = classes == expected_classes
+    np.testing.assert_allclose(np.array([item["bbox"] for item in found])[same], expected_bbox[same],
+                               atol=BOX_TOLERANCE)
+    # No label map in the folder: classes are named by their ids.
+    assert {category["id"]: category["name"] for category in predicted["categories"]}[1] == "1"
+
+
+def test_the_folder_is_read_into_a_run_once_and_a_label_map_names_its_classes(tfod_oracle_dir, tmp_path,
+                                                                              predicted):
+    folder = tfod_oracle_dir / FOLDER
+    first = model_source(folder)
+    ledger = json.loads((Path(first) / "checkpoints" / "ledger.json").read_text())
+    assert ledger["status"]["state"] == "imported" and ledger["status"]["source"] == str(folder)
+    assert model_source(folder) == first  # made by the predict above, reused
+    label_map = tmp_path / "label_map.pbtxt"
+    label_map.write_text("item { id: 1 name: 'person' } item { id: 3 name: 'car' }")
+    predictor = detkeeper.load(folder, label_map=label_map)
+    assert predictor.labels[1] == "person" and predictor.labels[3] == "car" and predictor.labels[2] == "2"
+    assert predictor.source != first and len(predictor.labels) == 90  # another label map: another run
+
+
+def test_a_folder_of_a_model_detkeeper_does_not_reproduce_is_refused_saying_why(tmp_path):
+    folder = tmp_path / "centernet"
+    (folder / "checkpoint").mkdir(parents=True)
+    shutil.copy(CENTERNET, folder / "pipeline.config")
+    (folder / "checkpoint" / "ckpt-0.index").write_bytes(b"")
+    with pytest.raises(DetkeeperError, match=r"not one of the TF OD API models detkeeper reproduces .*maps it onto "
+                                             r"fcos approximately, whose variables are not the API's"):
+        model_source(folder)
