@@ -79,3 +79,27 @@ def test_a_folder_of_a_model_detkeeper_does_not_reproduce_is_refused_saying_why(
     with pytest.raises(DetkeeperError, match=r"not one of the TF OD API models detkeeper reproduces .*maps it onto "
                                              r"fcos approximately, whose variables are not the API's"):
         model_source(folder)
+
+
+@pytest.mark.slow
+def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfod_oracle_dir, tmp_path, predicted):
+    """`detkeeper export FOLDER --verify-with photo.jpg`: the zoo folder has no eval data, so the
+    photo verifies it; the published SavedModel then gives the API exporter's outputs on it."""
+    import tensorflow as tf
+
+    out = tmp_path / "exported"
+    photo = tfod_oracle_dir / "photo.jpg"
+    assert main(["export", str(tfod_oracle_dir / FOLDER), "--verify-with", str(photo), "--out", str(out)]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["verification_images"] == {"split": "files", "count": 1}
+    assert json.loads((out / "verification.json").read_text())["passed"]
+    reference = np.load(tfod_oracle_dir / FOLDER / "reference.npz")
+    outputs = tf.saved_model.load(str(out / "saved_model"))(reference["input_image"][None])
+    np.testing.assert_allclose(outputs["detection_scores"], reference["export/detection_scores"], atol=1e-4)
+    np.testing.assert_allclose(outputs["detection_boxes"], reference["export/detection_boxes"], atol=1e-4)
+    np.testing.assert_array_equal(outputs["detection_classes"], reference["export/detection_classes"])
+    np.testing.assert_allclose(outputs["raw_detection_boxes"], reference["export/raw_detection_boxes"], atol=1e-4)
+    np.testing.assert_array_equal(outputs["detection_anchor_indices"], reference["export/detection_anchor_indices"])
+    # The API's score columns carry the background slot first; detkeeper's are the classes only.
+    np.testing.assert_allclose(outputs["raw_detection_scores"], reference["export/raw_detection_scores"][..., 1:],
+                               atol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from detkeeper.cli.console import print_json
+from detkeeper.cli.predict_command import image_files
 
 EXAMPLES = """\
 examples:
@@ -44,12 +45,15 @@ def register(commands, common) -> None:
     parser.add_argument("--max-detections", type=int, metavar="N",
                         help="detections per image (default: the run's evaluation.max_detections)")
     parser.add_argument("--verify-images", type=int, default=8, metavar="N",
-                        help="validation images the verification compares on (default 8)")
+                        help="images the verification compares on (default 8)")
     parser.add_argument("--tflite", action="store_true",
                         help="also write TFLite models to OUT/tflite/: float32 and dynamic-range int8 (int8 "
                              "weights, float32 activations; not an integer-only model), each scored by its mAP on "
                              "the verification images; one that does not convert is reported, and the SavedModel "
                              "is exported anyway")
+    parser.add_argument("--verify-with", nargs="+", metavar="IMAGE",
+                        help="verify on these image files or folders instead of the run's validation images "
+                             "(detections compared, no mAP); a TF OD API model folder without its eval data needs it")
     parser.add_argument("--label-map", metavar="PBTXT",
                         help="with a TF OD API model folder: its classes (default: the one its pipeline.config names)")
     parser.add_argument("--json", action="store_true", help="print the export folder, metadata and verification as JSON on stdout")
@@ -65,7 +69,7 @@ def run_export(args) -> int:
     result = export_model(model_source(args.run, args.label_map), checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
                           score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                           max_detections=args.max_detections, verify_images=args.verify_images,
-                          tflite=args.tflite)
+                          tflite=args.tflite, verify_with=image_files(args.verify_with) if args.verify_with else ())
     if args.json:
         print_json({"out_dir": str(result.out_dir), "metadata": result.metadata,
                     "verification": result.verification.to_json_dict(), "seconds": result.seconds,

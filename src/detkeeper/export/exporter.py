@@ -29,13 +29,16 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from detkeeper import __version__
 from detkeeper.data.augment import Resize
+from detkeeper.data.record import DetectionRecord
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError, RunFailed
 from detkeeper.export.serving import OUTPUT_KEYS, SIGNATURES, DetectionModule, ServingSettings
@@ -78,23 +81,26 @@ class ExportResult:
 def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = None,
                  out: str | os.PathLike | None = None, score_threshold: float | None = None,
                  iou_threshold: float | None = None, max_detections: int | None = None,
-                 verify_images: int = 8, overwrite: bool = False, tflite: bool = False) -> ExportResult:
+                 verify_images: int = 8, overwrite: bool = False, tflite: bool = False,
+                 verify_with: Sequence[str | os.PathLike] = ()) -> ExportResult:
     """Export checkpoint `checkpoint` (``best`` by default, ``latest`` or a step) of the run
     `source` (or a checkpoint path in it) to `out` (default ``RUN/exports/<checkpoint>``).
 
     The thresholds default to the run's ``evaluation`` section. Verification runs on the first
-    `verify_images` images of the run's validation split (else test, else train). With `tflite`,
+    `verify_images` images of the run's validation split (else test, else train), or of the image
+    files `verify_with` (detections compared, no mAP: they have no boxes). With `tflite`,
     TFLite models are converted and scored on the same images too; one that does not convert is
     reported in ``verification.json`` (and the result), not raised."""
     if verify_images < 1:
         raise DetkeeperError(f"verification images: expected at least 1, got {verify_images}")
     run, which = resolve_model_source(source, checkpoint)
-    split = _verification_split(run)
+    split = _verification_split(run) if not verify_with else None
     restored = restore_run_checkpoint(run, which, keep_split=split)
     settings = serving_settings(restored.config, score_threshold, iou_threshold, max_detections)
     config, label_map, entry, model = restored.config, restored.label_map, restored.entry, restored.model
     _use_thresholds(model, settings)  # verification's reference (model.detect) then agrees with the export
-    records = _verification_records(config, run, split, verify_images)
+    records = (_image_records(verify_with, verify_images) if verify_with
+               else _verification_records(config, run, split, verify_images))
 
     out_dir = Path(out) if out is not None else default_export_dir(run, entry.name)
     paths = ExportPaths(out_dir)
@@ -109,7 +115,8 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        metadata = export_metadata(restored, settings, verification_images=(split, len(records)))
+        metadata = export_metadata(restored, settings,
+                                   verification_images=(split if not verify_with else "files", len(records)))
         metadata_json = _metadata_json(metadata)
         assets = {LABEL_MAP_FILE: label_map.write(staging / LABEL_MAP_FILE),
                   CONFIG_FILE: atomic_write_text(staging / CONFIG_FILE, run.config_path.read_text("utf-8")),
@@ -233,7 +240,7 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
     """Up to `count` images of `split` (ground truth included, for the mAP check)."""
     if split is None:
         raise DetkeeperError(f"{run.config_path}: the run's config sets no data split, so there are no images "
-                             "to verify the export on")
+                             "to verify the export on; give some with --verify-with (verify_with=)")
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
     try:
         records = DataSources(data_config).prepare(split).records
@@ -241,6 +248,13 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
         raise DetkeeperError(f"cannot read the images that verify the export (data.{split} of "
                              f"{run.config_path}): {error}") from None
     return list(records[:count])
+
+
+def _image_records(files: Sequence[str | os.PathLike], count: int) -> list[DetectionRecord]:
+    """The first `count` image files as records without boxes."""
+    return [DetectionRecord(image_id=Path(file).stem, boxes=np.zeros((0, 4)), class_ids=np.zeros(0),
+                            is_crowd=None, source=os.fspath(file), image_path=Path(file))
+            for file in list(files)[:count]]
 
 
 def export_metadata(restored, settings, verification_images: tuple[str | None, int] | None = None) -> dict:
