@@ -90,13 +90,14 @@ def test_the_layout_is_what_the_tfod_api_exporter_returns():
     assert seen == set(LAYOUT)
 
 
-def _check_outputs(outputs: dict, label_map: LabelMap, dims: dict) -> None:
-    """`outputs` (numpy) have LAYOUT's keys, dtypes and shapes, and each detection is its anchor's."""
+def _check_outputs(outputs: dict, label_map: LabelMap, dims: dict, background: bool = False) -> None:
+    """`outputs` (numpy) have LAYOUT's keys, dtypes and shapes (C + 1 score columns, the background's
+    first, with `background`), and each detection is its anchor's."""
     assert set(outputs) == set(LAYOUT)
     for key, value in outputs.items():
         assert value.dtype == np.float32, (key, value.dtype)
-        assert value.shape == _shape(LAYOUT[key], dims), (key, value.shape, dims)
-    columns_of_ids = {class_id: column for column, class_id in enumerate(label_map.ids)}
+        assert value.shape == _shape(LAYOUT[key], {**dims, "C": dims["C"] + background}), (key, value.shape, dims)
+    columns_of_ids = {class_id: column + background for column, class_id in enumerate(label_map.ids)}
     for row in range(dims["B"]):
         count = int(outputs["num_detections"][row])
         anchors = outputs["detection_anchor_indices"][row]
@@ -132,7 +133,7 @@ def test_the_exported_signatures_return_the_tfod_api_outputs(exported, trained_r
             "C": restored.label_map.num_classes}
     assert exported.metadata["outputs"] == list(LAYOUT)
     assert exported.metadata["score_columns"] == restored.label_map.ids
-    assert "no background column" in exported.metadata["anchor_convention"]
+    assert "0: the background, first, for TF OD API models" in exported.metadata["anchor_convention"]
     pair, wide = _images(shapes_dataset)
     for images in (pair, wide):
         outputs = {key: value.numpy() for key, value in
@@ -176,7 +177,7 @@ def test_every_family_says_which_anchor_each_detection_came_from(name, shapes_da
     pair, wide = _images(shapes_dataset)
     for images in (pair, wide):
         outputs = {key: value.numpy() for key, value in module(tf.constant(images)).items()}
-        _check_outputs(outputs, label_map, {**dims, "B": len(images)})
+        _check_outputs(outputs, label_map, {**dims, "B": len(images)}, background=model.BACKGROUND_CLASS)
         assert (outputs["num_detections"] == 50).all()
     # The detections themselves are batched_nms's, unchanged: the same scores and classes in the same order.
     canvas = module._preprocess_one(tf.constant(wide[0]))[0][None]
@@ -210,7 +211,7 @@ def test_verification_finds_detections_that_are_not_their_anchors(changes, probl
     from detkeeper.export.verify import _anchor_problem
 
     label_map = LabelMap([LabelMapItem(2, "a", "a"), LabelMapItem(5, "b", "b")])
-    found = _anchor_problem(_row(**changes), label_map, num_anchors=5)
+    found = _anchor_problem(_row(**changes), label_map, num_anchors=5, background_columns=0)
     assert found is None if problem is None else problem in found, found
 
 
@@ -221,12 +222,12 @@ def test_verification_finds_missing_outputs_and_wrong_shapes():
     dims = {"B": 1, "N": 2, "A": 5, "C": 2}
     layout = {key: ["float32", list(_shape(shape, dims))] for key, shape in LAYOUT.items()}
     answered = {"output_layouts": {"call": layout}, "call": [_row()]}
-    assert _output_problems(answered, label_map, max_detections=2) == []
+    assert _output_problems(answered, label_map, max_detections=2, background_columns=0) == []
     four = {key: value for key, value in layout.items() if key in ("detection_boxes", "detection_scores",
                                                                     "detection_classes", "num_detections")}
     wrong = {**layout, "detection_anchor_indices": ["int32", [1, 2]], "raw_detection_scores": ["float32", [1, 5, 3]]}
     answered.update(output_layouts={"call": four, "tf_example": wrong}, tf_example=[_row(anchor_indices=[0.0, 9.0])])
-    problems = _output_problems(answered, label_map, max_detections=2)
+    problems = _output_problems(answered, label_map, max_detections=2, background_columns=0)
     assert problems[0].startswith("call returns detection_boxes, detection_classes, detection_scores, num_detections;")
     assert "tf_example: detection_anchor_indices not float32" in problems[1]
     assert "tf_example: raw_detection_scores has shape [1, 5, 3], expected [1, 5, 2] (B, A, C)" in problems[2]

@@ -266,8 +266,8 @@ def test_the_serving_graph_answers_like_the_api_exporter(folder, zoo_run, tfod_o
                                atol=DETECTION_TOLERANCE)
     np.testing.assert_allclose(answered["raw_detection_boxes"], expected["raw_detection_boxes"], rtol=0,
                                atol=DETECTION_TOLERANCE)
-    # The API's raw and per-detection scores have the background column first; detkeeper's have none.
-    np.testing.assert_allclose(answered["raw_detection_scores"], expected["raw_detection_scores"][:, 1:], rtol=0,
+    # Score columns as the API's: the background first, then the classes.
+    np.testing.assert_allclose(answered["raw_detection_scores"], expected["raw_detection_scores"], rtol=0,
                                atol=DETECTION_TOLERANCE)
     same_rank = (answered["detection_classes"][:count] == expected["detection_classes"][:count])
     close = np.abs(answered["detection_scores"][:count, None] - expected["detection_scores"][None, :count])
@@ -278,3 +278,5 @@ def test_the_serving_graph_answers_like_the_api_exporter(folder, zoo_run, tfod_o
                                rtol=0, atol=DETECTION_TOLERANCE)
     np.testing.assert_array_equal(answered["detection_anchor_indices"][:count][keep],
                                   expected["detection_anchor_indices"][:count][keep])
+    np.testing.assert_allclose(answered["detection_multiclass_scores"][:count][keep],
+                               expected["detection_multiclass_scores"][:count][keep], rtol=0, atol=DETECTION_TOLERANCE)

@@ -100,6 +100,8 @@ def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfo
     np.testing.assert_array_equal(outputs["detection_classes"], reference["export/detection_classes"])
     np.testing.assert_allclose(outputs["raw_detection_boxes"], reference["export/raw_detection_boxes"], atol=1e-4)
     np.testing.assert_array_equal(outputs["detection_anchor_indices"], reference["export/detection_anchor_indices"])
-    # The API's score columns carry the background slot first; detkeeper's are the classes only.
-    np.testing.assert_allclose(outputs["raw_detection_scores"], reference["export/raw_detection_scores"][..., 1:],
+    # Score columns as the API's: the background first, then the 90 classes.
+    np.testing.assert_allclose(outputs["raw_detection_scores"], reference["export/raw_detection_scores"], atol=1e-4)
+    np.testing.assert_allclose(outputs["detection_multiclass_scores"], reference["export/detection_multiclass_scores"],
                                atol=1e-4)
+    assert metadata["score_columns"] == list(range(91))  # 0: the background

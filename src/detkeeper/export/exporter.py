@@ -59,8 +59,8 @@ CLASS_CONVENTION = ("detection_classes: label-map ids (1-based, as in label_map.
 ANCHOR_CONVENTION = ("raw_detection_boxes [B, A, 4] and raw_detection_scores [B, A, C]: every anchor (FCOS: "
                      "location) before NMS, boxes normalized to the original image and not clipped; "
                      "detection_multiclass_scores [B, N, C] and detection_anchor_indices [B, N] (float32): the "
-                     "anchor each detection came from (0 in padding rows); score column c is label-map class c "
-                     "(the ids in score_columns), no background column")
+                     "anchor each detection came from (0 in padding rows); score column c is the label-map id "
+                     "score_columns[c] (0: the background, first, for TF OD API models that have one)")
 
 
 class ExportVerificationFailed(RunFailed):
@@ -273,7 +273,7 @@ def export_metadata(restored, settings, verification_images: tuple[str | None, i
         "class_convention": CLASS_CONVENTION,
         "classes": {str(item.id): item.display_name for item in label_map.items},
         "anchor_convention": ANCHOR_CONVENTION,
-        "score_columns": list(label_map.ids),
+        "score_columns": [0] * restored.model.BACKGROUND_CLASS + list(label_map.ids),
         "thresholds": dataclasses.asdict(settings),
         "signatures": list(SIGNATURES),
         "outputs": list(OUTPUT_KEYS),

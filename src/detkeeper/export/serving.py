@@ -19,10 +19,11 @@ exporter's ``serving_default`` (``exporter_lib_v2``, after ``SSDMetaArch.postpro
   ``detection_boxes[i]`` is ``raw_detection_boxes[anchor]`` clipped to the image.
 
 Column ``c`` of the score outputs is the label map's ``c``-th class (id ``c + 1`` for ids
-1..C): detkeeper's detectors have no background logit, so there is no background column, as in
-the TF OD API's exports of models without one (``add_background_class: false``, e.g.
-EfficientDet). Exports of API models with a background class have ``C + 1`` columns, column 0
-the background. The API's EfficientDet export gives its raw boxes relative to the padded model
+1..C): detkeeper's own detectors have no background logit, so there is no background column, as
+in the TF OD API's exports of models without one (``add_background_class: false``, e.g.
+EfficientDet). The TF OD API families with a background class (``Detector.BACKGROUND_CLASS``, the
+SSDs) have ``C + 1`` columns, column 0 the background, as the API's exports of them; the
+metadata's ``score_columns`` lists the label-map id of each column (0: background). The API's EfficientDet export gives its raw boxes relative to the padded model
 input; here they are relative to the original image, the frame of ``detection_boxes``.
 
 Preprocessing (the evaluation pipeline's own resize, ``model.resize``: aspect ratio kept and padded,
@@ -128,15 +129,17 @@ class DetectionModule(tf.Module):
         real = found["classes"] >= 0
         normalized = tf.where(real[..., None], original / limits, 0.0)
         kept = tf.maximum(anchors, 0)
+        columns = probabilities  # and the background's first, where the model has one (as the API's exports)
+        if self.model.BACKGROUND_CLASS:
+            columns = tf.concat([tf.cast(self.model.background_scores(outputs), tf.float32)[..., None], columns], -1)
         return {
             "detection_boxes": normalized,
             "detection_scores": tf.where(real, found["scores"], 0.0),
             "detection_classes": tf.gather(self.label_ids, tf.where(real, found["classes"] + 1, 0)),
             "num_detections": tf.cast(found["num_detections"], tf.float32),
             "raw_detection_boxes": box_ops.to_original_pixels(candidate_boxes, factors) / limits,
-            "raw_detection_scores": probabilities,
-            "detection_multiclass_scores": tf.where(real[..., None], tf.gather(probabilities, kept, batch_dims=1),
-                                                    0.0),
+            "raw_detection_scores": columns,
+            "detection_multiclass_scores": tf.where(real[..., None], tf.gather(columns, kept, batch_dims=1), 0.0),
             "detection_anchor_indices": tf.cast(tf.where(real, anchors, 0), tf.float32),
         }
 

@@ -93,7 +93,7 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
         problems.append("the SavedModel's label map differs from the run's")
     if [list(size) for size in sizes] != answered["image_sizes"]:
         problems.append("the fresh process decoded the images at other sizes than detkeeper's pipeline")
-    problems += _output_problems(answered, label_map, model.max_detections)
+    problems += _output_problems(answered, label_map, model.max_detections, int(model.BACKGROUND_CLASS))
     box_error = score_error = 0.0
     compared = 0
     for name in _SIGNATURE_RESULTS:
@@ -131,9 +131,10 @@ def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: Lab
                         tolerance=dict(TOLERANCE))
 
 
-def _output_problems(answered: dict, label_map: LabelMap, max_detections: int) -> list[str]:
+def _output_problems(answered: dict, label_map: LabelMap, max_detections: int, background_columns: int) -> list[str]:
     """What is wrong with the outputs' keys, dtypes and shapes (``output_layouts``), and with the
-    anchors the detections name (``anchor_indices`` ... of each row), as the fresh process saw them."""
+    anchors the detections name (``anchor_indices`` ... of each row), as the fresh process saw them.
+    `background_columns`: 1 when the score outputs start with a background column."""
     problems = []
     anchors_of = {}
     for name, layout in answered["output_layouts"].items():
@@ -144,7 +145,8 @@ def _output_problems(answered: dict, label_map: LabelMap, max_detections: int) -
         if wrong:
             problems.append(f"{name}: {', '.join(wrong)} not float32 (as the TF OD API returns them)")
         dims = {"B": layout["num_detections"][1][0], "N": max_detections,
-                "A": layout["raw_detection_boxes"][1][1], "C": label_map.num_classes}
+                "A": layout["raw_detection_boxes"][1][1],
+                "C": label_map.num_classes + background_columns}
         for key, shape in OUTPUT_LAYOUT.items():
             expected = [dims.get(size, size) for size in shape]
             if layout[key][1] != expected:
@@ -157,14 +159,14 @@ def _output_problems(answered: dict, label_map: LabelMap, max_detections: int) -
         if name not in anchors_of:
             continue
         for position, row in enumerate(answered[result]):
-            problem = _anchor_problem(row, label_map, anchors_of[name])
+            problem = _anchor_problem(row, label_map, anchors_of[name], background_columns)
             if problem:
                 problems.append(f"{name}, image {position}: {problem}")
                 break
     return problems
 
 
-def _anchor_problem(row: dict, label_map: LabelMap, num_anchors: int) -> str | None:
+def _anchor_problem(row: dict, label_map: LabelMap, num_anchors: int, background_columns: int) -> str | None:
     """Is each detection of `row` the anchor's it names: an anchor index in range, the anchor's
     scores as its multiclass scores, its score in its class's column, its box the anchor's clipped?"""
     count = int(row["num_detections"])
@@ -180,7 +182,8 @@ def _anchor_problem(row: dict, label_map: LabelMap, num_anchors: int) -> str | N
     if not np.array_equal(multiclass, np.asarray(row["raw_scores_of_anchors"], np.float32).reshape(count, -1)):
         return "detection_multiclass_scores are not the raw_detection_scores of the detections' anchors"
     try:
-        columns = label_map.ids_to_indices(np.asarray(row["classes"], np.float64)[:count].astype(np.int64))
+        columns = background_columns + label_map.ids_to_indices(
+            np.asarray(row["classes"], np.float64)[:count].astype(np.int64))
     except DataError as error:
         return str(error)
     scores = np.asarray(row["scores"], np.float32)[:count]

@@ -47,6 +47,9 @@ class Detector(keras.Model):
     #: are and clipped afterwards (the TF OD API's SSD post-processing); the two suppress
     #: differently near the border, where clipping changes the overlaps.
     CLIP_BEFORE_NMS: bool = True
+    #: Whether the outputs hold a background score (the TF OD API's slot 0, ``add_background_class``):
+    #: exports then give it as score column 0 before the classes, as the API's exports do.
+    BACKGROUND_CLASS: bool = False
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
                  iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
@@ -113,6 +116,10 @@ class Detector(keras.Model):
                     continue
                 metric.update_state(y, y_pred)
         return self.get_metrics_result()
+
+    def background_scores(self, outputs) -> tf.Tensor:
+        """``[B, A]`` every anchor's background probability (families with ``BACKGROUND_CLASS``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no background class")
 
     def postprocess(self, outputs: dict) -> dict:
         """Candidates -> the final detections, by class-aware NMS (see ``CLIP_BEFORE_NMS``)."""

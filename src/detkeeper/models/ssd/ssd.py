@@ -54,6 +54,7 @@ class SsdFpnLite(Detector):
 
     LOSS_TERMS = ("class_loss", "box_loss")
     CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
+    BACKGROUND_CLASS = True  # slot 0 of class_logits
     pad_value = (127.5, 127.5, 127.5)  # MobileNet's x / 127.5 - 1 is 0 there, where the API pads
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 128,
@@ -100,6 +101,9 @@ class SsdFpnLite(Detector):
 
         self.track_losses(class_loss=class_loss, box_loss=box_loss)
         return self.with_regularization(class_loss + box_loss)
+
+    def background_scores(self, outputs):
+        return tf.sigmoid(tf.cast(outputs["class_logits"][..., 0], tf.float32))
 
     def decode_boxes_and_scores(self, outputs):
         decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
