@@ -103,6 +103,7 @@ def check_ssd_mobilenet_v2_config(model_config) -> None:
                               f"(two MobileNetV2 taps, then 512, 256, 256 and 128 deep stride-2 layers); expected "
                               f"null, got {value!r}")
     head = model_config.head
+    # convs: 0 is the config's num_layers_before_predictor, so it is what the predictor has.
     for key, value in (("channels", head.channels), ("convs", head.convs or None), ("block", head.block)):
         if value is not None:
             raise ConfigError(f"model.head.{key}: ssd_mobilenet_v2's predictor is one 1x1 box and one 1x1 class "
