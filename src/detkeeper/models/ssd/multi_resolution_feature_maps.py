@@ -58,11 +58,14 @@ class MultiResolutionFeatureMaps(keras.layers.Layer):
 
     def call(self, features: dict, training=False) -> list:
         maps = [features["C4"], features["C5"]]
-        for reduce, reduce_norm, downsample, downsample_norm in zip(
-                self.reduce, self.reduce_norm, self.downsample, self.downsample_norm):
-            x = keras.ops.relu6(reduce_norm(reduce(maps[-1]), training=training))
-            maps.append(keras.ops.relu6(downsample_norm(downsample(x), training=training)))
+        for index in range(len(self.layer_depths)):
+            maps.append(self.extra_map(index, maps[-1], training=training))
         return maps
+
+    def extra_map(self, index: int, previous, training=False):
+        """Extra map `index` (the API's map ``index + 2``) from the map before it."""
+        x = keras.ops.relu6(self.reduce_norm[index](self.reduce[index](previous), training=training))
+        return keras.ops.relu6(self.downsample_norm[index](self.downsample[index](x), training=training))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layer_depths": list(self.layer_depths), "min_depth": self.min_depth,
