@@ -31,8 +31,14 @@ from detkeeper.config.schema import BackboneConfig, HeadConfig, ModelConfig, Nec
 from detkeeper.errors import ConfigError
 from detkeeper.models import build_model
 from detkeeper.models.registry import model_config_problems
-from detkeeper.models.ssd.multiple_grid_anchors import ssd_box_specs
+from detkeeper.models.ssd.convolutional_box_predictor import KERNEL_SIZE
+from detkeeper.models.ssd.multi_resolution_feature_maps import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, MIN_DEPTH
+from detkeeper.models.ssd.multiple_grid_anchors import ASPECT_RATIOS, MAX_SCALE, MIN_SCALE, NUM_LAYERS, ssd_box_specs
+from detkeeper.models.ssd.predictor import CLASS_PREDICTION_BIAS_INIT
+from detkeeper.models.ssd.ssd_meta_arch import BOX_CODER_SCALES, MATCHED_THRESHOLD, UNMATCHED_THRESHOLD
+from detkeeper.models.ssd.ssd_mobilenet_v2 import SsdMobileNetV2
 from detkeeper.models.ssd.zoo_checkpoint import restore_zoo_checkpoint
+from detkeeper.tfod.pbtxt import parse_text_format
 
 from tfod_oracle_checks import (DETECTION_TOLERANCE, ZooRun, assert_detections_match, assert_serving_graph_matches,
                                 checkpoint_prefix, model_input, nms_settings, run_restored)
@@ -78,6 +84,32 @@ def test_every_checkpoint_variable_is_restored_one_to_one(run, folder):
     assert len({outcome.path for outcome in run.outcomes}) == len(run.model.weights) == 324
     parts = {part: sum(outcome.part == part for outcome in run.outcomes) for part in ("backbone", "neck", "head")}
     assert parts == {"backbone": 260, "neck": 40, "head": 24}
+
+
+def test_the_settings_the_family_fixes_are_the_zoo_configs(folder):
+    """Loss, box coder, matcher, anchor generator, predictor and batch norm as the pipeline.config says."""
+    ssd = parse_text_format((folder / "pipeline.config").read_text(), "pipeline.config")["model"][0]["ssd"][0]
+    focal = ssd["loss"][0]["classification_loss"][0]["weighted_sigmoid_focal"][0]
+    smooth_l1 = ssd["loss"][0]["localization_loss"][0]["weighted_smooth_l1"][0]
+    assert (SsdMobileNetV2.FOCAL_ALPHA, SsdMobileNetV2.FOCAL_GAMMA) == (focal["alpha"][0], focal["gamma"][0])
+    assert SsdMobileNetV2.SMOOTH_L1_DELTA == smooth_l1["delta"][0]
+    coder = ssd["box_coder"][0]["faster_rcnn_box_coder"][0]
+    assert BOX_CODER_SCALES == tuple(coder[key][0] for key in ("y_scale", "x_scale", "height_scale", "width_scale"))
+    matcher = ssd["matcher"][0]["argmax_matcher"][0]
+    assert (MATCHED_THRESHOLD, UNMATCHED_THRESHOLD) == (matcher["matched_threshold"][0],
+                                                        matcher["unmatched_threshold"][0])
+    generator = ssd["anchor_generator"][0]["ssd_anchor_generator"][0]
+    assert (NUM_LAYERS, MIN_SCALE, MAX_SCALE) == (generator["num_layers"][0], generator["min_scale"][0],
+                                                 generator["max_scale"][0])
+    assert list(ASPECT_RATIOS) == generator["aspect_ratios"]
+    predictor = ssd["box_predictor"][0]["convolutional_box_predictor"][0]
+    assert (KERNEL_SIZE, 0, CLASS_PREDICTION_BIAS_INIT) == (
+        predictor["kernel_size"][0], predictor["num_layers_before_predictor"][0],
+        predictor["class_prediction_bias_init"][0])
+    extractor = ssd["feature_extractor"][0]
+    assert (extractor["type"][0], extractor["min_depth"][0]) == ("ssd_mobilenet_v2_keras", MIN_DEPTH)
+    norm = extractor["conv_hyperparams"][0]["batch_norm"][0]
+    assert (BATCH_NORM_MOMENTUM, BATCH_NORM_EPSILON) == (norm["decay"][0], norm["epsilon"][0])
 
 
 def test_the_box_specs_are_create_ssd_anchors():
