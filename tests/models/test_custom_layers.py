@@ -6,7 +6,6 @@ registry afterwards, so no test sees another's.
 """
 
 import sys
-import textwrap
 import zipfile
 
 import keras

@@ -77,13 +77,15 @@ def test_a_field_the_family_fixes_otherwise_is_listed_with_the_familys_value(tmp
 def test_the_importers_values_are_the_familys_own():
     """`config import` does not load TensorFlow, so it writes the family's values out; they must
     stay the ones the model computes with."""
-    from detkeeper.models.ssd import fpn_lite, predictor, ssd
+    from detkeeper.models.ssd import fpn_lite, predictor, ssd, ssd_meta_arch
     from detkeeper.tfod import zoo_ssd
 
-    assert zoo_ssd.BOX_CODER_SCALES == ssd.BOX_CODER_SCALES
-    assert (zoo_ssd.MATCHED_THRESHOLD, zoo_ssd.UNMATCHED_THRESHOLD) == (ssd.MATCHED_THRESHOLD, ssd.UNMATCHED_THRESHOLD)
+    assert zoo_ssd.BOX_CODER_SCALES == ssd_meta_arch.BOX_CODER_SCALES
+    assert (zoo_ssd.MATCHED_THRESHOLD, zoo_ssd.UNMATCHED_THRESHOLD) == (ssd_meta_arch.MATCHED_THRESHOLD,
+                                                                        ssd_meta_arch.UNMATCHED_THRESHOLD)
+    family = ssd.SsdFpnLite
     assert (zoo_ssd.FPNLITE_FOCAL_ALPHA, zoo_ssd.FPNLITE_FOCAL_GAMMA, zoo_ssd.FPNLITE_SMOOTH_L1_DELTA) == (
-        ssd.FOCAL_ALPHA, ssd.FOCAL_GAMMA, ssd.SMOOTH_L1_DELTA)
+        family.FOCAL_ALPHA, family.FOCAL_GAMMA, family.SMOOTH_L1_DELTA)
     assert (zoo_ssd.FPNLITE_ANCHOR_SCALE, zoo_ssd.FPNLITE_ASPECT_RATIOS, zoo_ssd.FPNLITE_SCALES_PER_OCTAVE) == (
         ssd.ANCHOR_SCALE, ssd.ASPECT_RATIOS, ssd.SCALES_PER_OCTAVE)
     assert (zoo_ssd.FPNLITE_BATCH_NORM_DECAY, zoo_ssd.FPNLITE_BATCH_NORM_EPSILON) == (

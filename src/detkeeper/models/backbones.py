@@ -55,13 +55,14 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def check_backbone(name: str, weights: str = "none", image_size: int | None = None) -> None:
+def check_backbone(name: str, weights: str = "none", image_size: int | None = None,
+                   size_multiple: int = 32) -> None:
     """Raise the ``ConfigError`` :func:`build_backbone` would raise for these settings, building nothing."""
     if name not in _BACKBONES:
         raise ConfigError(f"model.backbone.name: unknown backbone {name!r}; available backbones: "
                           f"{', '.join(list_backbones())}")
-    if image_size is not None and (image_size < 32 or image_size % 32):
-        raise ConfigError(f"model.image_size: expected a multiple of 32 for backbone {name!r}, "
+    if image_size is not None and (image_size < 32 or image_size % size_multiple):
+        raise ConfigError(f"model.image_size: expected a multiple of {size_multiple} for backbone {name!r}, "
                           f"got {image_size}")
     if weights == "imagenet" and not _BACKBONES[name].imagenet:
         raise ConfigError(f"model.backbone.weights: backbone {name!r} has no ImageNet weights; "
@@ -70,13 +71,16 @@ def check_backbone(name: str, weights: str = "none", image_size: int | None = No
         raise ConfigError(f"model.backbone.weights: weights file {weights!r} not found")
 
 
-def build_backbone(name: str, weights: str = "none", image_size: int | None = None) -> keras.Model:
+def build_backbone(name: str, weights: str = "none", image_size: int | None = None,
+                   size_multiple: int = 32) -> keras.Model:
     """The backbone `name` with `weights` "none" (random), "imagenet" or a local weights file.
 
-    `image_size` fixes a square input side (a multiple of 32, so C5 has stride exactly 32); None
-    leaves height and width dynamic.
+    `image_size` fixes a square input side, a multiple of `size_multiple`: 32 (so C5 has stride
+    exactly 32, as a pyramid's levels need), or 1 for a family that lays its anchors out on the
+    feature maps' own sizes (the TF OD API's SSD at 300 px; ``feature_strides`` is then nominal).
+    None leaves height and width dynamic.
     """
-    check_backbone(name, weights, image_size)
+    check_backbone(name, weights, image_size, size_multiple)
     spec = _BACKBONES[name]
     input_shape = (image_size, image_size, 3)
     if weights == "imagenet":

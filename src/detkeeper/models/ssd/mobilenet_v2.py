@@ -13,7 +13,10 @@ The FPN-lite extractor (``models/ssd_mobilenet_v2_fpn_keras_feature_extractor.py
 ``layer_7`` = ``block_5_add`` (stride 8, 32 channels), ``layer_14`` = ``block_12_add`` (stride 16,
 96) and ``layer_19`` = ``out_relu`` (stride 32, 1280; the "modified" 256-channel ``Conv_1`` it
 defines for depthwise FPNs is never passed to the backbone, and the zoo checkpoint has 1280).
-Those are ``C3``, ``C4`` and ``C5`` here. Not reproduced: depth multipliers other than 1.0 (the
+Those are ``C3``, ``C4`` and ``C5`` here. The SSD MobileNetV2 extractor without FPN
+(``models/ssd_mobilenet_v2_keras_feature_extractor.py``) taps ``layer_15/expansion_output`` =
+``block_13_expand_relu`` (stride 16, 576 channels) and ``layer_19`` = ``out_relu``: ``C4`` and
+``C5`` (:data:`SSD_FEATURE_LAYERS`). Not reproduced: depth multipliers other than 1.0 (the
 API then also scales ``Conv_1`` and applies ``min_depth``, which keras.applications does not).
 """
 
@@ -23,6 +26,7 @@ import keras
 
 from detkeeper.errors import ConfigError, DetkeeperError
 from detkeeper.models.backbones import build_backbone
+from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 #: The API's MobileNetV2 at depth multiplier 1.0: the backbone zoo checkpoints fit.
 BACKBONE_NAME = "mobilenetv2"
@@ -30,9 +34,16 @@ BACKBONE_NAME = "mobilenetv2"
 #: the family's neck, head and loss; no zoo checkpoint fits it.
 TINY_NAME = "tiny"
 BACKBONE_NAMES = (BACKBONE_NAME, TINY_NAME)
-#: The extractor's feature blocks by the API's level (``_feature_blocks[level - 2]``).
+#: The FPN extractor's feature blocks by the API's level (``_feature_blocks[level - 2]``).
 FEATURE_LAYERS = {"C3": "block_5_add", "C4": "block_12_add", "C5": "out_relu"}
-EXTRACTOR_NAME = "mobilenetv2_fpnlite_features"
+#: The extractor without FPN: ``layer_15/expansion_output`` and ``layer_19``.
+SSD_FEATURE_LAYERS = {"C4": "block_13_expand_relu", "C5": "out_relu"}
+FEATURE_STRIDES = {"C3": 8, "C4": 16, "C5": 32}
+#: The tapped application's name (``<backbone>_<variant>_features``) by variant: the FPN-lite
+#: family's ``fpnlite`` (as its saved models have it), the no-FPN family's ``ssd``.
+VARIANTS = {"fpnlite": FEATURE_LAYERS, "ssd": SSD_FEATURE_LAYERS}
+#: Where both extractors keep the MobileNetV2 in a zoo checkpoint.
+ZOO_BACKBONE_PREFIX = f"{EXTRACTOR_PREFIX}classification_backbone/"
 
 
 def check_backbone_name(name: str) -> None:
@@ -42,16 +53,21 @@ def check_backbone_name(name: str) -> None:
                           f"for tests and CPU demos; got {name!r}")
 
 
-def build_ssd_backbone(name: str, weights: str, image_size: int) -> keras.Model:
-    """The backbone ``model.backbone`` names: the API's MobileNetV2, or detkeeper's tiny CNN."""
+def build_ssd_backbone(name: str, weights: str, image_size: int, variant: str = "fpnlite",
+                       size_multiple: int = 32) -> keras.Model:
+    """The backbone ``model.backbone`` names: the API's MobileNetV2 tapped as the `variant`'s
+    extractor (:data:`VARIANTS`), or detkeeper's tiny CNN (C3, C4, C5). `size_multiple` as
+    :func:`detkeeper.models.backbones.build_backbone`'s."""
     check_backbone_name(name)
     if name == TINY_NAME:
-        return build_backbone(TINY_NAME, weights, image_size)
-    return build_mobilenet_v2(weights, image_size)
+        return build_backbone(TINY_NAME, weights, image_size, size_multiple)
+    return build_mobilenet_v2(weights, image_size, variant, size_multiple)
 
 
-def build_mobilenet_v2(weights: str, image_size: int) -> keras.Model:
-    """``images [B, S, S, 3]`` in 0..255 -> ``{"C3", "C4", "C5"}`` as the API's FPN extractor taps them.
+def build_mobilenet_v2(weights: str, image_size: int, variant: str = "fpnlite",
+                       size_multiple: int = 32) -> keras.Model:
+    """``images [B, S, S, 3]`` in 0..255 -> the `variant`'s taps (``{"C3", "C4", "C5"}`` for FPN-lite,
+    ``{"C4", "C5"}`` for the SSD without FPN) as the API's extractor takes them.
 
     `weights` as ``model.backbone.weights`` ("none", "imagenet" or a file saved from the
     ``mobilenetv2`` backbone): detkeeper's own MobileNetV2 backbone is built with them (its weight
@@ -59,16 +75,17 @@ def build_mobilenet_v2(weights: str, image_size: int) -> keras.Model:
     application is tapped at the API's layers instead of detkeeper's. The input is scaled to
     [-1, 1] (``x / 127.5 - 1``, the API's ``(2 / 255) x - 1``) inside the model.
     """
-    base = build_backbone(BACKBONE_NAME, weights, image_size)
+    feature_layers = VARIANTS[variant]
+    base = build_backbone(BACKBONE_NAME, weights, image_size, size_multiple)
     application = base.get_layer(f"{BACKBONE_NAME}_features")
-    taps = {key: application.get_layer(layer).output for key, layer in FEATURE_LAYERS.items()}
-    extractor = keras.Model(application.input, taps, name=EXTRACTOR_NAME)
+    taps = {key: application.get_layer(layer).output for key, layer in feature_layers.items()}
+    extractor = keras.Model(application.input, taps, name=f"{BACKBONE_NAME}_{variant}_features")
     images = keras.Input((image_size, image_size, 3), name="images")
     scaled = base.get_layer(f"{BACKBONE_NAME}_input_scaling")(images)
     features = extractor(scaled)
-    backbone = keras.Model(images, {key: features[key] for key in FEATURE_LAYERS},
-                           name=f"{BACKBONE_NAME}_fpnlite_backbone")
-    backbone.feature_strides = {"C3": 8, "C4": 16, "C5": 32}
+    backbone = keras.Model(images, {key: features[key] for key in feature_layers},
+                           name=f"{BACKBONE_NAME}_{variant}_backbone")
+    backbone.feature_strides = {key: FEATURE_STRIDES[key] for key in feature_layers}
     return backbone
 
 
@@ -76,8 +93,16 @@ def application_layers_with_weights(backbone: keras.Model) -> list[keras.layers.
     """The MobileNetV2 layers that hold variables, in the application's order: the checkpoint's
     ``classification_backbone/layer_with_weights-N`` is the N-th of them. ``DetkeeperError`` for
     another backbone."""
-    extractors = [layer for layer in backbone.layers if layer.name == EXTRACTOR_NAME]
+    names = {f"{BACKBONE_NAME}_{variant}_features" for variant in VARIANTS}
+    extractors = [layer for layer in backbone.layers if layer.name in names]
     if not extractors:
         raise DetkeeperError(f"a TF OD API checkpoint fits the API's MobileNetV2 (model.backbone.name: "
                              f"{BACKBONE_NAME}), not backbone {backbone.name!r}")
     return [layer for layer in extractors[0].layers if layer.weights]
+
+
+def backbone_zoo_slots(backbone: keras.Model) -> list[ZooSlot]:
+    """The MobileNetV2's variables by their zoo checkpoint keys: ``classification_backbone/
+    layer_with_weights-N`` is the N-th application layer with weights."""
+    return [slot for index, layer in enumerate(application_layers_with_weights(backbone))
+            for slot in layer_slots("backbone", f"{ZOO_BACKBONE_PREFIX}layer_with_weights-{index}/", layer)]

@@ -4,58 +4,41 @@
 configs build it: MobileNetV2 (:mod:`~detkeeper.models.ssd.mobilenet_v2`) -> FPN-lite
 (:mod:`~detkeeper.models.ssd.fpn_lite`) -> weight-shared predictor
 (:mod:`~detkeeper.models.ssd.predictor`) over the API's multiscale anchors
-(:mod:`~detkeeper.models.ssd.anchors`). A zoo checkpoint loads into it with
+(:mod:`~detkeeper.models.ssd.anchors`). Outputs, decoding and loss are the SSD meta-architecture's
+(:class:`~detkeeper.models.ssd.ssd_meta_arch.SsdMetaArch`), with these configs' focal loss (alpha
+0.25, gamma 2). A zoo checkpoint loads into it with
 :func:`detkeeper.models.ssd.zoo_checkpoint.restore_zoo_checkpoint`, by the keys
 :meth:`SsdFpnLite.zoo_checkpoint_slots` names.
-
-``call`` returns the API's raw ``predict`` outputs: ``box_encodings [B, A, 4]`` (``ty, tx, th, tw``
-of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and ``class_logits
-[B, A, C + 1]`` (the API's ``class_predictions_with_background``: slot 0 is the background).
-Decoding uses the sigmoid score converter and drops the background slot, so scores are per class.
-
-Training (this slice reuses detkeeper's pieces): the config's argmax matcher (IoU >= 0.5 positive,
-below background, each object's best anchor forced), sigmoid focal loss (alpha 0.25, gamma 2) over
-all C + 1 slots with the background slot's target always 0 (``encode_background_as_zeros``),
-smooth-L1 on the encodings divided by the code size (``normalize_loc_loss_by_codesize``), both
-normalised by the number of matches. The API's L2 regularizer on the convolutions is not carried.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from detkeeper.errors import ConfigError
-from detkeeper.models import boxes, losses
 from detkeeper.models.backbones import check_backbone
-from detkeeper.models.detector import Detector
-from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model, resize_settings
 from detkeeper.models.ssd.anchors import multiscale_grid_anchors
 from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, FpnLiteFeatureMaps
-from detkeeper.models.ssd.mobilenet_v2 import application_layers_with_weights, build_ssd_backbone, check_backbone_name
-from detkeeper.models.ssd.predictor import BOX_CODE_SIZE, WeightSharedBoxPredictor
+from detkeeper.models.ssd.mobilenet_v2 import (ZOO_BACKBONE_PREFIX, backbone_zoo_slots, build_ssd_backbone,
+                                               check_backbone_name)
+from detkeeper.models.ssd.predictor import WeightSharedBoxPredictor
+from detkeeper.models.ssd.ssd_meta_arch import SsdMetaArch
 from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, PREDICTOR_PREFIX, ZooSlot, layer_slots
 
-# The FPN-lite zoo configs' anchor generator, box coder and matcher.
+# The FPN-lite zoo configs' anchor generator.
 ASPECT_RATIOS = (1.0, 2.0, 0.5)
 SCALES_PER_OCTAVE = 2
 ANCHOR_SCALE = 4.0
-BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
-MATCHED_THRESHOLD = 0.5
-UNMATCHED_THRESHOLD = 0.5
-# Its loss: weighted_sigmoid_focal (alpha, gamma) and weighted_smooth_l1 (delta), weights 1 and 1.
-FOCAL_ALPHA, FOCAL_GAMMA, SMOOTH_L1_DELTA = 0.25, 2.0, 1.0
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class SsdFpnLite(Detector):
+class SsdFpnLite(SsdMetaArch):
     """SSD with an FPN-lite neck and the weight-shared depthwise predictor."""
 
-    LOSS_TERMS = ("class_loss", "box_loss")
-    CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
-    BACKGROUND_CLASS = True  # slot 0 of class_logits
+    FOCAL_ALPHA, FOCAL_GAMMA, SMOOTH_L1_DELTA = 0.25, 2.0, 1.0
     pad_value = (127.5, 127.5, 127.5)  # MobileNet's x / 127.5 - 1 is 0 there, where the API pads
+    ZOO_BACKBONE_PREFIX = ZOO_BACKBONE_PREFIX
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 128,
                  head_channels: int = 128, head_convs: int = 4, min_level: int = 3, max_level: int = 7,
@@ -76,48 +59,10 @@ class SsdFpnLite(Detector):
         """The FPN outputs, finest first (the API's ``feature_maps``)."""
         return self.fpn(self.backbone(images, training=training), training=training)
 
-    def call(self, images, training=False):
-        box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
-        return {"box_encodings": box_encodings, "class_logits": class_logits}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        class_logits = tf.cast(y_pred["class_logits"], tf.float32)
-        box_encodings = tf.cast(y_pred["box_encodings"], tf.float32)
-        match = boxes.match_anchors(self.anchors, y["boxes"], y["classes"], positive_iou=MATCHED_THRESHOLD,
-                                    negative_iou=UNMATCHED_THRESHOLD)
-        labels = match["labels"]
-        positive = tf.cast(labels >= 0, tf.float32)
-        not_ignored = tf.cast(labels >= -1, tf.float32)
-        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)
-
-        # Slot 0 (background) has target 0 everywhere; a positive anchor's class c is slot c + 1.
-        class_targets = tf.one_hot(tf.maximum(labels, 0) + 1, self.num_classes + 1) * positive[..., None]
-        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits, FOCAL_ALPHA, FOCAL_GAMMA) * not_ignored[..., None])
-        class_loss = class_loss / num_positive
-
-        box_targets = boxes.encode(match["matched_boxes"], self.anchors, BOX_CODER_SCALES)
-        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings, SMOOTH_L1_DELTA) * positive[..., None])
-        box_loss = box_loss / (num_positive * BOX_CODE_SIZE)
-
-        self.track_losses(class_loss=class_loss, box_loss=box_loss)
-        return self.with_regularization(class_loss + box_loss)
-
-    def background_scores(self, outputs):
-        return tf.sigmoid(tf.cast(outputs["class_logits"][..., 0], tf.float32))
-
-    def decode_boxes_and_scores(self, outputs):
-        decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
-        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))[..., 1:]
-        return decoded, scores
-
-    ZOO_BACKBONE_PREFIX = f"{EXTRACTOR_PREFIX}classification_backbone/"
-
     def zoo_checkpoint_slots(self) -> list[ZooSlot]:
         """Every variable with the key the API's ``SSDMobileNetV2FpnKerasFeatureExtractor`` and
         ``WeightSharedConvolutionalBoxPredictor`` store it under."""
-        slots = []
-        for index, layer in enumerate(application_layers_with_weights(self.backbone)):
-            slots += layer_slots("backbone", f"{self.ZOO_BACKBONE_PREFIX}layer_with_weights-{index}/", layer)
+        slots = backbone_zoo_slots(self.backbone)
         fpn, generator = self.fpn, f"{EXTRACTOR_PREFIX}_fpn_features_generator/"
         slots += layer_slots("neck", f"{generator}top_layers/0/", fpn.top)
         for index, (residual, conv, norm) in enumerate(zip(fpn.residual, fpn.smoothing, fpn.smoothing_norm)):
