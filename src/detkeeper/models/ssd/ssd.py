@@ -11,47 +11,34 @@ configs build it: MobileNetV2 (:mod:`~detkeeper.models.ssd.mobilenet_v2`) -> FPN
 ``call`` returns the API's raw ``predict`` outputs: ``box_encodings [B, A, 4]`` (``ty, tx, th, tw``
 of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and ``class_logits
 [B, A, C + 1]`` (the API's ``class_predictions_with_background``: slot 0 is the background).
-Decoding uses the sigmoid score converter and drops the background slot, so scores are per class.
-
-Training (this slice reuses detkeeper's pieces): the config's argmax matcher (IoU >= 0.5 positive,
-below background, each object's best anchor forced), sigmoid focal loss (alpha 0.25, gamma 2) over
-all C + 1 slots with the background slot's target always 0 (``encode_background_as_zeros``),
-smooth-L1 on the encodings divided by the code size (``normalize_loc_loss_by_codesize``), both
-normalised by the number of matches. The API's L2 regularizer on the convolutions is not carried.
+Decoding, NMS and the loss (focal gamma 2, as these configs set it) are the SSD meta-architecture's
+(:class:`~detkeeper.models.ssd.ssd_meta_arch.SsdMetaArch`).
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from detkeeper.errors import ConfigError
-from detkeeper.models import boxes, losses
 from detkeeper.models.backbones import check_backbone
-from detkeeper.models.detector import Detector
-from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model, resize_settings
 from detkeeper.models.ssd.anchors import multiscale_grid_anchors
 from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, FpnLiteFeatureMaps
 from detkeeper.models.ssd.mobilenet_v2 import application_layers_with_weights, build_ssd_backbone, check_backbone_name
-from detkeeper.models.ssd.predictor import BOX_CODE_SIZE, WeightSharedBoxPredictor
-from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, PREDICTOR_PREFIX, ZooSlot, layer_slots
+from detkeeper.models.ssd.predictor import WeightSharedBoxPredictor
+from detkeeper.models.ssd.ssd_meta_arch import SsdMetaArch
+from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
-# The FPN-lite zoo configs' anchor generator, box coder and matcher.
+# The FPN-lite zoo configs' anchor generator.
 ASPECT_RATIOS = (1.0, 2.0, 0.5)
 SCALES_PER_OCTAVE = 2
 ANCHOR_SCALE = 4.0
-BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
-MATCHED_THRESHOLD = 0.5
-UNMATCHED_THRESHOLD = 0.5
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class SsdFpnLite(Detector):
+class SsdFpnLite(SsdMetaArch):
     """SSD with an FPN-lite neck and the weight-shared depthwise predictor."""
 
-    LOSS_TERMS = ("class_loss", "box_loss")
-    CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
     pad_value = (127.5, 127.5, 127.5)  # MobileNet's x / 127.5 - 1 is 0 there, where the API pads
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 128,
@@ -77,33 +64,6 @@ class SsdFpnLite(Detector):
         box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
         return {"box_encodings": box_encodings, "class_logits": class_logits}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        class_logits = tf.cast(y_pred["class_logits"], tf.float32)
-        box_encodings = tf.cast(y_pred["box_encodings"], tf.float32)
-        match = boxes.match_anchors(self.anchors, y["boxes"], y["classes"], positive_iou=MATCHED_THRESHOLD,
-                                    negative_iou=UNMATCHED_THRESHOLD)
-        labels = match["labels"]
-        positive = tf.cast(labels >= 0, tf.float32)
-        not_ignored = tf.cast(labels >= -1, tf.float32)
-        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)
-
-        # Slot 0 (background) has target 0 everywhere; a positive anchor's class c is slot c + 1.
-        class_targets = tf.one_hot(tf.maximum(labels, 0) + 1, self.num_classes + 1) * positive[..., None]
-        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits) * not_ignored[..., None])
-        class_loss = class_loss / num_positive
-
-        box_targets = boxes.encode(match["matched_boxes"], self.anchors, BOX_CODER_SCALES)
-        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings) * positive[..., None])
-        box_loss = box_loss / (num_positive * BOX_CODE_SIZE)
-
-        self.track_losses(class_loss=class_loss, box_loss=box_loss)
-        return self.with_regularization(class_loss + box_loss)
-
-    def decode_boxes_and_scores(self, outputs):
-        decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
-        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))[..., 1:]
-        return decoded, scores
-
     ZOO_BACKBONE_PREFIX = f"{EXTRACTOR_PREFIX}classification_backbone/"
 
     def zoo_checkpoint_slots(self) -> list[ZooSlot]:
@@ -121,18 +81,7 @@ class SsdFpnLite(Detector):
         for index, (conv, norm) in enumerate(zip(fpn.coarse, fpn.coarse_norm)):
             slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/0/", conv)
             slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/1/", norm)
-        head = self.head
-        for index, conv in enumerate(head.tower):
-            slots += layer_slots("head", f"{PREDICTOR_PREFIX}_head_scope_conv_layers/PredictionTower/{index}/", conv)
-        for level, norms in enumerate(head.tower_norms):
-            for index, norm in enumerate(norms):
-                # The tower of a level is [conv, norm, activation] * convs: norm i sits at 3 i + 1.
-                slots += layer_slots(
-                    "head", f"{PREDICTOR_PREFIX}_base_tower_layers_for_heads/box_encodings/{level}/{3 * index + 1}/", norm)
-        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_box_prediction_head/_box_encoder_layers/0/", head.box_output)
-        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_prediction_heads/class_predictions_with_background/"
-                             "_class_predictor_layers/0/", head.class_output, class_output=True)
-        return slots
+        return slots + self.head.zoo_checkpoint_slots()
 
     def get_config(self) -> dict:
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),

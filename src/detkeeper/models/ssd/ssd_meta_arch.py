@@ -1,0 +1,67 @@
+"""What the TF OD API's SSD meta-architecture does after its feature extractor and box predictor.
+
+``meta_architectures/ssd_meta_arch.py``, shared by the SSD families reproduced here (FPN-lite,
+EfficientDet): the faster-rcnn box coder (scales 10, 10, 5, 5) over the family's ``anchors``
+(``[A, 4]`` yxyx in input pixels), the sigmoid score converter, NMS after decoding with boxes clipped
+afterwards (``CLIP_BEFORE_NMS = False``), and the loss.
+
+The loss (detkeeper's pieces, as the zoo configs set them): the argmax matcher (IoU >= 0.5
+positive, below background, each object's best anchor forced), sigmoid focal loss (alpha 0.25,
+``FOCAL_GAMMA``) over every class slot, smooth-L1 (delta 1, the proto's default) on the encodings
+divided by the code size (``normalize_loc_loss_by_codesize``), both normalised by the number of
+matches. With ``BACKGROUND_CLASS`` (``add_background_class``, the default) the outputs carry a
+background slot 0 whose target is always 0 (``encode_background_as_zeros``); decoding drops it.
+The API's L2 regularizer on the convolutions is not carried.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from detkeeper.models import boxes, losses
+from detkeeper.models.detector import Detector
+from detkeeper.models.losses import huber_loss, sigmoid_focal_loss
+from detkeeper.models.ssd.predictor import BOX_CODE_SIZE
+
+BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
+MATCHED_THRESHOLD = 0.5
+UNMATCHED_THRESHOLD = 0.5
+
+
+class SsdMetaArch(Detector):
+    """Base of the SSD families: subclasses set ``self.anchors`` and return ``{"box_encodings",
+    "class_logits"}`` from ``call``."""
+
+    LOSS_TERMS = ("class_loss", "box_loss")
+    CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
+    FOCAL_GAMMA = 2.0
+    BACKGROUND_CLASS = True
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        class_logits = tf.cast(y_pred["class_logits"], tf.float32)
+        box_encodings = tf.cast(y_pred["box_encodings"], tf.float32)
+        match = boxes.match_anchors(self.anchors, y["boxes"], y["classes"], positive_iou=MATCHED_THRESHOLD,
+                                    negative_iou=UNMATCHED_THRESHOLD)
+        labels = match["labels"]
+        positive = tf.cast(labels >= 0, tf.float32)
+        not_ignored = tf.cast(labels >= -1, tf.float32)
+        num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)
+
+        # A positive anchor's class c is slot c + 1 behind a background slot, slot c without one.
+        offset = 1 if self.BACKGROUND_CLASS else 0
+        class_targets = tf.one_hot(tf.maximum(labels, 0) + offset, self.num_classes + offset) * positive[..., None]
+        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits, gamma=self.FOCAL_GAMMA)
+                                   * not_ignored[..., None])
+        class_loss = class_loss / num_positive
+
+        box_targets = boxes.encode(match["matched_boxes"], self.anchors, BOX_CODER_SCALES)
+        box_loss = tf.reduce_sum(huber_loss(box_targets, box_encodings) * positive[..., None])
+        box_loss = box_loss / (num_positive * BOX_CODE_SIZE)
+
+        self.track_losses(class_loss=class_loss, box_loss=box_loss)
+        return self.with_regularization(class_loss + box_loss)
+
+    def decode_boxes_and_scores(self, outputs):
+        decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
+        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))
+        return decoded, scores[..., 1:] if self.BACKGROUND_CLASS else scores
