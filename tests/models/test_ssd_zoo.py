@@ -13,21 +13,18 @@ rounding grows through the network, and the API's own float32 P7 is 3.3e-4 away 
 network computed in float64 (3-class fixture, measured 2026-12-05), as far as detkeeper's is.
 """
 
-import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from detkeeper.config.schema import BackboneConfig, ModelConfig
-from detkeeper.data import augment
-from detkeeper.data.label_map import LabelMap
 from detkeeper.errors import DetkeeperError
-from detkeeper.export.serving import DetectionModule, ServingSettings
-from detkeeper.models import Postprocess, build_model
+from detkeeper.models import build_model
 from detkeeper.models.ssd.anchors import multiscale_grid_anchors
 from detkeeper.models.ssd.zoo_checkpoint import restore_zoo_checkpoint
-from detkeeper.tfod.pbtxt import parse_text_format
+from tfod_oracle_checks import (ZooRun, assert_detections_match, assert_serving_matches, checkpoint_prefix,
+                                model_input, nms_settings, restore_and_run)
 
 FPNLITE = {"ssd_mobilenet_v2_fpnlite_320": (320, 90), "ssd_mobilenet_v2_fpnlite_640": (640, 90),
            "ssd_mobilenet_v2_fpnlite_320_3classes": (320, 3)}
@@ -40,10 +37,6 @@ def _model(image_size: int, num_classes: int):
     config = ModelConfig(name="ssd_mobilenet_v2_fpnlite", image_size=image_size,
                          backbone=BackboneConfig(name="mobilenetv2", weights="none"))
     return build_model(config, num_classes)
-
-
-def _prefix(folder) -> str:
-    return str(folder / "checkpoint" / "ckpt-0")
 
 
 def test_anchor_order_and_offset_rule_without_the_oracle():
@@ -64,24 +57,6 @@ def test_anchor_order_and_offset_rule_without_the_oracle():
     np.testing.assert_allclose(level7, [64, 192, 320, 448, 576], atol=1e-3)
 
 
-def model_input(model, photo: np.ndarray) -> tf.Tensor:
-    """``[1, S, S, 3]`` float32 0..255: the photo as detkeeper's pipeline resizes it for `model` (the
-    family's own resize: stretched with TF1's bilinear resize, as the API's ``fixed_shape_resizer``)."""
-    canvas, _, _, _ = augment.resize_for_model(tf.constant(photo, tf.float32), tf.zeros([0, 4]), model.image_size,
-                                               augment.Resize.of(model))
-    return canvas[None]
-
-
-@dataclasses.dataclass
-class ZooRun:
-    model: object
-    reference: dict
-    outcomes: list
-    feature_maps: list
-    box_encodings: np.ndarray
-    class_logits: np.ndarray
-
-
 @pytest.fixture(scope="module")
 def zoo_run(tfod_oracle_dir):
     """``zoo_run(folder)``: the fixture's model with its checkpoint restored, run on its input."""
@@ -89,16 +64,7 @@ def zoo_run(tfod_oracle_dir):
 
     def run(folder: str) -> ZooRun:
         if folder not in runs:
-            image_size, num_classes = FPNLITE[folder]
-            model = _model(image_size, num_classes)
-            outcomes = restore_zoo_checkpoint(model, _prefix(tfod_oracle_dir / folder))
-            with np.load(tfod_oracle_dir / folder / "reference.npz") as npz:
-                reference = {key: npz[key] for key in npz.files}
-            images = model_input(model, reference["input_image"])
-            feature_maps = model.feature_maps(images)
-            box_encodings, class_logits = model.head(feature_maps)
-            runs[folder] = ZooRun(model, reference, outcomes, [f.numpy() for f in feature_maps],
-                                  box_encodings.numpy(), class_logits.numpy())
+            runs[folder] = restore_and_run(_model(*FPNLITE[folder]), tfod_oracle_dir / folder)
         return runs[folder]
 
     return run
@@ -108,7 +74,7 @@ def zoo_run(tfod_oracle_dir):
 def test_every_checkpoint_variable_is_restored_one_to_one(folder, zoo_run, tfod_oracle_dir):
     run = zoo_run(folder)
     keys = [name[: -len("/.ATTRIBUTES/VARIABLE_VALUE")]
-            for name, _ in tf.train.list_variables(_prefix(tfod_oracle_dir / folder))
+            for name, _ in tf.train.list_variables(checkpoint_prefix(tfod_oracle_dir / folder))
             if name.startswith("model/")]
     assert len(keys) == 384  # the zoo's 386 keys less save_counter and the object graph
     assert sorted(outcome.key for outcome in run.outcomes) == sorted(keys)
@@ -157,7 +123,7 @@ def test_box_encodings_and_class_logits_match_the_api(folder, zoo_run):
 def test_a_checkpoint_for_other_classes_is_refused_naming_keys_and_shapes(zoo_run, tfod_oracle_dir):
     model = zoo_run("ssd_mobilenet_v2_fpnlite_320").model  # 90 classes
     before = [variable.numpy() for variable in model.weights]
-    prefix = _prefix(tfod_oracle_dir / "ssd_mobilenet_v2_fpnlite_320_3classes")
+    prefix = checkpoint_prefix(tfod_oracle_dir / "ssd_mobilenet_v2_fpnlite_320_3classes")
     with pytest.raises(DetkeeperError) as refused:
         restore_zoo_checkpoint(model, prefix)
     message = str(refused.value)
@@ -171,7 +137,7 @@ def test_a_checkpoint_for_other_classes_is_refused_naming_keys_and_shapes(zoo_ru
 
 def test_another_architecture_is_refused_naming_its_first_keys(zoo_run, tfod_oracle_dir):
     model = zoo_run("ssd_mobilenet_v2_fpnlite_320").model
-    prefix = _prefix(tfod_oracle_dir / "ssd_mobilenet_v2_320")  # SSD without FPN
+    prefix = checkpoint_prefix(tfod_oracle_dir / "ssd_mobilenet_v2_320")  # SSD without FPN
     with pytest.raises(DetkeeperError, match=r"does not fit model .*keys differ; first: model/_feature_extractor/"):
         restore_zoo_checkpoint(model, prefix)
 
@@ -181,7 +147,7 @@ def test_fine_tuning_takes_the_feature_extractor_and_a_fresh_class_head(tfod_ora
     neck only; ``full`` with a fresh class head also restores the tower and the box output, and
     the class output keeps its prior bias where its shape differs."""
     reference = zoo_run("ssd_mobilenet_v2_fpnlite_320")
-    prefix = _prefix(tfod_oracle_dir / "ssd_mobilenet_v2_fpnlite_320")
+    prefix = checkpoint_prefix(tfod_oracle_dir / "ssd_mobilenet_v2_fpnlite_320")
     model = _model(320, 3)
     images = model_input(model, reference.reference["input_image"])
     model(images)  # creates the variables
@@ -204,45 +170,13 @@ def test_fine_tuning_takes_the_feature_extractor_and_a_fresh_class_head(tfod_ora
     np.testing.assert_allclose(box_encodings.numpy(), reference.box_encodings, rtol=0, atol=1e-6)
 
 
-DETECTION_TOLERANCE = 1e-4  # normalised boxes and scores; order may differ only among scores this close
-
-
-def _nms_settings(folder) -> Postprocess:
-    """The fixture config's ``batch_non_max_suppression``."""
-    config = parse_text_format((folder / "pipeline.config").read_text(), "pipeline.config")
-    nms = config["model"][0]["ssd"][0]["post_processing"][0]["batch_non_max_suppression"][0]
-    assert nms["max_detections_per_class"] == nms["max_total_detections"]  # what batched_nms takes
-    return Postprocess(float(nms["score_threshold"][0]), float(nms["iou_threshold"][0]),
-                       int(nms["max_total_detections"][0]))
-
-
 @pytest.mark.parametrize("folder", list(FPNLITE))
 def test_detections_match_the_api(folder, zoo_run, tfod_oracle_dir, monkeypatch):
     """``det/*`` of ``model.postprocess``: sigmoid scores without the background slot, the config's
     NMS, boxes normalised, classes 0-based."""
     run = zoo_run(folder)
-    settings = _nms_settings(tfod_oracle_dir / folder)
-    monkeypatch.setattr(run.model, "score_threshold", settings.score_threshold)
-    monkeypatch.setattr(run.model, "iou_threshold", settings.iou_threshold)
-    monkeypatch.setattr(run.model, "max_detections", settings.max_detections)
-    detections = run.model.postprocess({"box_encodings": tf.constant(run.box_encodings),
-                                        "class_logits": tf.constant(run.class_logits)})
-    count = int(detections["num_detections"][0])
-    assert count == int(run.reference["det/num_detections"][0])
-    boxes = detections["boxes"][0, :count].numpy() / run.model.image_size
-    scores = detections["scores"][0, :count].numpy()
-    classes = detections["classes"][0, :count].numpy()
-    expected_boxes = run.reference["det/detection_boxes"][0, :count]
-    expected_scores = run.reference["det/detection_scores"][0, :count]
-    expected_classes = run.reference["det/detection_classes"][0, :count].astype(int)
-    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=DETECTION_TOLERANCE)
-    unmatched = list(range(count))  # each detection is the API's at its rank, or one tied with it
-    for rank in range(count):
-        candidates = [j for j in unmatched if abs(expected_scores[j] - scores[rank]) <= DETECTION_TOLERANCE
-                      and expected_classes[j] == classes[rank]
-                      and np.abs(expected_boxes[j] - boxes[rank]).max() <= DETECTION_TOLERANCE]
-        assert candidates, (rank, classes[rank], scores[rank], boxes[rank])
-        unmatched.remove(rank if rank in candidates else candidates[0])
+    assert_detections_match(run.model, {"box_encodings": run.box_encodings, "class_logits": run.class_logits},
+                            run.reference, nms_settings(tfod_oracle_dir / folder), monkeypatch)
 
 
 EXPORTED = ("ssd_mobilenet_v2_fpnlite_320",)  # the fixtures with the API exporter's outputs (export/*)
@@ -250,31 +184,5 @@ EXPORTED = ("ssd_mobilenet_v2_fpnlite_320",)  # the fixtures with the API export
 
 @pytest.mark.parametrize("folder", EXPORTED)
 def test_the_serving_graph_answers_like_the_api_exporter(folder, zoo_run, tfod_oracle_dir):
-    """detkeeper's SavedModel graph (``DetectionModule``: resize, model, NMS in the graph) on the
-    uint8 photo gives the API exporter's ``serving_default`` outputs: the same detections with
-    label-map ids (1-based), boxes normalised to the photo, and the anchor each came from."""
     run = zoo_run(folder)
-    settings = _nms_settings(tfod_oracle_dir / folder)
-    labels = LabelMap.from_names([str(class_id) for class_id in range(1, run.model.num_classes + 1)])
-    module = DetectionModule(run.model, labels, ServingSettings(settings.score_threshold, settings.iou_threshold,
-                                                                settings.max_detections), "{}")
-    answered = {key: value.numpy()[0] for key, value in module(tf.constant(run.reference["input_image"][None])).items()}
-    expected = {key[len("export/"):]: value[0] for key, value in run.reference.items() if key.startswith("export/")}
-    count = int(answered["num_detections"])
-    assert count == int(expected["num_detections"])
-    np.testing.assert_allclose(answered["detection_scores"], expected["detection_scores"], rtol=0,
-                               atol=DETECTION_TOLERANCE)
-    np.testing.assert_allclose(answered["raw_detection_boxes"], expected["raw_detection_boxes"], rtol=0,
-                               atol=DETECTION_TOLERANCE)
-    # The API's raw and per-detection scores have the background column first; detkeeper's have none.
-    np.testing.assert_allclose(answered["raw_detection_scores"], expected["raw_detection_scores"][:, 1:], rtol=0,
-                               atol=DETECTION_TOLERANCE)
-    same_rank = (answered["detection_classes"][:count] == expected["detection_classes"][:count])
-    close = np.abs(answered["detection_scores"][:count, None] - expected["detection_scores"][None, :count])
-    ties = (close <= DETECTION_TOLERANCE).sum(axis=1) > 1  # ranks whose order NMS may swap
-    assert (same_rank | ties).all(), np.flatnonzero(~(same_rank | ties))
-    keep = same_rank & ~ties
-    np.testing.assert_allclose(answered["detection_boxes"][:count][keep], expected["detection_boxes"][:count][keep],
-                               rtol=0, atol=DETECTION_TOLERANCE)
-    np.testing.assert_array_equal(answered["detection_anchor_indices"][:count][keep],
-                                  expected["detection_anchor_indices"][:count][keep])
+    assert_serving_matches(run.model, run.reference, nms_settings(tfod_oracle_dir / folder))

@@ -13,6 +13,9 @@ EfficientDet configs build them (``combine_method: fast_attention``, max-pooling
 - nodes with several inputs: a fast-attention sum, ``sum(relu(w_i) x_i) / (sum(relu(w_i)) + 1e-4)``
   (``node_combine_op/<node>/bifpn_combine_weights``, ones at first), then swish, a 3x3 separable
   convolution with bias and batch norm (``node_post_combine_block/<node>/{1,2}``).
+
+Inputs whose side is not a multiple of the coarsest stride (the API refuses them) work too: an
+upsampled map is cut to its level's size.
 """
 
 from __future__ import annotations
@@ -103,15 +106,19 @@ class BiFpnFeatureMaps(keras.layers.Layer):
 
     def call(self, features: dict, training=False) -> list:
         maps = [features[f"C{level}"] for level in self.input_levels]
+        sides = {level: tuple(x.shape[1:3]) for level, x in zip(self.input_levels, maps)}
         for index, node in enumerate(self.nodes):
             inputs = []
             for position, source in enumerate(node.inputs):
                 key, x = f"{index}_{position}", maps[source]
                 if key in self.projections:
                     x = self.projection_norms[key](self.projections[key](x), training=training)
-                inputs.append(self.resamples[key](x) if key in self.resamples else x)
+                if key in self.resamples:
+                    x = self.resamples[key](x)
+                inputs.append(_crop(x, sides.get(node.level)))
             if len(inputs) == 1:
                 maps.append(inputs[0])
+                sides.setdefault(node.level, tuple(inputs[0].shape[1:3]))
                 continue
             weights = ops.relu(self.combine_weights[str(index)])
             weights = weights / (ops.sum(weights) + FAST_ATTENTION_EPSILON)
@@ -124,6 +131,15 @@ class BiFpnFeatureMaps(keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels, "repeats": self.repeats,
                 "min_level": self.min_level, "max_level": self.max_level,
                 "input_max_level": self.input_max_level, "batch_norm_momentum": self.batch_norm_momentum}
+
+
+def _crop(x, side: tuple[int, int] | None):
+    """An upsampled map cut to its level's size where that is odd: an input side that is not a
+    multiple of the coarsest stride, which the API refuses; the coarser map's last row and column
+    covered the finer one's "same" padding."""
+    if side is None or tuple(x.shape[1:3]) == side:
+        return x
+    return x[:, : side[0], : side[1], :]
 
 
 def _resample(from_level: int, to_level: int, name: str) -> keras.layers.Layer:

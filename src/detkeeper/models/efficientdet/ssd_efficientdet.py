@@ -145,9 +145,6 @@ def check_ssd_efficientdet_config(model_config) -> None:
         raise ConfigError(f"model.neck.min_level: the BiFPN starts at a backbone level, 3, 4 or 5; got {min_level}")
     if min_level > max_level:
         raise ConfigError(f"model.neck.max_level: expected >= min_level ({min_level}), got {max_level}")
-    if model_config.image_size % 2 ** max_level:
-        raise ConfigError(f"model.image_size: the BiFPN's levels up to {max_level} need a multiple of "
-                          f"{2 ** max_level}; got {model_config.image_size}")
 
 
 def build_efficientdet_backbone(model_config) -> keras.Model:

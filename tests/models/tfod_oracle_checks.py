@@ -1,0 +1,138 @@
+"""Comparisons of a detkeeper TF OD API family with what the API computed (``tfod-oracle`` fixtures),
+shared by the families' zoo tests: the model's input, its detections and its serving graph.
+
+Frames: detkeeper's boxes are in model-input pixels, clipped to the canvas; the API's detections are
+clipped to the resized content (``true_image_shapes``) and normalised to it, and its raw boxes are
+normalised to the model input. Where the model stretches the photo the three frames coincide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from detkeeper.data import augment
+from detkeeper.data.label_map import LabelMap
+from detkeeper.export.serving import DetectionModule, ServingSettings
+from detkeeper.models import Postprocess
+from detkeeper.models.ssd.zoo_checkpoint import restore_zoo_checkpoint
+from detkeeper.tfod.pbtxt import parse_text_format
+
+DETECTION_TOLERANCE = 1e-4  # normalised boxes and scores; order may differ only among scores this close
+
+
+def checkpoint_prefix(folder) -> str:
+    return str(folder / "checkpoint" / "ckpt-0")
+
+
+def model_input(model, photo: np.ndarray) -> tf.Tensor:
+    """``[1, S, S, 3]`` float32 0..255: the photo as detkeeper's pipeline resizes it for `model` (the
+    family's own resize and padding)."""
+    canvas, _, _, _ = augment.resize_for_model(tf.constant(photo, tf.float32), tf.zeros([0, 4]), model.image_size,
+                                               augment.Resize.of(model))
+    return canvas[None]
+
+
+@dataclasses.dataclass
+class ZooRun:
+    """A model with a fixture's checkpoint restored, run once on the fixture's photo."""
+
+    model: object
+    reference: dict
+    outcomes: list
+    images: tf.Tensor
+    feature_maps: list
+    box_encodings: np.ndarray
+    class_logits: np.ndarray
+
+
+def restore_and_run(model, folder) -> ZooRun:
+    """Restore the checkpoint of the fixture `folder` into `model` and run it on the photo as
+    detkeeper's pipeline resizes it for the model."""
+    outcomes = restore_zoo_checkpoint(model, checkpoint_prefix(folder))
+    with np.load(folder / "reference.npz") as npz:
+        reference = {key: npz[key] for key in npz.files}
+    images = model_input(model, reference["input_image"])
+    feature_maps = model.feature_maps(images)
+    box_encodings, class_logits = model.head(feature_maps)
+    return ZooRun(model, reference, outcomes, images, [f.numpy() for f in feature_maps], box_encodings.numpy(),
+                  class_logits.numpy())
+
+
+def nms_settings(folder) -> Postprocess:
+    """The fixture config's ``batch_non_max_suppression``."""
+    config = parse_text_format((folder / "pipeline.config").read_text(), "pipeline.config")
+    nms = config["model"][0]["ssd"][0]["post_processing"][0]["batch_non_max_suppression"][0]
+    assert nms["max_detections_per_class"] == nms["max_total_detections"]  # what batched_nms takes
+    return Postprocess(float(nms["score_threshold"][0]), float(nms["iou_threshold"][0]),
+                       int(nms["max_total_detections"][0]))
+
+
+def _content(reference: dict) -> np.ndarray:
+    """``[h, w, h, w]``: the resized photo inside the model input, the API's clip window."""
+    height, width = reference["true_image_shapes"][0][:2]
+    return np.array([height, width, height, width], np.float32)
+
+
+def assert_detections_match(model, outputs: dict, reference: dict, settings: Postprocess, monkeypatch) -> None:
+    """``det/*`` of ``model.postprocess``: the same detections in the same order but among scores
+    within the tolerance (each is the API's at its rank, or one tied with it), boxes in the API's
+    frame, classes 0-based."""
+    monkeypatch.setattr(model, "score_threshold", settings.score_threshold)
+    monkeypatch.setattr(model, "iou_threshold", settings.iou_threshold)
+    monkeypatch.setattr(model, "max_detections", settings.max_detections)
+    detections = model.postprocess({key: tf.constant(value) for key, value in outputs.items()})
+    count = int(detections["num_detections"][0])
+    assert count == int(reference["det/num_detections"][0])
+    content = _content(reference)
+    boxes = np.clip(detections["boxes"][0, :count].numpy(), 0.0, content) / content
+    scores = detections["scores"][0, :count].numpy()
+    classes = detections["classes"][0, :count].numpy()
+    expected_boxes = reference["det/detection_boxes"][0, :count]
+    expected_scores = reference["det/detection_scores"][0, :count]
+    expected_classes = reference["det/detection_classes"][0, :count].astype(int)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=DETECTION_TOLERANCE)
+    unmatched = list(range(count))
+    for rank in range(count):
+        candidates = [j for j in unmatched if abs(expected_scores[j] - scores[rank]) <= DETECTION_TOLERANCE
+                      and expected_classes[j] == classes[rank]
+                      and np.abs(expected_boxes[j] - boxes[rank]).max() <= DETECTION_TOLERANCE]
+        assert candidates, (rank, classes[rank], scores[rank], boxes[rank])
+        unmatched.remove(rank if rank in candidates else candidates[0])
+
+
+def assert_serving_matches(model, reference: dict, settings: Postprocess) -> None:
+    """detkeeper's SavedModel graph (``DetectionModule``: resize, model, NMS in the graph) on the
+    uint8 photo gives the API exporter's ``serving_default`` outputs: the same detections with
+    label-map ids (1-based), boxes normalised to the photo, and the anchor each came from."""
+    labels = LabelMap.from_names([str(class_id) for class_id in range(1, model.num_classes + 1)])
+    module = DetectionModule(model, labels, ServingSettings(settings.score_threshold, settings.iou_threshold,
+                                                            settings.max_detections), "{}")
+    answered = {key: value.numpy()[0] for key, value in module(tf.constant(reference["input_image"][None])).items()}
+    expected = {key[len("export/"):]: value[0] for key, value in reference.items() if key.startswith("export/")}
+    count = int(answered["num_detections"])
+    assert count == int(expected["num_detections"])
+    np.testing.assert_allclose(answered["detection_scores"], expected["detection_scores"], rtol=0,
+                               atol=DETECTION_TOLERANCE)
+    # The API's raw boxes are normalised to the model input, detkeeper's to the photo.
+    np.testing.assert_allclose(answered["raw_detection_boxes"],
+                               expected["raw_detection_boxes"] * model.image_size / _content(reference), rtol=0,
+                               atol=DETECTION_TOLERANCE)
+    # The API's scores have a background column first where its model has one; detkeeper's never do.
+    background = 1 if model.BACKGROUND_CLASS else 0
+    if "raw_detection_scores" in expected:
+        np.testing.assert_allclose(answered["raw_detection_scores"], expected["raw_detection_scores"][:, background:],
+                                   rtol=0, atol=DETECTION_TOLERANCE)
+    same_rank = (answered["detection_classes"][:count] == expected["detection_classes"][:count])
+    close = np.abs(answered["detection_scores"][:count, None] - expected["detection_scores"][None, :count])
+    ties = (close <= DETECTION_TOLERANCE).sum(axis=1) > 1  # ranks whose order NMS may swap
+    assert (same_rank | ties).all(), np.flatnonzero(~(same_rank | ties))
+    keep = same_rank & ~ties
+    for key in ("detection_boxes", "detection_multiclass_scores"):
+        wanted = expected[key][:count][keep]
+        wanted = wanted[:, background:] if key == "detection_multiclass_scores" else wanted
+        np.testing.assert_allclose(answered[key][:count][keep], wanted, rtol=0, atol=DETECTION_TOLERANCE, err_msg=key)
+    np.testing.assert_array_equal(answered["detection_anchor_indices"][:count][keep],
+                                  expected["detection_anchor_indices"][:count][keep])
