@@ -149,11 +149,11 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
                            fresh_class_head: bool = False) -> list[ZooVariable]:
     """Assign the zoo checkpoint at `prefix` to `model`'s variables in the `include` parts.
 
-    Every key of an included part must exist on both sides with the same shape (but for keys under
-    the family's ``ZOO_UNUSED_PREFIXES``, layers the API builds and never runs, such as
-    EfficientNet's classifier), or nothing is
+    Every key of an included part must exist on both sides with the same shape, or nothing is
     assigned and a ``DetkeeperError`` names the first mismatching keys and shapes (a checkpoint of
-    another architecture, another number of classes, other widths). With `fresh_class_head`, the
+    another architecture, another number of classes, other widths). Keys under the family's
+    ``ZOO_UNUSED_PREFIXES`` (layers the API builds and never runs, such as EfficientNet's
+    classifier) have no variable and are passed over. With `fresh_class_head`, the
     class output's variables that do not fit (another number of classes) keep their
     initialisation (the prior bias) instead. Returns every model variable's outcome.
     """
