@@ -56,14 +56,6 @@ class SsdFpnLite(SsdMetaArch):
         self.anchors = multiscale_grid_anchors(image_size, min_level, max_level, ANCHOR_SCALE,
                                                ASPECT_RATIOS, SCALES_PER_OCTAVE)
 
-    def feature_maps(self, images, training=False) -> list:
-        """The FPN outputs, finest first (the API's ``feature_maps``)."""
-        return self.fpn(self.backbone(images, training=training), training=training)
-
-    def call(self, images, training=False):
-        box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
-        return {"box_encodings": box_encodings, "class_logits": class_logits}
-
     ZOO_BACKBONE_PREFIX = f"{EXTRACTOR_PREFIX}classification_backbone/"
 
     def zoo_checkpoint_slots(self) -> list[ZooSlot]:

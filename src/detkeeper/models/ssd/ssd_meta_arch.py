@@ -29,13 +29,22 @@ UNMATCHED_THRESHOLD = 0.5
 
 
 class SsdMetaArch(Detector):
-    """Base of the SSD families: subclasses set ``self.anchors`` and return ``{"box_encodings",
-    "class_logits"}`` from ``call``."""
+    """Base of the SSD families: subclasses set ``backbone`` (images -> ``{"C3", ...}``), ``fpn``
+    (-> the feature maps), ``head`` (-> box encodings and class logits) and ``anchors``."""
 
     LOSS_TERMS = ("class_loss", "box_loss")
     CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
     FOCAL_GAMMA = 2.0
     BACKGROUND_CLASS = True
+
+    def feature_maps(self, images, training=False) -> list:
+        """The neck's outputs, finest first (the API's ``feature_maps``)."""
+        return self.fpn(self.backbone(images, training=training), training=training)
+
+    def call(self, images, training=False):
+        """The API's raw ``predict`` outputs: ``box_encodings`` and ``class_logits``."""
+        box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
+        return {"box_encodings": box_encodings, "class_logits": class_logits}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         class_logits = tf.cast(y_pred["class_logits"], tf.float32)
