@@ -8,6 +8,11 @@ detkeeper's pipeline resizes and pads it for this family, and normalises it itse
 Tolerances as for FPN-lite (tests/models/test_ssd_zoo.py): box encodings, class logits and feature
 maps 2e-4 (issue 17). Measured 2026-12-05: feature maps at most 1.2e-5, box encodings 2.8e-6, class
 logits 3.5e-6, preprocessed input 4.8e-7, anchors 0, detection scores 4.8e-7 in the API's order.
+
+Not covered by this photo: the API drops a detection whose box lies wholly in the padding (it clips
+to the resized content and prunes empty boxes before taking its 100 best); detkeeper keeps it (in
+the export, as an empty box at the photo's edge). None of the D0 fixture's 100 detections is such a
+box; a B2-sized model at 256 px built by the oracle had one at rank 7 (2026-12-05).
 """
 
 import dataclasses
