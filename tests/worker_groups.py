@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 #: Session fixtures cheap enough to build once per worker: their users need not share a worker.
-PER_WORKER_FIXTURES = frozenset({"shapes_dataset", "bccd_root", "coco_fake100_dir", "tfod_oracle_dir", "faults"})
+PER_WORKER_FIXTURES = frozenset({"shapes_dataset", "bccd_root", "coco_fake100_dir", "tfod_oracle_dir", "faults",
+                                 "detkeeper_cache"})
 TESTS = Path(__file__).resolve().parent
 
 

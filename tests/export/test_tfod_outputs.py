@@ -16,6 +16,7 @@ from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.run.restore import restore_run_checkpoint
 from detkeeper.models import list_models
 from detkeeper.run.layout import RunDirectory
+from quick_sizes import quick
 
 ORACLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tfod-oracle"
 
@@ -155,7 +156,7 @@ def _family_config(name: str):
     if name.startswith("hub_"):
         pytest.importorskip("keras_hub", reason=f"{name} needs keras-hub: pip install 'detkeeper[hub]'")
         config = dataclasses.replace(config, head=dataclasses.replace(config.head, convs=2))
-    return config
+    return quick(config)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -179,13 +180,18 @@ def test_every_family_says_which_anchor_each_detection_came_from(name, shapes_da
         outputs = {key: value.numpy() for key, value in module(tf.constant(images)).items()}
         _check_outputs(outputs, label_map, {**dims, "B": len(images)}, background=model.BACKGROUND_CLASS)
         assert (outputs["num_detections"] == 50).all()
-    # The detections themselves are batched_nms's, unchanged: the same scores and classes in the same order.
+    # The detections themselves are batched_nms's, unchanged: the same scores and classes in the same
+    # order, up to float32 rounding: the traced graph may fuse operations eager mode runs apart
+    # (oneDNN's swish, in EfficientDet, differs from x * sigmoid(x) in the last bit), which may
+    # swap detections whose scores tie within it.
     canvas = module._preprocess_one(tf.constant(wide[0]))[0][None]
     found = box_ops.batched_nms(*model.decode_boxes_and_scores(model(canvas, training=False)), max_detections=50,
                                 iou_threshold=0.5, score_threshold=0.0, clip_size=128)
-    np.testing.assert_array_equal(outputs["detection_scores"][0], found["scores"][0].numpy())
-    np.testing.assert_array_equal(outputs["detection_classes"][0],
-                                  np.array(label_map.ids, np.float32)[found["classes"][0].numpy()])
+    scores = found["scores"][0].numpy()
+    np.testing.assert_allclose(outputs["detection_scores"][0], scores, rtol=1e-6, atol=0)
+    same = outputs["detection_classes"][0] == np.array(label_map.ids, np.float32)[found["classes"][0].numpy()]
+    tied = (np.abs(scores[:, None] - scores[None, :]) <= 1e-6 * scores[:, None]).sum(axis=1) > 1
+    assert (same | tied).all(), np.flatnonzero(~(same | tied))
 
 
 def _row(**changes) -> dict:

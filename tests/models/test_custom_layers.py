@@ -21,6 +21,7 @@ from detkeeper.errors import ConfigError, DetkeeperError
 from detkeeper.models import build_model, list_models, registry
 from detkeeper.models.archive import load_keras_archive, save_keras_archive
 from detkeeper.models.detector import fit_inputs
+from quick_sizes import quick
 
 IMAGE_SIZE = 64
 
@@ -265,7 +266,7 @@ def test_save_is_atomic_and_needs_the_keras_suffix(tmp_path):
 def test_every_built_in_model_round_trips_a_keras_archive_and_an_inference_checkpoint(name, batch, tmp_path):
     data, num_classes = batch
     keras.utils.set_random_seed(3)
-    model = build_model(_config(name), num_classes)
+    model = build_model(quick(_config(name)), num_classes)
     expected = _outputs(model, data["images"])
     loaded = load_keras_archive(save_keras_archive(model, tmp_path / f"{name}.keras"))
     assert type(loaded) is type(model)
@@ -278,7 +279,7 @@ def test_every_built_in_model_round_trips_a_keras_archive_and_an_inference_check
     model.optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "ckpt"))
     keras.utils.set_random_seed(4)
-    restored = build_model(_config(name), num_classes)
+    restored = build_model(quick(_config(name)), num_classes)
     restored(data["images"][:1])
     tf.train.Checkpoint(model=restored).read(checkpoint).expect_partial().assert_existing_objects_matched()
     _assert_same(_outputs(restored, data["images"]), expected)

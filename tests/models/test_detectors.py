@@ -14,6 +14,7 @@ from detkeeper.data.voc import read_voc
 from detkeeper.errors import ConfigError
 from detkeeper.models import build_model, list_models, losses
 from detkeeper.models.detector import fit_inputs
+from quick_sizes import quick
 
 IMAGE_SIZE = 128
 
@@ -32,7 +33,7 @@ def _config(name):
         pytest.importorskip("keras_hub", reason=f"{name} needs keras-hub: pip install 'detkeeper[hub]'")
         # keras-hub's heads are 256 wide; two convs instead of four keep the checks quick on CPU.
         config = dataclasses.replace(config, head=dataclasses.replace(config.head, convs=2))
-    return config
+    return quick(config)
 
 
 @dataclasses.dataclass

@@ -1,5 +1,10 @@
 """Comparing a TF OD API family against the oracle (``../shared/data/tfod-oracle``): its input, its
-NMS settings, and the detection and serving-graph checks every family's zoo test makes."""
+NMS settings, and the detection and serving-graph checks every family's zoo test makes.
+
+Frames: detkeeper's boxes are in model-input pixels, clipped to the canvas; the API's detections are
+clipped to the resized content (``true_image_shapes``) and normalised to it, and its raw boxes are
+normalised to the model input. Where the model stretches the photo the three frames coincide.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def read_reference(folder) -> dict:
 
 def model_input(model, photo: np.ndarray) -> tf.Tensor:
     """``[1, S, S, 3]`` float32 0..255: the photo as detkeeper's pipeline resizes it for `model` (the
-    family's own resize: stretched with TF1's bilinear resize, as the API's ``fixed_shape_resizer``)."""
+    family's own resize and padding)."""
     canvas, _, _, _ = augment.resize_for_model(tf.constant(photo, tf.float32), tf.zeros([0, 4]), model.image_size,
                                                augment.Resize.of(model))
     return canvas[None]
@@ -42,6 +47,7 @@ class ZooRun:
     model: object
     reference: dict
     outcomes: list
+    images: tf.Tensor
     feature_maps: list
     box_encodings: np.ndarray
     class_logits: np.ndarray
@@ -51,9 +57,10 @@ def run_restored(model, folder) -> ZooRun:
     """Restore `folder`'s checkpoint into `model` (all of it) and run it once on the fixture's photo."""
     outcomes = restore_zoo_checkpoint(model, checkpoint_prefix(folder))
     reference = read_reference(folder)
-    feature_maps = model.feature_maps(model_input(model, reference["input_image"]))
+    images = model_input(model, reference["input_image"])
+    feature_maps = model.feature_maps(images)
     box_encodings, class_logits = model.head(feature_maps)
-    return ZooRun(model, reference, outcomes, [f.numpy() for f in feature_maps], box_encodings.numpy(),
+    return ZooRun(model, reference, outcomes, images, [f.numpy() for f in feature_maps], box_encodings.numpy(),
                   class_logits.numpy())
 
 
@@ -64,6 +71,12 @@ def nms_settings(folder) -> Postprocess:
     assert nms["max_detections_per_class"] == nms["max_total_detections"]  # what batched_nms takes
     return Postprocess(float(nms["score_threshold"][0]), float(nms["iou_threshold"][0]),
                        int(nms["max_total_detections"][0]))
+
+
+def _content(reference: dict) -> np.ndarray:
+    """``[h, w, h, w]``: the resized photo inside the model input, the API's clip window."""
+    height, width = reference["true_image_shapes"][0][:2]
+    return np.array([height, width, height, width], np.float32)
 
 
 def anchor_tolerances(tolerance, anchor_indices: np.ndarray) -> np.ndarray:
@@ -84,14 +97,16 @@ def assert_within(got, expected, tolerances, what: str) -> None:
 def assert_detections_match(model, outputs: dict, reference: dict, settings: Postprocess, monkeypatch,
                             tolerance=DETECTION_TOLERANCE) -> None:
     """``det/*`` of ``model.postprocess``: sigmoid scores without the background slot, the config's
-    NMS, boxes normalised, classes 0-based; each detection is the API's at its rank, or one tied with it."""
+    NMS, boxes in the API's frame, classes 0-based; each detection is the API's at its rank, or one
+    tied with it."""
     monkeypatch.setattr(model, "score_threshold", settings.score_threshold)
     monkeypatch.setattr(model, "iou_threshold", settings.iou_threshold)
     monkeypatch.setattr(model, "max_detections", settings.max_detections)
     detections = model.postprocess({key: tf.constant(value) for key, value in outputs.items()})
     count = int(detections["num_detections"][0])
     assert count == int(reference["det/num_detections"][0])
-    boxes = detections["boxes"][0, :count].numpy() / model.image_size
+    content = _content(reference)
+    boxes = np.clip(detections["boxes"][0, :count].numpy(), 0.0, content) / content
     scores = detections["scores"][0, :count].numpy()
     classes = detections["classes"][0, :count].numpy()
     expected_boxes = reference["det/detection_boxes"][0, :count]
@@ -125,8 +140,10 @@ def assert_serving_graph_matches(model, reference: dict, settings: Postprocess,
     per_anchor = anchor_tolerances(tolerance, np.arange(len(expected["raw_detection_boxes"])))[:, None]
     assert_within(answered["detection_scores"][:count], expected["detection_scores"][:count], tolerances,
                   "detection_scores")
-    assert_within(answered["raw_detection_boxes"], expected["raw_detection_boxes"], per_anchor, "raw_detection_boxes")
-    # Score columns as the API's: the background first, then the classes.
+    # The API's raw boxes are normalised to the model input, detkeeper's to the photo.
+    assert_within(answered["raw_detection_boxes"], expected["raw_detection_boxes"] * model.image_size
+                  / _content(reference), per_anchor, "raw_detection_boxes")
+    # Score columns as the API's: the background first where the model has one, then the classes.
     if "raw_detection_scores" in expected:  # not kept in every fixture
         assert_within(answered["raw_detection_scores"], expected["raw_detection_scores"], per_anchor,
                       "raw_detection_scores")

@@ -62,6 +62,7 @@ class NeckConfig:
     channels: int | None = setting(None, help="Channels of every pyramid level.", ge=8)
     min_level: int | None = setting(None, help="Finest pyramid level (3 = stride 8).", ge=3, le=7)
     max_level: int | None = setting(None, help="Coarsest pyramid level (7 = stride 128).", ge=3, le=7)
+    repeats: int | None = setting(None, help="BiFPN iterations; unset: the family's default.", ge=1)
 
     def validate(self) -> list[str]:
         if self.min_level is not None and self.max_level is not None and self.min_level > self.max_level:

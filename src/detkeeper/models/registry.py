@@ -17,7 +17,7 @@ from detkeeper.models.custom import import_custom_objects
 #: Modules whose import registers models; listed here so the registry fills without side effects
 #: at `import detkeeper`.
 _FAMILY_MODULES = ("detkeeper.models.retinanet", "detkeeper.models.fcos", "detkeeper.models.ssd",
-                  "detkeeper.models.hub")
+                  "detkeeper.models.efficientdet", "detkeeper.models.hub")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,12 @@ _CHECKS: dict[str, ModelCheck] = {}
 DEFAULT_RESIZE = ("pad", "antialias")
 _RESIZES: dict[str, tuple[str, str]] = {}
 _ZOO_FAMILIES: set[str] = set()
+_NECK_REPEATS: set[str] = set()
 
 
 def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str, str] = DEFAULT_RESIZE,
-                   reads_zoo_checkpoints: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+                   reads_zoo_checkpoints: bool = False,
+                   neck_repeats: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`.
 
     `check(model_config)` raises the ``ConfigError`` the builder would raise for the config's names
@@ -53,6 +55,8 @@ def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str
     `resize` is the family's ``model.resize`` (mode, method) where the config leaves it unset: a TF
     OD API family resizes as its zoo configs do. `reads_zoo_checkpoints`: its models load TF OD
     API zoo checkpoints by the API's keys (:mod:`detkeeper.models.ssd.zoo_checkpoint`).
+    `neck_repeats`: its neck repeats (a BiFPN's iterations) as ``model.neck.repeats`` says; every
+    other family refuses a set ``model.neck.repeats`` rather than ignore it.
     """
 
     def add(builder: ModelBuilder) -> ModelBuilder:
@@ -62,6 +66,8 @@ def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str
         _RESIZES[name] = resize
         if reads_zoo_checkpoints:
             _ZOO_FAMILIES.add(name)
+        if neck_repeats:
+            _NECK_REPEATS.add(name)
         if check is not None:
             _CHECKS[name] = check
         return builder
@@ -107,6 +113,10 @@ def _builder_for(model_config) -> ModelBuilder:
     if model_config.name not in _BUILDERS:
         raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
                           f"{', '.join(sorted(_BUILDERS))}")
+    repeats = model_config.neck.repeats
+    if repeats is not None and model_config.name not in _NECK_REPEATS:
+        raise ConfigError(f"model.neck.repeats: {model_config.name}'s neck does not repeat (only "
+                          f"{', '.join(sorted(_NECK_REPEATS))}: BiFPN iterations); expected null, got {repeats}")
     return _BUILDERS[model_config.name]
 
 

@@ -24,7 +24,7 @@ from detkeeper.models.ssd.mobilenet_v2 import (ZOO_BACKBONE_PREFIX, backbone_zoo
                                                check_backbone_name)
 from detkeeper.models.ssd.predictor import WeightSharedBoxPredictor
 from detkeeper.models.ssd.ssd_meta_arch import SsdMetaArch
-from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, PREDICTOR_PREFIX, ZooSlot, layer_slots
+from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 # The FPN-lite zoo configs' anchor generator.
 ASPECT_RATIOS = (1.0, 2.0, 0.5)
@@ -55,10 +55,6 @@ class SsdFpnLite(SsdMetaArch):
         self.anchors = multiscale_grid_anchors(image_size, min_level, max_level, ANCHOR_SCALE,
                                                ASPECT_RATIOS, SCALES_PER_OCTAVE)
 
-    def feature_maps(self, images, training=False) -> list:
-        """The FPN outputs, finest first (the API's ``feature_maps``)."""
-        return self.fpn(self.backbone(images, training=training), training=training)
-
     def zoo_checkpoint_slots(self) -> list[ZooSlot]:
         """Every variable with the key the API's ``SSDMobileNetV2FpnKerasFeatureExtractor`` and
         ``WeightSharedConvolutionalBoxPredictor`` store it under."""
@@ -72,18 +68,7 @@ class SsdFpnLite(SsdMetaArch):
         for index, (conv, norm) in enumerate(zip(fpn.coarse, fpn.coarse_norm)):
             slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/0/", conv)
             slots += layer_slots("neck", f"{EXTRACTOR_PREFIX}_coarse_feature_layers/{index}/1/", norm)
-        head = self.head
-        for index, conv in enumerate(head.tower):
-            slots += layer_slots("head", f"{PREDICTOR_PREFIX}_head_scope_conv_layers/PredictionTower/{index}/", conv)
-        for level, norms in enumerate(head.tower_norms):
-            for index, norm in enumerate(norms):
-                # The tower of a level is [conv, norm, activation] * convs: norm i sits at 3 i + 1.
-                slots += layer_slots(
-                    "head", f"{PREDICTOR_PREFIX}_base_tower_layers_for_heads/box_encodings/{level}/{3 * index + 1}/", norm)
-        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_box_prediction_head/_box_encoder_layers/0/", head.box_output)
-        slots += layer_slots("head", f"{PREDICTOR_PREFIX}_prediction_heads/class_predictions_with_background/"
-                             "_class_predictor_layers/0/", head.class_output, class_output=True)
-        return slots
+        return slots + self.head.zoo_checkpoint_slots()
 
     def get_config(self) -> dict:
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),

@@ -1,18 +1,19 @@
 """What the TF OD API's SSD meta-architecture does around its feature extractor and box predictor.
 
 ``meta_architectures/ssd_meta_arch.py``, shared by the SSD families reproduced here (FPN-lite, the
-MobileNetV2 SSD without FPN): ``call`` runs the family's ``feature_maps`` and ``head`` and returns
-the API's raw ``predict`` outputs, ``box_encodings [B, A, 4]`` (``ty, tx, th, tw`` of the
-faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and ``class_logits [B, A, C + 1]``
-(``class_predictions_with_background``: slot 0 is the background), over the family's ``anchors``
-(``[A, 4]`` yxyx in input pixels, in the API's order). Decoding uses the sigmoid score converter
-and drops the background slot; NMS clips after suppressing (``CLIP_BEFORE_NMS = False``), as the
-API's ``batch_non_max_suppression`` does.
+MobileNetV2 SSD without FPN, EfficientDet): ``call`` runs the family's ``feature_maps`` and
+``head`` and returns the API's raw ``predict`` outputs, ``box_encodings [B, A, 4]`` (``ty, tx,
+th, tw`` of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone) and
+``class_logits`` (``class_predictions_with_background``: ``[B, A, C + 1]`` with slot 0 the
+background where the family has one, ``BACKGROUND_CLASS``, the API's ``add_background_class``;
+``[B, A, C]`` otherwise), over the family's ``anchors`` (``[A, 4]`` yxyx in input pixels, in the
+API's order). Decoding uses the sigmoid score converter and drops the background slot; NMS clips
+after suppressing (``CLIP_BEFORE_NMS = False``), as the API's ``batch_non_max_suppression`` does.
 
 The loss (detkeeper's pieces, as the zoo configs set them): the argmax matcher (IoU >= 0.5
 positive, below background, each object's best anchor forced), sigmoid focal loss
-(``FOCAL_ALPHA``, ``FOCAL_GAMMA``: the family config's ``weighted_sigmoid_focal``) over all C + 1
-slots with the background slot's target always 0 (``encode_background_as_zeros``), smooth-L1
+(``FOCAL_ALPHA``, ``FOCAL_GAMMA``: the family config's ``weighted_sigmoid_focal``) over every slot,
+a background slot's target always 0 (``encode_background_as_zeros``), smooth-L1
 (``SMOOTH_L1_DELTA``) on the encodings divided by the code size (``normalize_loc_loss_by_codesize``),
 both normalised by the number of matches. The API's L2 regularizer on the convolutions is not carried.
 """
@@ -32,22 +33,21 @@ UNMATCHED_THRESHOLD = 0.5
 
 
 class SsdMetaArch(Detector):
-    """Base of the SSD families: subclasses define ``feature_maps(images, training)`` (finest
-    first), a ``head`` mapping them to ``(box_encodings, class_logits)``, ``self.anchors`` and
-    their config's loss settings."""
+    """Base of the SSD families: subclasses set ``backbone`` (images -> ``{"C3", ...}``), ``fpn``
+    (-> the feature maps; or override :meth:`feature_maps`), ``head`` (-> box encodings and class
+    logits), ``anchors`` and their config's loss settings."""
 
     LOSS_TERMS = ("class_loss", "box_loss")
     CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
     BACKGROUND_CLASS = True  # slot 0 of class_logits
-    FOCAL_ALPHA: float
-    FOCAL_GAMMA: float
-    SMOOTH_L1_DELTA: float
+    FOCAL_ALPHA, FOCAL_GAMMA, SMOOTH_L1_DELTA = 0.25, 2.0, 1.0  # the zoo configs' usual values
 
     def feature_maps(self, images, training=False) -> list:
-        """What the box predictor reads (the API's ``feature_maps``)."""
-        raise NotImplementedError
+        """The neck's outputs, finest first (the API's ``feature_maps``)."""
+        return self.fpn(self.backbone(images, training=training), training=training)
 
     def call(self, images, training=False):
+        """The API's raw ``predict`` outputs: ``box_encodings`` and ``class_logits``."""
         box_encodings, class_logits = self.head(self.feature_maps(images, training=training), training=training)
         return {"box_encodings": box_encodings, "class_logits": class_logits}
 
@@ -61,8 +61,9 @@ class SsdMetaArch(Detector):
         not_ignored = tf.cast(labels >= -1, tf.float32)
         num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)
 
-        # Slot 0 (background) has target 0 everywhere; a positive anchor's class c is slot c + 1.
-        class_targets = tf.one_hot(tf.maximum(labels, 0) + 1, self.num_classes + 1) * positive[..., None]
+        # A positive anchor's class c is slot c + 1 behind a background slot, slot c without one.
+        offset = 1 if self.BACKGROUND_CLASS else 0
+        class_targets = tf.one_hot(tf.maximum(labels, 0) + offset, self.num_classes + offset) * positive[..., None]
         focal = sigmoid_focal_loss(class_targets, class_logits, self.FOCAL_ALPHA, self.FOCAL_GAMMA)
         class_loss = tf.reduce_sum(focal * not_ignored[..., None]) / num_positive
 
@@ -78,5 +79,5 @@ class SsdMetaArch(Detector):
 
     def decode_boxes_and_scores(self, outputs):
         decoded = boxes.decode(tf.cast(outputs["box_encodings"], tf.float32), self.anchors, BOX_CODER_SCALES)
-        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))[..., 1:]
-        return decoded, scores
+        scores = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))
+        return decoded, scores[..., 1:] if self.BACKGROUND_CLASS else scores

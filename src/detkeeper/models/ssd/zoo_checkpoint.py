@@ -151,7 +151,9 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
 
     Every key of an included part must exist on both sides with the same shape, or nothing is
     assigned and a ``DetkeeperError`` names the first mismatching keys and shapes (a checkpoint of
-    another architecture, another number of classes, other widths). With `fresh_class_head`, the
+    another architecture, another number of classes, other widths). Keys under the family's
+    ``ZOO_UNUSED_PREFIXES`` (layers the API builds and never runs, such as EfficientNet's
+    classifier) have no variable and are passed over. With `fresh_class_head`, the
     class output's variables that do not fit (another number of classes) keep their
     initialisation (the prior bias) instead. Returns every model variable's outcome.
     """
@@ -177,9 +179,10 @@ def restore_zoo_checkpoint(model, prefix: str, include: Iterable[str] = PARTS,
             stored = "has no such key" if found is None else list(found)
             mismatches.append(f"{key}: checkpoint {stored}, model {list(shape)}")
         outcomes.append(ZooVariable(key, variable.path, part, status, shape, found))
+    unused = getattr(model, "ZOO_UNUSED_PREFIXES", ())  # what the API stores but never computes with
     for key, found in checkpoint_shapes.items():
         part = _part_of_key(key, model.ZOO_BACKBONE_PREFIX)
-        if key not in mapping and part in include:
+        if key not in mapping and part in include and not key.startswith(unused):
             mismatches.append(f"{key}: checkpoint {list(found)}, not in the model")
     if mismatches:
         raise DetkeeperError(
