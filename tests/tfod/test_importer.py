@@ -146,7 +146,7 @@ def test_a_damaged_pipeline_config_parses_or_raises_only_config_error(start, len
         except ConfigError as error:
             assert str(error).startswith(f"{folder}/pipeline.config: ")
         else:
-            assert result.data["model"]["name"] in ("retinanet", "fcos")
+            assert result.data["model"]["name"] in ("retinanet", "fcos", "ssd_mobilenet_v2")
 
 
 def import_pipeline_config_text(text: str, folder: Path):
@@ -410,7 +410,7 @@ def test_command_writes_the_yaml_prints_both_lists_and_refuses_to_overwrite(tmp_
     assert "Traceback" not in err and (tmp_path / "cn.yaml").read_text() == written
 
     assert main(["config", "import", str(SSD), "--out", "cn.yaml", "--force", "--quiet"]) == 0
-    assert "name: retinanet" in (tmp_path / "cn.yaml").read_text()
+    assert "name: ssd_mobilenet_v2" in (tmp_path / "cn.yaml").read_text()
     assert [path.name for path in tmp_path.iterdir()] == ["cn.yaml"]  # no temporary file left
 
 
