@@ -19,46 +19,63 @@ from detkeeper.tfod.model_folder import model_source
 
 CENTERNET = Path(__file__).resolve().parents[1] / "fixtures" / "tfod" / "centernet_resnet50_v1_fpn_512x512.config"
 FOLDER = "ssd_mobilenet_v2_fpnlite_320"
+#: The oracle folders `detkeeper predict` is checked on, and the normalised tolerance of a detection
+#: by the anchor it came from: issue 17's 1e-4, but 5e-4 on the last 1 x 1 map of the SSD without FPN
+#: (its 6 anchors from 1911 on), where the oracle's zero-variance batch norm multiplies float32
+#: rounding (tests/models/test_ssd_mobilenet_v2_zoo.py has the numbers).
+FOLDERS = {FOLDER: lambda anchor: 1e-4, "ssd_mobilenet_v2_320": lambda anchor: 1e-4 if anchor < 1911 else 5e-4,
+           "ssd_efficientdet_d0_512": lambda anchor: 1e-4}
 PHOTO_WIDTH, PHOTO_HEIGHT = 640, 480
-SCORE_TOLERANCE = 1e-4 + 5e-6  # issue 17's, plus predictions.json's rounding to 5 decimals
-BOX_TOLERANCE = 1e-4 * PHOTO_WIDTH + 0.005  # normalised 1e-4 in pixels, plus the rounding to 2 decimals
+ROUNDING = 5e-6, 0.005  # predictions.json rounds scores to 5 decimals, boxes to 2
 
 
 @pytest.fixture(scope="module")
 def predicted(tfod_oracle_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predicted")
-    code = main(["predict", str(tfod_oracle_dir / FOLDER), str(tfod_oracle_dir / "photo.jpg"), "--out", str(out),
-                 "--min-score", "0"])
-    assert code == 0
-    return json.loads((out / "predictions.json").read_text())
+    """`detkeeper predict FOLDER photo.jpg --out OUT --min-score 0`, once per folder."""
+    found = {}
+
+    def predict(folder: str) -> dict:
+        if folder not in found:
+            out = tmp_path_factory.mktemp("predicted")
+            code = main(["predict", str(tfod_oracle_dir / folder), str(tfod_oracle_dir / "photo.jpg"), "--out",
+                         str(out), "--min-score", "0"])
+            assert code == 0
+            found[folder] = json.loads((out / "predictions.json").read_text())
+        return found[folder]
+
+    return predict
 
 
-def test_predict_on_a_zoo_folder_writes_the_apis_detections(predicted, tfod_oracle_dir):
-    reference = np.load(tfod_oracle_dir / FOLDER / "reference.npz")
+@pytest.mark.parametrize("folder", list(FOLDERS))
+def test_predict_on_a_zoo_folder_writes_the_apis_detections(folder, predicted, tfod_oracle_dir):
+    reference = np.load(tfod_oracle_dir / folder / "reference.npz")
     count = int(reference["det/num_detections"][0])
     boxes = reference["det/detection_boxes"][0, :count]
     expected_bbox = np.stack([boxes[:, 1] * PHOTO_WIDTH, boxes[:, 0] * PHOTO_HEIGHT,
                               (boxes[:, 3] - boxes[:, 1]) * PHOTO_WIDTH, (boxes[:, 2] - boxes[:, 0]) * PHOTO_HEIGHT], 1)
-    found = predicted["annotations"]
+    tolerance = np.array([FOLDERS[folder](anchor) for anchor in reference["det/detection_anchor_indices"][0, :count]])
+    found = predicted(folder)["annotations"]
     assert len(found) == count == 100
     scores = np.array([item["score"] for item in found])
-    np.testing.assert_allclose(scores, reference["det/detection_scores"][0, :count], atol=SCORE_TOLERANCE)
-    # Same classes in the same order, except among scores within the tolerance of each other.
+    expected_scores = reference["det/detection_scores"][0, :count]
+    assert (np.abs(scores - expected_scores) <= tolerance + ROUNDING[0]).all()
+    # Each detection is the API's at its rank, or one whose score is within the tolerance of it
+    # (NMS may order those differently): the same class, score and box.
     classes = np.array([item["category_id"] for item in found])
     expected_classes = reference["det/detection_classes"][0, :count].astype(int) + 1  # label-map ids
-    expected_scores = reference["det/detection_scores"][0, :count]
-    for position in np.flatnonzero(classes != expected_classes):
-        near = np.abs(expected_scores - expected_scores[position]) <= SCORE_TOLERANCE
-        assert classes[position] in expected_classes[near], position
-    same = classes == expected_classes
-    np.testing.assert_allclose(np.array([item["bbox"] for item in found])[same], expected_bbox[same],
-                               atol=BOX_TOLERANCE)
+    bboxes = np.array([item["bbox"] for item in found])
+    for rank in range(count):
+        candidates = [j for j in (rank, *range(count)) if expected_classes[j] == classes[rank]
+                      and abs(expected_scores[j] - scores[rank]) <= tolerance[j] + ROUNDING[0]
+                      and np.abs(expected_bbox[j] - bboxes[rank]).max() <= tolerance[j] * PHOTO_WIDTH + ROUNDING[1]]
+        assert candidates, (rank, classes[rank], scores[rank], bboxes[rank])
     # No label map in the folder: classes are named by their ids.
-    assert {category["id"]: category["name"] for category in predicted["categories"]}[1] == "1"
+    assert {category["id"]: category["name"] for category in predicted(folder)["categories"]}[1] == "1"
 
 
 def test_the_folder_is_read_into_a_run_once_and_a_label_map_names_its_classes(tfod_oracle_dir, tmp_path,
                                                                               predicted):
+    predicted(FOLDER)
     folder = tfod_oracle_dir / FOLDER
     first = model_source(folder)
     ledger = json.loads((Path(first) / "checkpoints" / "ledger.json").read_text())
@@ -82,7 +99,7 @@ def test_a_folder_of_a_model_detkeeper_does_not_reproduce_is_refused_saying_why(
 
 
 @pytest.mark.slow
-def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfod_oracle_dir, tmp_path, predicted):
+def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfod_oracle_dir, tmp_path):
     """`detkeeper export FOLDER --verify-with photo.jpg`: the zoo folder has no eval data, so the
     photo verifies it; the published SavedModel then gives the API exporter's outputs on it."""
     import tensorflow as tf

@@ -42,7 +42,7 @@ from detkeeper.run.ledger import RetentionPolicy
 from detkeeper.run.restore import build_run_model
 from detkeeper.run.sources import find_saved_model
 from detkeeper.tfod.importer import import_pipeline_config
-from detkeeper.tfod.zoo_ssd import ZOO_SSD_FAMILY_NAMES
+from detkeeper.tfod.zoo_families import ZOO_SSD_FAMILY_NAMES
 
 logger = logging.getLogger("detkeeper.tfod")
 
@@ -107,9 +107,8 @@ def tfod_model_run(path: str | os.PathLike, label_map: str | os.PathLike | None 
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _make_run(folder, prefix, given_map, RunDirectory(staging), final=run)
-        if run.path.exists():  # another process made it meanwhile: theirs is as good
-            shutil.rmtree(staging)
-        else:
+        if not run.ledger_path.is_file():  # else another process made it meanwhile: theirs is as good
+            shutil.rmtree(run.path, ignore_errors=True)  # a folder left without its ledger is not a run
             os.replace(staging, run.path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,7 @@ from detkeeper.errors import DataError
 from detkeeper.run.sources import is_detkeeper_model
 from detkeeper.tfod.mapping import EVALUATE_EVERY
 from detkeeper.tfod.tracking import Node
-from detkeeper.tfod.zoo_ssd import ZOO_SSD_FAMILY_NAMES
+from detkeeper.tfod.zoo_families import ZOO_SSD_FAMILY_NAMES
 from detkeeper.tfod.reasons import augmentation_reason
 
 DEFAULT_STEPS = 2000  # detkeeper's train.steps default, for a pipeline that trains forever

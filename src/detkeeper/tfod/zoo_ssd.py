@@ -12,71 +12,10 @@ exactly where the model differs from the pipeline's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from detkeeper.tfod.tracking import Node
-
-Expected = float | bool | str | tuple[float, ...]
-
-# What the families compute with, as the zoo configs write it. Written out here because `config
-# import` does not load TensorFlow (which importing the models would); tests/tfod/test_zoo_import.py
-# checks each against the family's own constant in detkeeper.models.ssd.
-BOX_CODER_SCALES = (10.0, 10.0, 5.0, 5.0)
-MATCHED_THRESHOLD = UNMATCHED_THRESHOLD = 0.5
-FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA = 0.25, 2.0, 1.0
-FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE = 4.0, (1.0, 2.0, 0.5), 2
-FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON = 0.997, 0.001
-FPNLITE_CLASS_PREDICTION_BIAS_INIT = -4.6
-FPNLITE_LEVELS = (3, 7)  # where model.neck leaves them unset
-
-#: The fields every zoo SSD family fixes, relative to ``model.ssd``: (dotted path, the value the
-#: family computes with, the API's default where the field is absent).
-_SSD_FIELDS: tuple[tuple[str, Expected, Expected | None], ...] = (
-    ("box_coder.faster_rcnn_box_coder.y_scale", BOX_CODER_SCALES[0], 10.0),
-    ("box_coder.faster_rcnn_box_coder.x_scale", BOX_CODER_SCALES[1], 10.0),
-    ("box_coder.faster_rcnn_box_coder.height_scale", BOX_CODER_SCALES[2], 5.0),
-    ("box_coder.faster_rcnn_box_coder.width_scale", BOX_CODER_SCALES[3], 5.0),
-    ("matcher.argmax_matcher.matched_threshold", MATCHED_THRESHOLD, 0.5),
-    ("matcher.argmax_matcher.unmatched_threshold", UNMATCHED_THRESHOLD, 0.5),
-    ("matcher.argmax_matcher.ignore_thresholds", False, False),
-    ("matcher.argmax_matcher.negatives_lower_than_unmatched", True, True),
-    ("matcher.argmax_matcher.force_match_for_each_row", True, False),
-    ("similarity_calculator.iou_similarity", {}, None),
-    ("encode_background_as_zeros", True, False),
-        ("loss.classification_weight", 1.0, 1.0),
-    ("loss.localization_weight", 1.0, 1.0),
-    ("normalize_loss_by_num_matches", True, False),
-    ("normalize_loc_loss_by_codesize", True, False),
-    ("freeze_batchnorm", False, False),
-)
-
-#: ``ssd_mobilenet_v2_fpn_keras`` with the weight-shared separable predictor: the zoo's FPN-lite.
-_FPNLITE_FIELDS: tuple[tuple[str, Expected, Expected | None], ...] = _SSD_FIELDS + (
-    ("loss.classification_loss.weighted_sigmoid_focal.alpha", FPNLITE_FOCAL_ALPHA, None),
-    ("loss.classification_loss.weighted_sigmoid_focal.gamma", FPNLITE_FOCAL_GAMMA, 2.0),
-    ("loss.localization_loss.weighted_smooth_l1.delta", FPNLITE_SMOOTH_L1_DELTA, 1.0),
-    ("anchor_generator.multiscale_anchor_generator.anchor_scale", FPNLITE_ANCHOR_SCALE, 4.0),
-    ("anchor_generator.multiscale_anchor_generator.aspect_ratios", FPNLITE_ASPECT_RATIOS, (1.0, 2.0, 0.5)),
-    ("anchor_generator.multiscale_anchor_generator.scales_per_octave", float(FPNLITE_SCALES_PER_OCTAVE), 2.0),
-    ("feature_extractor.use_depthwise", True, False),
-    ("feature_extractor.depth_multiplier", 1.0, 1.0),
-    ("feature_extractor.override_base_feature_extractor_hyperparams", True, False),
-    ("feature_extractor.conv_hyperparams.activation", "RELU_6", "RELU"),
-    ("feature_extractor.conv_hyperparams.batch_norm.decay", FPNLITE_BATCH_NORM_DECAY, 0.999),
-    ("feature_extractor.conv_hyperparams.batch_norm.epsilon", FPNLITE_BATCH_NORM_EPSILON, 0.001),
-    ("feature_extractor.conv_hyperparams.batch_norm.scale", True, False),
-    ("box_predictor.weight_shared_convolutional_box_predictor.use_depthwise", True, False),
-    ("box_predictor.weight_shared_convolutional_box_predictor.share_prediction_tower", True, False),
-    ("box_predictor.weight_shared_convolutional_box_predictor.kernel_size", 3.0, 3.0),
-    ("box_predictor.weight_shared_convolutional_box_predictor.class_prediction_bias_init", FPNLITE_CLASS_PREDICTION_BIAS_INIT, 0.0),
-    ("box_predictor.weight_shared_convolutional_box_predictor.conv_hyperparams.activation", "RELU_6", "RELU"),
-    ("box_predictor.weight_shared_convolutional_box_predictor.conv_hyperparams.batch_norm.decay",
-     FPNLITE_BATCH_NORM_DECAY, 0.999),
-    ("box_predictor.weight_shared_convolutional_box_predictor.conv_hyperparams.batch_norm.epsilon",
-     FPNLITE_BATCH_NORM_EPSILON, 0.001),
-    ("box_predictor.weight_shared_convolutional_box_predictor.conv_hyperparams.batch_norm.scale", True, False),
-)
+from detkeeper.tfod.zoo_families import ZOO_SSD_FAMILIES, Expected, ZooSsdFamily
 
 #: Fields whose value does not change what the family computes, with why.
 _NO_EFFECT = {
@@ -84,6 +23,7 @@ _NO_EFFECT = {
     "inplace_batchnorm_update": "Keras updates batch norm statistics in place either way",
     "feature_extractor.min_depth": "a floor on channels that applies only below depth multiplier 1.0",
     "post_processing.batch_non_max_suppression.use_static_shapes": "the same detections, padded for TPUs",
+    "box_predictor.convolutional_box_predictor.dropout_keep_probability": "unused: use_dropout is false",
 }
 
 #: Not read by the family, with why (listed as not carried over whatever their value).
@@ -93,30 +33,12 @@ _NOT_USED = {
 }
 
 
-@dataclass(frozen=True)
-class ZooSsdFamily:
-    """A detkeeper family that reproduces one zoo SSD: what selects it and what it fixes."""
-
-    name: str
-    extractor_type: str
-    predictor: str
-    fields: tuple[tuple[str, Expected, Expected | None], ...]
-
-
-ZOO_SSD_FAMILIES = (
-    ZooSsdFamily("ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2_fpn_keras",
-                 "weight_shared_convolutional_box_predictor", _FPNLITE_FIELDS),
-)
-
-ZOO_SSD_FAMILY_NAMES = frozenset(family.name for family in ZOO_SSD_FAMILIES)
-
-
 def zoo_family_for(ssd: Node) -> ZooSsdFamily | None:
     """The family reproducing this ``model.ssd`` (by its extractor type and predictor), if any."""
     extractor, predictor = ssd.child("feature_extractor"), ssd.child("box_predictor")
     kind = extractor.peek("type") if extractor else None
     for family in ZOO_SSD_FAMILIES:
-        if kind == family.extractor_type and predictor is not None and predictor.has(family.predictor):
+        if isinstance(kind, str) and family.backbone_of(kind) and predictor is not None and predictor.has(family.predictor):
             return family
     return None
 
@@ -126,24 +48,27 @@ def map_zoo_ssd(ssd: Node, family: ZooSsdFamily) -> dict[str, Any]:
     every field the family fixes compared (see the module docstring)."""
     track = ssd.tracker
     extractor = ssd.child("feature_extractor")
-    extractor.text("type")
+    kind = extractor.text("type")
     track.map(ssd.path, "model.name", family.name,
-              f"the TF OD API's {family.extractor_type} SSD, variable for variable (zoo checkpoints load into it)")
-    model: dict[str, Any] = {"name": family.name, "backbone": {"name": "mobilenetv2", "weights": "none"}}
-    track.map(extractor.at("type"), "model.backbone.name", "mobilenetv2", "the API's MobileNetV2")
-    model["image_size"], model["resize"] = _input(ssd)
-    fpn = extractor.child("fpn")
-    if fpn is not None:
-        model["neck"] = _carried(fpn, {"min_level": "model.neck.min_level", "max_level": "model.neck.max_level",
-                                       "additional_layer_depth": "model.neck.channels"})
+              f"the TF OD API's {kind} SSD, variable for variable (zoo checkpoints load into it)")
+    backbone = family.backbone_of(kind)
+    model: dict[str, Any] = {"name": family.name, "backbone": {"name": backbone, "weights": "none"}}
+    track.map(extractor.at("type"), "model.backbone.name", backbone, "the API's own")
+    model["image_size"], model["resize"] = _input(ssd, family.resizer)
+    fields = family.fields
+    if family.neck is not None:
+        message, keys = family.neck
+        section = extractor.child(message)
+        if section is not None:
+            model["neck"] = _carried(section, {field: f"model.neck.{key}" for field, key in keys.items()})
     predictor = ssd.child("box_predictor").child(family.predictor)
-    model["head"] = _carried(predictor, {"depth": "model.head.channels",
-                                         "num_layers_before_predictor": "model.head.convs"})
-    neck = model.get("neck", {})
-    anchor_levels = tuple(  # the anchors sit on the pyramid's levels
-        (f"anchor_generator.multiscale_anchor_generator.{name}", float(neck.get(name, default)), float(default))
-        for name, default in (("min_level", FPNLITE_LEVELS[0]), ("max_level", FPNLITE_LEVELS[1])))
-    for path, expected, default in family.fields + anchor_levels:
+    if family.head is not None:
+        model["head"] = _carried(predictor, {field: f"model.head.{key}" for field, key in family.head.items()})
+    if family.levels is not None:  # the anchors sit on the pyramid's levels
+        neck = model.get("neck", {})
+        fields += tuple((f"anchor_generator.multiscale_anchor_generator.{name}", float(neck.get(name, default)),
+                         float(default)) for name, default in zip(("min_level", "max_level"), family.levels))
+    for path, expected, default in fields:
         _compare(ssd, path, expected, default, family.name)
     for path, why in _NO_EFFECT.items():
         *parents, name = path.split(".")
@@ -161,26 +86,37 @@ def map_zoo_ssd(ssd: Node, family: ZooSsdFamily) -> dict[str, Any]:
     return model
 
 
-def _input(ssd: Node) -> tuple[int, dict[str, str]]:
+def _input(ssd: Node, resizer_kind: str) -> tuple[int, dict[str, str]]:
     """``image_resizer`` -> the input side and resize, not rounded: the family checks the side."""
     track = ssd.tracker
     resizer = ssd.child("image_resizer")
     if resizer is None:
         raise track.error(ssd.path, "no image_resizer; a zoo SSD's input size comes from it")
     kind, node = resizer.oneof("image resizer")
-    if kind != "fixed_shape_resizer":
+    if kind != resizer_kind:
         raise track.error(resizer.at(kind), f"{kind}: the zoo's {ssd.child('feature_extractor').peek('type')} "
-                                            "models stretch to a fixed_shape_resizer square")
-    height, width = node.integer("height", 300), node.integer("width", 300)
-    if height != width:
-        raise track.error(node.path, f"a {height}x{width} input; detkeeper's input is square (model.image_size)")
+                                            f"models take a {resizer_kind}")
+    if kind == "fixed_shape_resizer":
+        height, width = node.integer("height", 300), node.integer("width", 300)
+        if height != width:
+            raise track.error(node.path, f"a {height}x{width} input; detkeeper's input is square (model.image_size)")
+        side, resize, how = height, {"mode": "stretch", "method": "tf1_bilinear"}, f"fixed {height}x{width}"
+    else:
+        low, side = node.integer("min_dimension", 600), node.integer("max_dimension", 1024)
+        resize, how = {"mode": "pad", "method": "tf1_bilinear"}, f"longer side {side}, padded to a square"
+        if low != side:
+            node.note("min_dimension", f"{low}: detkeeper resizes the longer side to {side}, as the API does when "
+                                       "the shorter side would pass it")
+        if node.flag("pad_to_max_dimension", False):
+            track.map(node.at("pad_to_max_dimension"), "model.resize.mode", "pad", "padded to the square input")
+        else:
+            node.note("pad_to_max_dimension", "false: detkeeper's input is square, so it pads to max_dimension")
     method = node.text("resize_method", "BILINEAR")
     if method != "BILINEAR":
         node.note("resize_method", f"{method}: detkeeper resizes bilinearly")
-    resize = {"mode": "stretch", "method": "tf1_bilinear"}
-    track.map(node.path, "model.image_size", height, f"fixed {height}x{width}")
-    track.map(node.path, "model.resize", dict(resize), "each side stretched with TF1's resize_images, as the API")
-    return height, resize
+    track.map(node.path, "model.image_size", side, how)
+    track.map(node.path, "model.resize", dict(resize), "TF1's resize_images, as the API resizes")
+    return side, resize
 
 
 def _carried(node: Node, targets: dict[str, str]) -> dict[str, int]:
