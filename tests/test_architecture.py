@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "detkeeper"
 
