@@ -48,7 +48,8 @@ class Detector(keras.Model):
     #: differently near the border, where clipping changes the overlaps.
     CLIP_BEFORE_NMS: bool = True
     #: Whether the outputs hold a background score (the TF OD API's slot 0, ``add_background_class``):
-    #: exports then give it as score column 0 before the classes, as the API's exports do.
+    #: exports then give it as score column 0 before the classes, as the API's exports do. Such a
+    #: family defines ``background_scores(outputs) -> [B, A]`` (see ``SsdMetaArch``).
     BACKGROUND_CLASS: bool = False
 
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
@@ -116,10 +117,6 @@ class Detector(keras.Model):
                     continue
                 metric.update_state(y, y_pred)
         return self.get_metrics_result()
-
-    def background_scores(self, outputs) -> tf.Tensor:
-        """``[B, A]`` every anchor's background probability (families with ``BACKGROUND_CLASS``)."""
-        raise NotImplementedError(f"{type(self).__name__} has no background class")
 
     def postprocess(self, outputs: dict) -> dict:
         """Candidates -> the final detections, by class-aware NMS (see ``CLIP_BEFORE_NMS``)."""
