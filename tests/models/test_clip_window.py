@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.data import augment
-from detkeeper.models import boxes
+from detkeeper.models import boxes, build_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tfod" / "clip_window" / "clip_window.npz"
 
@@ -64,3 +65,14 @@ def test_content_windows_are_the_resized_photo_inside_its_canvas():
     windows = boxes.content_windows(tf.stack([padded, stretched, rounded]), [[480, 640], [480, 640], [333, 517]])
     np.testing.assert_array_equal(windows.numpy(), [[0, 0, 384, 512], [0, 0, 300, 300], [0, 0, 330, 512]])
 
+
+def test_only_the_tfod_api_families_clip_to_the_window():
+    """detkeeper's own families clip to the canvas before NMS whatever the window; an SSD family clips
+    its survivors to the window, the whole canvas when none is given."""
+    windows = tf.constant([[0.0, 0.0, 64.0, 128.0]])
+    own = build_model(ModelConfig(name="retinanet", image_size=128, backbone=BackboneConfig(name="tiny")), 3)
+    assert own.nms_clipping(windows, 1) == {"clip_size": 128}
+    ssd = build_model(ModelConfig(name="ssd_mobilenet_v2_fpnlite", image_size=128,
+                                  backbone=BackboneConfig(name="tiny", weights="none")), 3)
+    np.testing.assert_array_equal(ssd.nms_clipping(windows, 1)["clip_window"].numpy(), windows.numpy())
+    np.testing.assert_array_equal(ssd.nms_clipping(None, 2)["clip_window"].numpy(), [[0, 0, 128, 128]] * 2)
