@@ -53,8 +53,8 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
 
     `detect` maps images and their content windows (``boxes.content_windows``) to ``{"boxes"
     (model pixels, yxyx), "scores", "classes" (contiguous indices, -1 padding), "num_detections"}``,
-    i.e. :meth:`Detector.detect`. `on_batch` receives
-    each batch's image ids and its detections as scored: original-image pixels, label-map ids.
+    i.e. :meth:`Detector.detect`. `on_batch` receives each batch's image ids and its detections
+    as scored: original-image pixels, label-map ids.
     """
     def batches():
         for batch in dataset:

@@ -200,7 +200,8 @@ def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clippi
     is traced back: NMS copies the kept (clipped) box and score bit for bit, so the anchor is the
     one whose clipped box and score for the detection's class are exactly the detection's. Two
     anchors agree on both only if they clip to the same box with the same score (NMS keeps both
-    only if they differ outside the clip window, with equal float32 scores); the lowest index is taken. Costs ``B x A x N`` comparisons."""
+    only if they differ outside the clip window, with equal float32 scores); the lowest index is
+    taken. Costs ``B x A x N`` comparisons."""
     clipped = box_ops.clipped_as_nms_returns(boxes, **clipping)
     classes = found["classes"]
     class_scores = tf.gather(scores, tf.maximum(classes, 0), axis=2, batch_dims=1)  # [B, A, N]
