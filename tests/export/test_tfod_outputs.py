@@ -162,7 +162,8 @@ def _family_config(name: str):
 @pytest.mark.parametrize("name", list_models())
 def test_every_family_says_which_anchor_each_detection_came_from(name, shapes_dataset):
     """Untrained, with score threshold 0: NMS keeps the full 50 per image, among many equal scores
-    (the padding's anchors all score alike), and the detections are still the ones batched_nms keeps."""
+    (the padding's anchors all score alike), and the detections are still the ones ``detect`` keeps
+    with the image's content window."""
     import keras
 
     from detkeeper.export.serving import DetectionModule, ServingSettings
@@ -184,9 +185,9 @@ def test_every_family_says_which_anchor_each_detection_came_from(name, shapes_da
     # order, up to float32 rounding: the traced graph may fuse operations eager mode runs apart
     # (oneDNN's swish, in EfficientDet, differs from x * sigmoid(x) in the last bit), which may
     # swap detections whose scores tie within it.
-    canvas = module._preprocess_one(tf.constant(wide[0]))[0][None]
-    found = box_ops.batched_nms(*model.decode_boxes_and_scores(model(canvas, training=False)), max_detections=50,
-                                iou_threshold=0.5, score_threshold=0.0, clip_size=128)
+    canvas, factors, size = module._preprocess_one(tf.constant(wide[0]))
+    model.score_threshold, model.iou_threshold, model.max_detections = 0.0, 0.5, 50
+    found = model.detect(canvas[None], box_ops.content_windows(factors[None], size[None]))
     scores = found["scores"][0].numpy()
     np.testing.assert_allclose(outputs["detection_scores"][0], scores, rtol=1e-6, atol=0)
     same = outputs["detection_classes"][0] == np.array(label_map.ids, np.float32)[found["classes"][0].numpy()]

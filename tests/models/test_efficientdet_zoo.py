@@ -9,13 +9,14 @@ Tolerances as for FPN-lite (tests/models/test_ssd_zoo.py): box encodings, class 
 maps 2e-4 (issue 17). Measured 2026-12-05: feature maps at most 1.2e-5, box encodings 2.8e-6, class
 logits 3.5e-6, preprocessed input 4.8e-7, anchors 0, detection scores 4.8e-7 in the API's order.
 
-Not covered by this photo: the API drops a detection whose box lies wholly in the padding (it clips
-to the resized content and prunes empty boxes before taking its 100 best); detkeeper keeps it (in
-the export, as an empty box at the photo's edge). None of the D0 fixture's 100 detections is such a
-box; a B2-sized model at 256 px built by the oracle had one at rank 7 (2026-12-05).
+The API clips each class's survivors of NMS to the resized photo (its clip window) and drops those
+left empty, so a detection wholly in the padding gives its place to the next one; none of the D0
+fixture's 100 detections is such a box, so the photo's outputs with a few logits raised are checked
+against what the API's ``postprocess`` made of them (``tests/fixtures/tfod/clip_window``).
 """
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ FOLDER = "ssd_efficientdet_d0_512"
 TOLERANCE = 2e-4
 CHECKPOINT_KEYS = 683  # the fixture's 685 less save_counter and the object graph
 UNUSED = "model/_feature_extractor/classification_backbone/"  # EfficientNet's top and classifier
+CLIP_WINDOW_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tfod" / "clip_window" / "clip_window.npz"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,30 @@ def test_detections_match_the_api(zoo_run, tfod_oracle_dir, monkeypatch):
     assert_detections_match(zoo_run.model, {"box_encodings": zoo_run.box_encodings,
                                             "class_logits": zoo_run.class_logits},
                             zoo_run.reference, nms_settings(tfod_oracle_dir / FOLDER), monkeypatch)
+
+
+def test_detections_in_the_padding_are_dropped_as_the_api_drops_them(zoo_run, tfod_oracle_dir, monkeypatch):
+    """The API's raw outputs for the photo, four anchors' logits raised (``make_fixture.py`` beside
+    the fixture): one box wholly in the padding above every detection, one in the padding over a
+    box across the padding's edge (IoU > 0.5, same class, lower score), one across the edge alone.
+    The API keeps only the last, clipped at the edge: the padded ones are dropped after NMS, so the
+    one across the edge stays suppressed, and the best below them move up."""
+    with np.load(CLIP_WINDOW_FIXTURE) as npz:
+        fixture = {key[len("efficientdet/"):]: npz[key] for key in npz.files if key.startswith("efficientdet/")}
+    reference = zoo_run.reference
+    class_logits = reference["raw/class_predictions_with_background"].copy()
+    class_logits[0, fixture["anchors"], fixture["classes"]] = fixture["logits"]
+    outputs = {"box_encodings": reference["raw/box_encodings"], "class_logits": class_logits}
+    expected = {**reference, **{f"det/{key}": value for key, value in fixture.items()
+                                if key.startswith("detection_") or key == "num_detections"}}
+    settings = nms_settings(tfod_oracle_dir / FOLDER)
+    assert_detections_match(zoo_run.model, outputs, expected, settings, monkeypatch)
+    kept = set(expected["det/detection_anchor_indices"][0].tolist())
+    assert [int(anchor) in kept for anchor in fixture["anchors"]] == [False, False, False, True]
+    # Clipped to the canvas instead (what detkeeper did before), the padded box would come first.
+    canvas = zoo_run.model.postprocess({key: tf.constant(value) for key, value in outputs.items()})
+    assert int(canvas["classes"][0, 0]) == fixture["classes"][0]
+    assert float(canvas["boxes"][0, 0, 0]) > reference["true_image_shapes"][0, 0]
 
 
 def test_the_serving_graph_answers_like_the_api_exporter(zoo_run, tfod_oracle_dir):

@@ -1,9 +1,9 @@
 """Comparing a TF OD API family against the oracle (``../shared/data/tfod-oracle``): its input, its
 NMS settings, and the detection and serving-graph checks every family's zoo test makes.
 
-Frames: detkeeper's boxes are in model-input pixels, clipped to the canvas; the API's detections are
-clipped to the resized content (``true_image_shapes``) and normalised to it, and its raw boxes are
-normalised to the model input. Where the model stretches the photo the three frames coincide.
+Frames: detkeeper's boxes are in model-input pixels; the API's detections are clipped to the resized
+content (``true_image_shapes``, the window detkeeper clips to as well) and normalised to it, and its
+raw boxes are normalised to the model input. Where the model stretches the photo the three frames coincide.
 """
 
 from __future__ import annotations
@@ -96,17 +96,18 @@ def assert_within(got, expected, tolerances, what: str) -> None:
 
 def assert_detections_match(model, outputs: dict, reference: dict, settings: Postprocess, monkeypatch,
                             tolerance=DETECTION_TOLERANCE) -> None:
-    """``det/*`` of ``model.postprocess``: sigmoid scores without the background slot, the config's
-    NMS, boxes in the API's frame, classes 0-based; each detection is the API's at its rank, or one
-    tied with it."""
+    """``det/*`` of ``model.postprocess`` with the photo's content window: sigmoid scores without the
+    background slot, the config's NMS, boxes in the API's frame, classes 0-based; each detection is
+    the API's at its rank, or one tied with it."""
     monkeypatch.setattr(model, "score_threshold", settings.score_threshold)
     monkeypatch.setattr(model, "iou_threshold", settings.iou_threshold)
     monkeypatch.setattr(model, "max_detections", settings.max_detections)
-    detections = model.postprocess({key: tf.constant(value) for key, value in outputs.items()})
+    content = _content(reference)
+    window = tf.constant([[0.0, 0.0, *content[:2]]])
+    detections = model.postprocess({key: tf.constant(value) for key, value in outputs.items()}, window)
     count = int(detections["num_detections"][0])
     assert count == int(reference["det/num_detections"][0])
-    content = _content(reference)
-    boxes = np.clip(detections["boxes"][0, :count].numpy(), 0.0, content) / content
+    boxes = detections["boxes"][0, :count].numpy() / content
     scores = detections["scores"][0, :count].numpy()
     classes = detections["classes"][0, :count].numpy()
     expected_boxes = reference["det/detection_boxes"][0, :count]

@@ -21,6 +21,7 @@ from detkeeper.data.augment import Resize
 from detkeeper.data.pipeline import InputShard, evaluation_steps, sharded_evaluation_dataset
 from detkeeper.data.record import DetectionRecord
 from detkeeper.evaluation.runner import ValidationPass, original_detections, score_batches
+from detkeeper.models.boxes import content_windows
 
 _GATHERED = ("boxes", "scores", "classes", "num_detections", "record_index", "image_scales", "image_sizes")
 
@@ -66,7 +67,7 @@ class DistributedValidation:
         strategy = self.strategy
 
         def detect(batch):
-            detections = model.detect(batch["images"])
+            detections = model.detect(batch["images"], content_windows(batch["image_scales"], batch["image_sizes"]))
             return {**detections, **{key: batch[key] for key in ("record_index", "image_scales", "image_sizes")}}
 
         @tf.function

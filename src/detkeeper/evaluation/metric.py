@@ -108,6 +108,8 @@ class CocoMetric(keras.metrics.Metric):
         if self.detector is None:
             raise ValueError(f"CocoMetric {self.name!r} has no detector to decode y_pred with: compile it "
                              "into a detkeeper detector, or set metric.detector = model")
+        # y_true carries no content windows: a padded TF OD API family's detections are clipped to
+        # the whole canvas here (Detector.nms_clipping), to the photo in run_validation.
         detections = self.detector.postprocess(y_pred)
         tf.numpy_function(
             self._add_batch,

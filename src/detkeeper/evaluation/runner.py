@@ -22,9 +22,10 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch
 from detkeeper.evaluation.coco import CocoEvaluator
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.models.boxes import to_original_pixels
+from detkeeper.models.boxes import content_windows, to_original_pixels
 
-Detect = Callable[[tf.Tensor], Mapping[str, tf.Tensor]]
+#: ``detect(images, windows)``: a batch of canvases and where each image lies in its canvas.
+Detect = Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,8 @@ class ValidationPass:
 
 def compiled_detect(model) -> Detect:
     """``model.detect`` as one graph (about 10x eager on CPU), retraced only for new batch sizes."""
-    def detect(images):
-        return model.detect(images)
+    def detect(images, windows):
+        return model.detect(images, windows)
 
     return tf.function(detect, reduce_retracing=True)
 
@@ -50,14 +51,15 @@ def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap
                    on_batch: Callable[[list[str], dict], None] | None = None) -> ValidationPass:
     """Detections of `detect` over `dataset` (a detkeeper evaluation dataset) scored by COCO.
 
-    `detect` maps images to ``{"boxes" (model pixels, yxyx), "scores", "classes" (contiguous
-    indices, -1 padding), "num_detections"}``, i.e. :meth:`Detector.detect`. `on_batch` receives
-    each batch's image ids and its detections as scored: original-image pixels, label-map ids.
+    `detect` maps images and their content windows (``boxes.content_windows``) to ``{"boxes"
+    (model pixels, yxyx), "scores", "classes" (contiguous indices, -1 padding), "num_detections"}``,
+    i.e. :meth:`Detector.detect`. `on_batch` receives each batch's image ids and its detections
+    as scored: original-image pixels, label-map ids.
     """
     def batches():
         for batch in dataset:
             started = time.perf_counter()
-            raw = detect(batch["images"])
+            raw = detect(batch["images"], content_windows(batch["image_scales"], batch["image_sizes"]))
             detections = {key: np.asarray(value) for key, value in raw.items()}
             seconds = time.perf_counter() - started
             image_ids = [value.decode("utf-8") for value in batch["image_ids"].numpy()]

@@ -27,7 +27,9 @@ metadata's ``score_columns`` lists the label-map id of each column (0: backgroun
 input; here they are relative to the original image, the frame of ``detection_boxes``.
 
 Preprocessing (the evaluation pipeline's own resize, ``model.resize``: aspect ratio kept and padded,
-or stretched) and NMS are in the graph, so the SavedModel needs nothing but TensorFlow.
+or stretched) and NMS are in the graph, so the SavedModel needs nothing but TensorFlow. NMS is
+``Detector.postprocess``'s, with each image's window the resized photo inside its canvas: a TF OD
+API family drops a detection that lies wholly in the padding, as the API's exporter does.
 
 Signatures (each takes ``input_tensor``, as TF OD API exports do):
 ``serving_default`` uint8 ``[B, H, W, 3]`` (any size and batch), ``encoded_image_string_tensor``
@@ -117,13 +119,12 @@ class DetectionModule(tf.Module):
         outputs = self.model(canvases, training=False)
         candidate_boxes, probabilities = self.model.decode_boxes_and_scores(outputs)
         candidate_boxes, probabilities = tf.cast(candidate_boxes, tf.float32), tf.cast(probabilities, tf.float32)
-        clip_size = self.image_size if self.model.CLIP_BEFORE_NMS else None  # as Detector.postprocess
+        # As Detector.postprocess, each image's window the resized photo inside its canvas.
+        clipping = self.model.nms_clipping(box_ops.content_windows(factors, sizes), tf.shape(canvases)[0])
         found = box_ops.batched_nms(candidate_boxes, probabilities, max_detections=self.settings.max_detections,
                                     iou_threshold=self.settings.iou_threshold,
-                                    score_threshold=self.settings.score_threshold, clip_size=clip_size)
-        anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clip_size=clip_size)
-        if clip_size is None:
-            found = {**found, "boxes": tf.clip_by_value(found["boxes"], 0.0, float(self.image_size))}
+                                    score_threshold=self.settings.score_threshold, **clipping)
+        anchors = kept_anchor_indices(candidate_boxes, probabilities, found, clipping)
         limits = tf.maximum(tf.tile(sizes, [1, 2])[:, None, :], 1.0)  # normalizes; never divides by 0
         original = box_ops.to_original_pixels(found["boxes"], factors, sizes)
         real = found["classes"] >= 0
@@ -189,8 +190,8 @@ class DetectionModule(tf.Module):
         }
 
 
-def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_size: float | None) -> tf.Tensor:
-    """The anchor each detection of ``box_ops.batched_nms(boxes, scores, clip_size=...)`` came from,
+def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clipping: dict) -> tf.Tensor:
+    """The anchor each detection of ``box_ops.batched_nms(boxes, scores, **clipping)`` came from,
     ``[B, N]`` int32 (-1 in padding rows).
 
     ``combined_non_max_suppression`` returns no indices, and NMS rebuilt from per-class
@@ -198,9 +199,10 @@ def kept_anchor_indices(boxes: tf.Tensor, scores: tf.Tensor, found: dict, clip_s
     gives many), so the detections could change. Instead the detections stay as they are and each
     is traced back: NMS copies the kept (clipped) box and score bit for bit, so the anchor is the
     one whose clipped box and score for the detection's class are exactly the detection's. Two
-    anchors can agree on both only if they are the same box with the same score, which NMS would
-    never both keep; the lowest such index is taken. Costs ``B x A x N`` comparisons."""
-    clipped = boxes if clip_size is None else tf.clip_by_value(boxes, 0.0, float(clip_size))  # as batched_nms
+    anchors agree on both only if they clip to the same box with the same score (NMS keeps both
+    only if they differ outside the clip window, with equal float32 scores); the lowest index is
+    taken. Costs ``B x A x N`` comparisons."""
+    clipped = box_ops.clipped_as_nms_returns(boxes, **clipping)
     classes = found["classes"]
     class_scores = tf.gather(scores, tf.maximum(classes, 0), axis=2, batch_dims=1)  # [B, A, N]
     same = tf.equal(class_scores, found["scores"][:, None, :])

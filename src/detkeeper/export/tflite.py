@@ -34,6 +34,16 @@ Taking the best 1000 pairs first (``TOPK_V2``) was slower (about 22 vs 10 ms at 
 missed detections of an undertrained model with more candidates than that above the threshold.
 Raw boxes and scores with NMS left to the caller would make every caller write NMS.
 
+No content window: the TFLite model sees only its canvas, so it clips detections to the canvas and
+keeps those that lie wholly in a padded image's padding (empty boxes once clipped to the image), where
+``Detector.detect`` and the SavedModel drop them for the TF OD API's families and take the next best
+(``Detector.nms_clipping``). Taking a window would mean a second input, and dropping after NMS would
+need NMS to select past ``max_detections`` (up to ``max_detections x classes`` boxes): neither
+``NON_MAX_SUPPRESSION_V5`` nor the TF OD API's own ``TFLite_Detection_PostProcess`` custom op takes a
+clip window, and the API's TFLite export takes only ``fixed_shape_resizer`` (stretched) models
+(``export_tflite_graph_lib_tf2.py``). So the float32 model is verified against the checkpoint's
+detections with the whole canvas as window (those drop only a box wholly outside the canvas).
+
 Conversion goes through a SavedModel written by ``keras.export.ExportArchive``: converting a
 ``tf.function`` (or a ``tf.Module`` holding the detector) left Keras 3's variables as
 uninitialised TFLite resource variables in TF 2.21 (a 0.15 MB file answering NaN).
@@ -144,7 +154,7 @@ def export_tflite(model, label_map: LabelMap, records: Sequence[DetectionRecord]
                                   else _convert(variant, Path(folder)))
     map_checkpoint, reference_rows = None, []
     if any(isinstance(item, _Converted) for item in converted.values()):
-        reference = run_validation(_recording(compiled_detect(model), reference_rows),
+        reference = run_validation(_recording(_on_canvas(compiled_detect(model)), reference_rows),
                                    _dataset(model, label_map, records, max_boxes), label_map, ground_truth=records,
                                    max_detections=model.max_detections)
         map_checkpoint = _map_or_none(reference, records)
@@ -309,8 +319,9 @@ def _verify(variant: str, converted: _Converted, path: Path, model, label_map: L
 
 def _interpreter_detect(runner, label_map: LabelMap):
     """A ``Detector.detect``-shaped callable over the interpreter: batch of canvases -> model pixels,
-    contiguous class indices (-1 padding), as :func:`detkeeper.evaluation.runner.run_validation` takes."""
-    def detect(images):
+    contiguous class indices (-1 padding), as :func:`detkeeper.evaluation.runner.run_validation` takes
+    (the windows unused: the model has no window input, see the module doc)."""
+    def detect(images, windows):
         images = np.asarray(images, np.float32)
         outputs = [runner(images=images[row:row + 1]) for row in range(len(images))]
         joined = {key: np.concatenate([output[key] for output in outputs]) for key in OUTPUT_KEYS}
@@ -324,10 +335,19 @@ def _interpreter_detect(runner, label_map: LabelMap):
     return detect
 
 
+def _on_canvas(detect):
+    """`detect` with every image's window its whole canvas, as the TFLite model sees it (module doc)."""
+    def run(images, windows):
+        size = float(images.shape[1])
+        return detect(images, tf.tile(tf.constant([[0.0, 0.0, size, size]]), [len(images), 1]))
+
+    return run
+
+
 def _recording(detect, rows: list[dict]):
     """`detect`, keeping each image's detections (boxes / input size, so verify's tolerance applies)."""
-    def run(images):
-        found = {key: np.asarray(value) for key, value in detect(images).items()}
+    def run(images, windows):
+        found = {key: np.asarray(value) for key, value in detect(images, windows).items()}
         size = float(images.shape[1])
         rows.extend({"boxes": found["boxes"][row] / size, "scores": found["scores"][row],
                      "classes": found["classes"][row], "num_detections": found["num_detections"][row]}

@@ -34,6 +34,7 @@ from detkeeper.evaluation.coco import CocoEvaluator
 from detkeeper.evaluation.runner import compiled_detect, original_detections, records_ground_truth
 from detkeeper.export.serving import OUTPUT_LAYOUT
 from detkeeper.models.archive import load_keras_archive
+from detkeeper.models.boxes import content_windows
 
 #: Largest differences accepted between checkpoint and export (boxes normalized to the image), and
 #: (``anchor_box``) between a detection's box and its anchor's raw box, both from the same export call.
@@ -216,7 +217,8 @@ def _reference_detections(model, label_map: LabelMap, records, max_boxes: int):
     for batch in evaluation_dataset(records, label_map, image_size=model.image_size, batch_size=8,
                                     max_boxes=max_boxes, resize=Resize.of(model)):
         canvases.append(batch["images"])
-        raw = {key: np.asarray(value) for key, value in detect(batch["images"]).items()}
+        windows = content_windows(batch["image_scales"], batch["image_sizes"])
+        raw = {key: np.asarray(value) for key, value in detect(batch["images"], windows).items()}
         batch_sizes = batch["image_sizes"].numpy()
         original = original_detections(raw, label_map, batch["image_scales"].numpy(), batch_sizes)
         for row, size in enumerate(batch_sizes):

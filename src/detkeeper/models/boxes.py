@@ -205,28 +205,70 @@ def match_anchors(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor
             "matched_boxes": boxes}
 
 
+def content_windows(factors, sizes) -> tf.Tensor:
+    """Where each image lies in its model input, ``[B, 4]`` ``(0, 0, height, width)`` in model pixels:
+    the resized image before padding (``sizes`` ``[B, 2]`` original ``(height, width)`` times the
+    resize `factors` ``[B, 2]``, rounded back to the whole pixels the resize made), i.e. the TF OD
+    API's clip window from ``true_image_shapes``. A stretched image fills its canvas."""
+    content = tf.round(tf.cast(sizes, tf.float32) * tf.cast(factors, tf.float32))
+    return tf.concat([tf.zeros_like(content), content], axis=-1)
+
+
+def clip_to_windows(boxes: tf.Tensor, windows: tf.Tensor) -> tf.Tensor:
+    """Boxes ``[B, N, 4]`` clipped to their image's window ``[B, 4]``, as the TF OD API's
+    ``box_list_ops.clip_to_window`` clips (a box wholly outside ends with zero area)."""
+    windows = tf.cast(windows, tf.float32)[:, None, :]
+    return tf.maximum(tf.minimum(boxes, tf.tile(windows[..., 2:], [1, 1, 2])), tf.tile(windows[..., :2], [1, 1, 2]))
+
+
+def clipped_as_nms_returns(boxes: tf.Tensor, clip_size: float | None = None,
+                           clip_window: tf.Tensor | None = None) -> tf.Tensor:
+    """`boxes` clipped as :func:`batched_nms` with the same arguments returns them (bit for bit)."""
+    if clip_size is not None:
+        boxes = tf.clip_by_value(boxes, 0.0, float(clip_size))
+    if clip_window is not None:
+        boxes = clip_to_windows(boxes, clip_window)
+    return boxes
+
+
 def batched_nms(boxes: tf.Tensor, scores: tf.Tensor, max_detections: int = 100,
                 iou_threshold: float = 0.5, score_threshold: float = 0.05,
-                max_per_class: int | None = None, clip_size: float | None = None
-                ) -> dict[str, tf.Tensor]:
+                max_per_class: int | None = None, clip_size: float | None = None,
+                clip_window: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Per-class NMS over ``boxes [B, A, 4]`` and probabilities ``scores [B, A, C]``.
 
     Boxes are clipped to ``[0, clip_size]`` first when given, so overlap is measured on the
-    visible part. Returns ``boxes [B, D, 4]`` (pixels), ``scores [B, D]``, ``classes [B, D]``
-    int32 and ``num_detections [B]`` int32 with ``D = max_detections``; rows past
-    ``num_detections`` have box 0, score 0 and class -1, so padding cannot pass for class 0.
+    visible part. With ``clip_window`` ``[B, 4]`` (each image's ``ymin, xmin, ymax, xmax``) NMS
+    works as the TF OD API's ``multiclass_non_max_suppression`` with a clip window: each class
+    keeps up to ``max_per_class`` boxes suppressed as they are, then the survivors are clipped to
+    the window and those left with zero area (wholly outside it, e.g. in the padding) are dropped
+    (``_clip_window_prune_boxes``), so the next ones take their places in the best
+    ``max_detections``; a dropped box has still suppressed its neighbours.
+
+    Returns ``boxes [B, D, 4]`` (pixels), ``scores [B, D]``, ``classes [B, D]`` int32 and
+    ``num_detections [B]`` int32 with ``D = max_detections``; rows past ``num_detections`` have
+    box 0, score 0 and class -1, so padding cannot pass for class 0.
     ``combined_non_max_suppression`` has no XLA kernel: keep this out of ``jit_compile``.
     """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    if clip_size is not None:
-        boxes = tf.clip_by_value(boxes, 0.0, float(clip_size))
+    boxes = clipped_as_nms_returns(tf.convert_to_tensor(boxes, tf.float32), clip_size)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    per_class = max_per_class or max_detections
+    # Behind a window every class's survivors are candidates: any of the best may be dropped.
+    kept = max_detections if clip_window is None else max(per_class * int(scores.shape[-1]), max_detections)
     nmsed_boxes, nmsed_scores, nmsed_classes, num = tf.image.combined_non_max_suppression(
-        boxes[:, :, None, :], tf.convert_to_tensor(scores, tf.float32),
-        max_output_size_per_class=max_per_class or max_detections,
-        max_total_size=max_detections, iou_threshold=iou_threshold,
-        score_threshold=score_threshold, clip_boxes=False)
-    num = tf.cast(num, tf.int32)
-    real = tf.range(max_detections)[None, :] < num[:, None]
+        boxes[:, :, None, :], scores, max_output_size_per_class=per_class, max_total_size=kept,
+        iou_threshold=iou_threshold, score_threshold=score_threshold, clip_boxes=False)
+    real = tf.range(kept)[None, :] < tf.cast(num, tf.int32)[:, None]
+    if clip_window is not None:
+        nmsed_boxes = clip_to_windows(nmsed_boxes, clip_window)
+        real &= area(nmsed_boxes) > 0.0
+        # The survivors in their order (score, as NMS ranked them), the dropped ones after them.
+        order = tf.argsort(tf.where(real, tf.range(kept)[None, :], kept), axis=1, stable=True)[:, :max_detections]
+        nmsed_boxes, nmsed_scores, nmsed_classes, real = (
+            tf.gather(values, order, batch_dims=1) for values in (nmsed_boxes, nmsed_scores, nmsed_classes, real))
+        nmsed_boxes = tf.where(real[..., None], nmsed_boxes, 0.0)
+        nmsed_scores = tf.where(real, nmsed_scores, 0.0)
+    num = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
     classes = tf.where(real, tf.cast(nmsed_classes, tf.int32), -1)
     return {"boxes": nmsed_boxes, "scores": nmsed_scores, "classes": classes,
             "num_detections": num}

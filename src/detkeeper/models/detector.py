@@ -43,8 +43,9 @@ class Detector(keras.Model):
     #: The RGB value (0..255) padding fills with (``model.resize.mode: pad``): a family whose
     #: normalisation maps another value to zero overrides it (see ``detkeeper.data.augment.Resize``).
     pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    #: Whether NMS sees the decoded boxes clipped to the image (detkeeper's families), or as they
-    #: are and clipped afterwards (the TF OD API's SSD post-processing); the two suppress
+    #: Whether NMS sees the decoded boxes clipped to the canvas (detkeeper's families), or as they
+    #: are, the survivors then clipped to the image's content window and those it leaves empty
+    #: dropped (the TF OD API's SSD post-processing, see :meth:`nms_clipping`); the two suppress
     #: differently near the border, where clipping changes the overlaps.
     CLIP_BEFORE_NMS: bool = True
     #: Whether the outputs hold a background score (the TF OD API's slot 0, ``add_background_class``):
@@ -118,25 +119,44 @@ class Detector(keras.Model):
                 metric.update_state(y, y_pred)
         return self.get_metrics_result()
 
-    def postprocess(self, outputs: dict) -> dict:
-        """Candidates -> the final detections, by class-aware NMS (see ``CLIP_BEFORE_NMS``)."""
+    def postprocess(self, outputs: dict, windows: tf.Tensor | None = None) -> dict:
+        """Candidates -> the final detections, by class-aware NMS clipped as :meth:`nms_clipping` says.
+        `windows` ``[B, 4]``: where each image lies in its canvas (``boxes.content_windows``)."""
         candidate_boxes, scores = self.decode_boxes_and_scores(outputs)
-        found = boxes.batched_nms(candidate_boxes, scores, max_detections=self.max_detections,
-                                  iou_threshold=self.iou_threshold, score_threshold=self.score_threshold,
-                                  clip_size=self.image_size if self.CLIP_BEFORE_NMS else None)
-        if not self.CLIP_BEFORE_NMS:
-            found["boxes"] = tf.clip_by_value(found["boxes"], 0.0, float(self.image_size))
-        return found
+        return boxes.batched_nms(candidate_boxes, scores, max_detections=self.max_detections,
+                                 iou_threshold=self.iou_threshold, score_threshold=self.score_threshold,
+                                 **self.nms_clipping(windows, tf.shape(candidate_boxes)[0]))
+
+    def nms_clipping(self, windows: tf.Tensor | None, batch_size) -> dict:
+        """``boxes.batched_nms``'s clipping arguments for this family. Without ``CLIP_BEFORE_NMS``
+        (the TF OD API's SSDs) the survivors of NMS are clipped to each image's content window and
+        those wholly outside it dropped, as the API's post-processing does with its clip window
+        (``true_image_shapes``; the whole canvas when `windows` is None, and for a stretched image).
+        detkeeper's own families clip every candidate to the canvas before NMS and keep what NMS
+        keeps: they ignore `windows` (their detections in the padding are empty once mapped back
+        to the photo, see ``boxes.to_original_pixels``)."""
+        if self.CLIP_BEFORE_NMS:
+            return {"clip_size": self.image_size}
+        if windows is None:
+            size = float(self.image_size)
+            windows = tf.tile(tf.constant([[0.0, 0.0, size, size]]), [batch_size, 1])
+        return {"clip_window": tf.cast(windows, tf.float32)}
 
     def predict_step(self, data):
+        """``predict`` over images, or over pipeline batches (their ``image_scales`` and
+        ``image_sizes`` give each image's content window)."""
         images = data[0] if isinstance(data, (tuple, list)) else data
+        windows = None
         if isinstance(images, dict):
+            if "image_scales" in images and "image_sizes" in images:
+                windows = boxes.content_windows(images["image_scales"], images["image_sizes"])
             images = images["images"]
-        return self.postprocess(self(images, training=False))
+        return self.postprocess(self(images, training=False), windows)
 
-    def detect(self, images: tf.Tensor) -> dict:
-        """Decoded detections for a batch, without Keras' predict loop (for evaluation and tests)."""
-        return self.postprocess(self(images, training=False))
+    def detect(self, images: tf.Tensor, windows: tf.Tensor | None = None) -> dict:
+        """Decoded detections for a batch, without Keras' predict loop (for evaluation and tests);
+        `windows` as :meth:`postprocess` takes them."""
+        return self.postprocess(self(images, training=False), windows)
 
     def parts(self) -> dict[str, list]:
         """The model's variables as ``{"backbone", "neck", "head"}``, disjoint and covering

@@ -33,6 +33,7 @@ from detkeeper.errors import DetkeeperError
 from detkeeper.evaluation.evaluate import prepare_evaluation
 from detkeeper.evaluation.results import EvaluationResult
 from detkeeper.evaluation.runner import original_detections
+from detkeeper.models.boxes import content_windows
 from detkeeper.run.evaluations import METRICS_FILE, cached_evaluation_dir
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.ledger import LedgerEntry
@@ -109,7 +110,8 @@ def detect_samples(model, records: Sequence[DetectionRecord], label_map: LabelMa
         return ()
     batch = next(iter(evaluation_dataset(list(records), label_map, image_size=image_size,
                                          batch_size=len(records), max_boxes=max_boxes, resize=Resize.of(model))))
-    raw = {key: np.asarray(value) for key, value in model.detect(batch["images"]).items()}
+    windows = content_windows(batch["image_scales"], batch["image_sizes"])
+    raw = {key: np.asarray(value) for key, value in model.detect(batch["images"], windows).items()}
     found = original_detections(raw, label_map, batch["image_scales"].numpy(), batch["image_sizes"].numpy())
     samples = []
     for row, record in enumerate(records):

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
+from detkeeper.models.boxes import content_windows
 from detkeeper.run.layout import TRAIN_LOGS_DIR, VALIDATION_LOGS_DIR
 from detkeeper.visualize import draw_boxes
 
@@ -76,7 +77,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def _pictures(self) -> np.ndarray:
         swap = self.weight_average.swapped_in(self.model) if self.weight_average else contextlib.nullcontext()
         with swap:
-            detections = self.model.detect(self.sample_batch["images"])
+            detections = self.model.detect(self.sample_batch["images"], content_windows(
+                self.sample_batch["image_scales"], self.sample_batch["image_sizes"]))
         pictures = []
         for image, boxes, scores, classes, count in zip(
                 self.sample_batch["images"].numpy(), detections["boxes"].numpy(), detections["scores"].numpy(),

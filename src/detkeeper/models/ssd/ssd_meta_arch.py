@@ -7,8 +7,11 @@ th, tw`` of the faster-rcnn box coder, before its scales 10, 10, 5, 5 are undone
 ``class_logits`` (``class_predictions_with_background``: ``[B, A, C + 1]`` with slot 0 the
 background where the family has one, ``BACKGROUND_CLASS``, the API's ``add_background_class``;
 ``[B, A, C]`` otherwise), over the family's ``anchors`` (``[A, 4]`` yxyx in input pixels, in the
-API's order). Decoding uses the sigmoid score converter and drops the background slot; NMS clips
-after suppressing (``CLIP_BEFORE_NMS = False``), as the API's ``batch_non_max_suppression`` does.
+API's order). Decoding uses the sigmoid score converter and drops the background slot; NMS suppresses
+the boxes as they are, then clips each class's survivors to the image's content window and drops
+those it leaves empty (``CLIP_BEFORE_NMS = False``, ``Detector.nms_clipping``), as the API's
+``multiclass_non_max_suppression`` does with the clip window ``postprocess`` gives it
+(``_compute_clip_window``: the resized photo without its padding).
 
 The loss (detkeeper's pieces, as the zoo configs set them): the argmax matcher (IoU >= 0.5
 positive, below background, each object's best anchor forced), sigmoid focal loss
@@ -38,7 +41,7 @@ class SsdMetaArch(Detector):
     logits), ``anchors`` and their config's loss settings."""
 
     LOSS_TERMS = ("class_loss", "box_loss")
-    CLIP_BEFORE_NMS = False  # the API's batch_non_max_suppression clips after NMS
+    CLIP_BEFORE_NMS = False  # the API's NMS clips its survivors to the content window and prunes empty ones
     BACKGROUND_CLASS = True  # slot 0 of class_logits
     FOCAL_ALPHA, FOCAL_GAMMA, SMOOTH_L1_DELTA = 0.25, 2.0, 1.0  # the zoo configs' usual values
 
