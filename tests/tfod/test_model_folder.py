@@ -99,10 +99,13 @@ def test_a_folder_of_a_model_detkeeper_does_not_reproduce_is_refused_saying_why(
 
 
 @pytest.mark.slow
-def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfod_oracle_dir, tmp_path):
+def test_export_of_the_folder_is_verified_and_answers_like_the_apis_exporter(tfod_oracle_dir, tmp_path, predicted):
     """`detkeeper export FOLDER --verify-with photo.jpg`: the zoo folder has no eval data, so the
-    photo verifies it; the published SavedModel then gives the API exporter's outputs on it."""
+    photo verifies it; the published SavedModel then gives the API exporter's outputs on it. (The
+    folder's run, read once, is the one `predict` made: the export reads it from the cache.)"""
     import tensorflow as tf
+
+    predicted(FOLDER)
 
     out = tmp_path / "exported"
     photo = tfod_oracle_dir / "photo.jpg"

@@ -1,18 +1,18 @@
 """The `bccd` preset on real photos: BCCD blood cells (VOC, train 205 / val 87 images, 3 classes).
 
-A shortened run of the preset (fcos_tiny from random init, at 192 px instead of 448 to cut the step
-time by four fifths, evaluated on the val split every 40 steps) through `train`. The learning rate
+A shortened run of the preset (fcos_tiny from random init, at 160 px instead of 448 to cut the step
+time by seven eighths, evaluated on the val split every 40 steps) through `train`. The learning rate
 drops 100-fold at step 200 (a step schedule), so val mAP flattens and early stopping (patience 2,
 min_delta 0.01) has to end the run before the 480-step cap. The test checks that it learned (val
 mAP above a floor), that the ledger kept exactly the 3 best evaluations by val mAP plus the 2
 latest and deleted the others (checked against the logged history), that training stopped exactly
 where the early-stopping rule applied to that history says, and that a rerun stays stopped.
 
-Measured on 2 CPU cores (2026-12-05, deterministic: op determinism is on): val mAP 0.013, 0.166,
-0.207, 0.324, 0.303, 0.341, 0.346, 0.349 at steps 40-320, stopped at step 320; best 0.349 (mAP50
-0.590); 65 s for the whole test on quiet cores. The floor, 0.28, leaves 0.069 of margin. At 256 px
-the same run reached 0.366 in about twice the time; at 320 px with evaluations every 50 and the
-drop at 250, 0.401 in 159 s.
+Measured on 2 CPU cores (2026-12-05, deterministic: op determinism is on): val mAP 0.035, 0.151,
+0.259, 0.265, 0.324, 0.341, 0.346, 0.349 at steps 40-320, stopped at step 320; best 0.349; 73
+CPU-seconds for the run (192 px: the same best and stop, about 100). The floor, 0.28, leaves 0.069
+of margin. At 128 px: best 0.334 (63 CPU-seconds); dropping the rate at step 120 instead: 0.295 and
+a later stop; at 256 px 0.366 in about twice the time of 192 px.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_bccd_preset_learns_keeps_the_best_and_stops_early(bccd_root, tmp_path):
     config = load_config("bccd", [
         f"run_dir={tmp_path / 'run'}", f"data.train={voc(bccd_root, 'train')}",
         f"data.val={voc(bccd_root, 'val')}", "data.test=null",
-        "model.image_size=192", f"train.steps={STEPS}", "train.schedule.warmup_steps=40",
+        "model.image_size=160", f"train.steps={STEPS}", "train.schedule.warmup_steps=40",
         "train.schedule.name=step", f"train.schedule.decay_steps=[{DECAY_AT}]", "train.schedule.decay_rate=0.01",
         f"evaluation.every_steps={EVERY}", "checkpoint.keep_best=3", "checkpoint.keep_last=2",
         "early_stopping.enabled=true", f"early_stopping.patience={PATIENCE}",
