@@ -47,7 +47,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +55,7 @@ from google.protobuf.message import DecodeError
 from PIL import Image, UnidentifiedImageError
 
 from detkeeper.data.image_format import sniff_format
+from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
@@ -180,45 +181,29 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
 
 def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
-                   label_map: LabelMap | None = None) -> Readout:
-    """Records of TF OD API TFRecords, boxes in pixels, each image left in its file (an
+                   label_map: LabelMap | None = None, *, check_images: bool = False,
+                   progress: Callable[[int], None] | None = None) -> Readout:
+    """Records of TF OD API TFRecords, boxes in pixels, each image left in its file (a
     :class:`ByteSpan` of the shard), so memory does not grow with the images.
 
-    Without `label_map` one is derived from the (class/label, class/text) pairs of the files.
-    A damaged file keeps the records before the damage and is reported as ``corrupt_record``.
+    Shards are read side by side, through the dataset index (:mod:`detkeeper.data.index`): a
+    shard read before, unchanged, is not read again. With `check_images` every image is opened
+    in the same pass (and the readout's ``image_facts`` say what was found). Without `label_map`
+    one is derived from the (class/label, class/text) pairs of the files. A damaged file keeps the
+    records before the damage and is reported as ``corrupt_record``.
     """
+    parts = indexed_parts(expand_paths(paths), lambda file: read_tfrecord_file(file, label_map), label_map,
+                          check_images=check_images, progress=progress)
     records: list[DetectionRecord] = []
     problems: list[Problem] = []
     texts_of_label: dict[int, set[str]] = {}
-    for file in expand_paths(paths):
-        for number, (raw, offset) in enumerate(_framed_records(file)):
-            if isinstance(raw, _Damage):
-                problems.append(Problem("corrupt_record", f"{file}#{number}", raw.detail))
-                break
-            source = f"{file}#{number}"
-            try:
-                example = _parse(raw, source)
-                class_ids = _class_ids(example, label_map, source)
-            except _Unusable as error:
-                problems.append(Problem(error.kind, source, str(error), error.image_id))
-                continue
-            if label_map is None:
-                _collect_texts(example, texts_of_label, source)
-            keep = np.ones(len(class_ids), bool)
-            for box_index, class_id in enumerate(class_ids):
-                if label_map is not None and not label_map.has_id(class_id):
-                    keep[box_index] = False
-                    text = f" ({example.texts[box_index]!r})" if example.texts else ""
-                    problems.append(Problem("unknown_class", source,
-                                            f"class {class_id}{text} is not in the label map; box left out",
-                                            example.image_id, len(records), box_index))
-            # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
-            span = ByteSpan(str(file), offset + raw.find(example.encoded), len(example.encoded))
-            records.append(DetectionRecord(
-                image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
-                is_crowd=example.is_crowd[keep], source=source, image_span=span,
-                width=example.width, height=example.height, area=example.area[keep],
-                original_id=example.original_id))
+    for part in parts:
+        problems += [problem if problem.record_index is None
+                     else dataclasses.replace(problem, record_index=problem.record_index + len(records))
+                     for problem in part.problems]
+        records += part.records
+        for label, texts in part.texts_of_label.items():
+            texts_of_label.setdefault(label, set()).update(texts)
     if label_map is None:
         if not records and problems:  # nothing readable to take class names from: say why, not "no classes"
             raise DataError(f"no record could be read, so no label map can be derived from them: "
@@ -226,7 +211,44 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                             f"{' ...' if len(problems) > 3 else ''}. Give the label map they were made with "
                             "(--label-map, data.label_map) to have every problem counted.")
         label_map = _derived_label_map(texts_of_label)
-    return Readout(records, label_map, problems)
+    facts = [facts for part in parts for facts in part.image_facts] if check_images else None
+    return Readout(records, label_map, problems, facts)
+
+
+def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
+    """One shard's records and problems (``record_index`` counting within the shard)."""
+    records: list[DetectionRecord] = []
+    problems: list[Problem] = []
+    texts_of_label: dict[int, set[str]] = {}
+    for number, (raw, offset) in enumerate(_framed_records(file)):
+        if isinstance(raw, _Damage):
+            problems.append(Problem("corrupt_record", f"{file}#{number}", raw.detail))
+            break
+        source = f"{file}#{number}"
+        try:
+            example = _parse(raw, source)
+            class_ids = _class_ids(example, label_map, source)
+        except _Unusable as error:
+            problems.append(Problem(error.kind, source, str(error), error.image_id))
+            continue
+        if label_map is None:
+            _collect_texts(example, texts_of_label, source)
+        keep = np.ones(len(class_ids), bool)
+        for box_index, class_id in enumerate(class_ids):
+            if label_map is not None and not label_map.has_id(class_id):
+                keep[box_index] = False
+                text = f" ({example.texts[box_index]!r})" if example.texts else ""
+                problems.append(Problem("unknown_class", source,
+                                        f"class {class_id}{text} is not in the label map; box left out",
+                                        example.image_id, len(records), box_index))
+        # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
+        span = ByteSpan(str(file), offset + raw.find(example.encoded), len(example.encoded))
+        records.append(DetectionRecord(
+            image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
+            is_crowd=example.is_crowd[keep], source=source, image_span=span,
+            width=example.width, height=example.height, area=example.area[keep],
+            original_id=example.original_id))
+    return FilePart(records, problems, texts_of_label)
 
 
 @dataclasses.dataclass(frozen=True)
