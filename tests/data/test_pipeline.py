@@ -140,3 +140,34 @@ def test_jpeg_decodes_to_the_pixels_pil_decodes_and_png_as_it_is():
         np.testing.assert_array_equal(decoded_in_a_graph.numpy(), expected)
         fast = tf.io.decode_image(data, channels=3).numpy()
         assert (fast != expected).any() == (fmt == "JPEG")  # the default the pipeline used before
+
+
+def test_tfrecord_images_stream_from_their_shards_as_the_same_batches(records, tmp_path):
+    """Records read from TFRecords keep only where each image lies in its shard, not its bytes;
+    the pipeline reads them from there and makes the batches the image files make."""
+    from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+
+    write_tfrecords(records, LABELS, tmp_path / "shards" / "train.record", num_shards=3)
+    streamed = read_tfrecords(str(tmp_path / "shards" / "train.record-*"), LABELS).records
+    assert all(record.encoded_image is None and record.image_span is not None for record in streamed)
+    by_id = {record.image_id: record for record in records}
+    files = [by_id[record.image_id] for record in streamed]  # the same records, in the shards' order
+    evaluated = evaluation_dataset(streamed, LABELS, image_size=32, batch_size=4, max_boxes=5)
+    expected = evaluation_dataset(files, LABELS, image_size=32, batch_size=4, max_boxes=5)
+    for got, wanted in zip(_batches(_train(streamed), 4) + _batches(evaluated, 3),
+                           _batches(_train(files), 4) + _batches(expected, 3)):
+        for key in ("images", "image_ids", "classes", "image_sizes"):
+            np.testing.assert_array_equal(got[key], wanted[key], err_msg=key)
+        np.testing.assert_allclose(got["boxes"], wanted["boxes"], atol=1e-5)  # TFRecords keep them normalized
+
+
+def test_a_shard_cut_short_after_reading_is_an_error_naming_it(records, tmp_path):
+    from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+
+    (path,) = write_tfrecords(records, LABELS, tmp_path / "train.record", num_shards=1)
+    streamed = read_tfrecords(path, LABELS).records
+    path.write_bytes(path.read_bytes()[: streamed[-1].image_span.offset + 10])
+    with pytest.raises(OSError, match=f"{path} ends at byte .*the file changed since it was read"):
+        streamed[-1].read_encoded()
+    with pytest.raises(Exception, match=f"{path} ends at byte"):
+        _batches(evaluation_dataset(streamed, LABELS, image_size=32, batch_size=10, max_boxes=5), 1)

@@ -37,8 +37,9 @@ def import_tensorflow_quietly() -> None:
 
 
 @contextlib.contextmanager
-def progress(total: int, description: str, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A tqdm bar on stderr (hidden with --quiet or when stderr is not a terminal)."""
+def progress(total: int | None, description: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr (hidden with --quiet or when stderr is not a terminal); a count and a
+    rate where the `total` is not known beforehand (records read through the dataset index)."""
     with tqdm(total=total, desc=description, unit="img", disable=True if quiet else None,
               file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
         yield bar.update

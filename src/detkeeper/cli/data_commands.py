@@ -150,7 +150,8 @@ def run_check(args) -> int:
     target = _resolve_target(args, check_images=not args.no_images)
     summaries, any_errors = [], False
     for split in target.splits:
-        readout = target.sources.readout(split)
+        with progress(None, f"reading {target.labels[split]}", args.quiet or args.json) as update:
+            readout = target.sources.readout(split, progress=update)
         with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet or args.json) as update:
             prepared = target.sources.prepare(split, progress=update, log_problems=False, allow_empty=True)
         summaries.append(_summary(target.labels[split], prepared))
@@ -194,7 +195,8 @@ def run_convert(args) -> int:
     if len(target.splits) != 1:
         raise DataError(f"{args.target}: a config names several splits; choose one with --split")
     split = target.splits[0]
-    readout = target.sources.readout(split)
+    with progress(None, f"reading {target.labels[split]}", args.quiet or args.json) as update:
+        readout = target.sources.readout(split, progress=update)
     with progress(len(readout.records), f"checking {target.labels[split]}", args.quiet or args.json) as update:
         prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)

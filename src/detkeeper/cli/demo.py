@@ -142,7 +142,8 @@ def _check_splits(sources, steps: _Steps, quiet: bool) -> None:
     steps.say(f"    classes: {', '.join(sources.label_map.names)}")
     checked = {}
     for split in sources.configured_splits:
-        readout = sources.readout(split)
+        with progress(None, f"reading {split}", quiet) as update:
+            readout = sources.readout(split, progress=update)
         with progress(len(readout.records), f"checking {split}", quiet) as update:
             prepared = sources.prepare(split, progress=update)
         problems = len(prepared.report.problems)

@@ -133,12 +133,14 @@ def find_crowded(records: Sequence[DetectionRecord], max_boxes: int) -> list[Pro
 
 def check_records(records: Sequence[DetectionRecord], *, max_boxes: int | None = None,
                   check_images: bool = True, workers: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[Problem]:
+                  progress: Callable[[int], None] | None = None,
+                  image_facts: Sequence[ImageFacts] | None = None) -> list[Problem]:
     """All problems of `records`; their `record_index`/`box_index` point into `records`.
 
     With ``check_images=False`` only the annotations are checked (boxes against the declared
-    size): fast, but a corrupt image is then only found when training decodes it.
-    `progress` is called with the number of records finished since the last call.
+    size): fast, but a corrupt image is then only found when training decodes it. `image_facts`
+    (one per record) are what opening the images found already (the dataset index): they are not
+    opened again. `progress` is called with the number of records finished since the last call.
     """
     found = find_duplicates(records)
     if max_boxes is not None:
@@ -149,14 +151,22 @@ def check_records(records: Sequence[DetectionRecord], *, max_boxes: int | None =
             if progress:
                 progress(1)
         return found
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for index, facts in enumerate(pool.map(inspect_image, records, range(len(records)))):
-            found.extend(facts.problems)
+    if image_facts is not None:
+        opened = iter(image_facts)
+        pool = None
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2))
+        opened = pool.map(inspect_image, records)
+    try:
+        for index, facts in enumerate(opened):
+            found.extend(dataclasses.replace(problem, record_index=index) for problem in facts.problems)
             if facts.size is not None or not any(p.scope == "record" for p in facts.problems):
                 found.extend(check_boxes(records[index], facts.size, index))
             if progress:
                 progress(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return found
 
 

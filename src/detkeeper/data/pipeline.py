@@ -29,7 +29,7 @@ import tensorflow as tf
 from detkeeper.data import augment
 from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.record import DetectionRecord
+from detkeeper.data.record import ByteSpan, DetectionRecord
 
 _SEED_SALT = 0x5EED
 
@@ -75,36 +75,67 @@ class InputShard:
 
 
 class _RecordTensors:
-    """The records as flat tensors that a tf.data map function can index by position."""
+    """The records as flat tensors that a tf.data map function can index by position.
+
+    Images stay where the records say they are (a file, a span of a TFRecord shard, or bytes made
+    in memory) and are read when a record is loaded: memory grows with the boxes, not the images.
+    """
 
     def __init__(self, records: Sequence[DetectionRecord], label_map: LabelMap) -> None:
         if not records:
             raise ValueError("the input pipeline needs at least one record")
-        paths, encoded, boxes, classes, lengths = [], [], [], [], []
+        files: dict[str, int] = {}
+        file_index, offsets, lengths, inline, boxes, classes, lengths_of_boxes = [], [], [], [], [], [], []
         for record in records:
-            paths.append(str(record.image_path) if record.image_path is not None else "")
-            encoded.append(record.encoded_image or b"")
+            span = record.image_span
+            path = span.path if span is not None else record.image_path
+            file_index.append(files.setdefault(str(path), len(files)) if path is not None else -1)
+            offsets.append(span.offset if span is not None else 0)
+            lengths.append(span.length if span is not None else -1)  # -1: the whole file
+            inline.append(record.encoded_image or b"")
             trained = ~record.is_crowd
             boxes.append(record.boxes[trained])
             classes.append(label_map.ids_to_indices(record.class_ids[trained]))
-            lengths.append(int(trained.sum()))
+            lengths_of_boxes.append(int(trained.sum()))
         self.count = len(records)
-        self.paths = tf.constant(paths, tf.string)
-        self.encoded = tf.constant(encoded, tf.string)
+        self.files = tf.constant(list(files) or [""], tf.string)
+        self.file_index = tf.constant(file_index, tf.int32)
+        self.offsets = tf.constant(offsets, tf.int64)
+        self.lengths = tf.constant(lengths, tf.int64)
+        # Bytes made in memory (tests, generated records); a dataset read from disk has none.
+        self.inline = tf.constant(inline, tf.string) if any(inline) else None
         self.image_ids = tf.constant([record.image_id for record in records], tf.string)
-        self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(lengths)]), tf.int64)
+        self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(lengths_of_boxes)]), tf.int64)
         self.boxes = tf.constant(np.concatenate(boxes).reshape(-1, 4), tf.float32)
         self.classes = tf.constant(np.concatenate(classes).astype(np.int32), tf.int32)
 
+    def encoded(self, index: tf.Tensor) -> tf.Tensor:
+        """The encoded image of record `index`: its file, its span of a file, or its bytes."""
+        file = self.file_index[index]
+        path = self.files[tf.maximum(file, 0)]
+        offset, length = self.offsets[index], self.lengths[index]
+
+        def from_disk():
+            return tf.cond(length < 0, lambda: tf.io.read_file(path),
+                           lambda: tf.ensure_shape(tf.numpy_function(_read_span, [path, offset, length], tf.string,
+                                                                     stateful=False), []))
+
+        if self.inline is None:
+            return from_disk()
+        return tf.cond(file < 0, lambda: self.inline[index], from_disk)
+
     def example(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Decoded RGB image (float32), boxes, classes and image id of record `index`."""
-        path = self.paths[index]
-        data = tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path),
-                       lambda: self.encoded[index])
-        image = decode_rgb(data)
+        image = decode_rgb(self.encoded(index))
         start, end = self.row_splits[index], self.row_splits[index + 1]
         return (tf.cast(image, tf.float32), self.boxes[start:end], self.classes[start:end],
                 self.image_ids[index])
+
+
+def _read_span(path: bytes, offset: np.int64, length: np.int64) -> bytes:
+    """A span of a file, for tf.numpy_function: TensorFlow has no op that reads part of a file
+    without reading what comes before it (FixedLengthRecordDataset skips by reading)."""
+    return ByteSpan(path.decode("utf-8"), int(offset), int(length)).read()
 
 
 def epoch_order(num_records: int, seed: int, epoch: int) -> tf.Tensor:

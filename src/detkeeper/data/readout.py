@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from detkeeper.data.check import ImageFacts
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
@@ -24,3 +25,6 @@ class Readout:
     records: list[DetectionRecord]
     label_map: LabelMap
     problems: list[Problem]
+    #: Per record, what opening its image found, when the reader already did (from the dataset
+    #: index); None: the images are still to be opened.
+    image_facts: list[ImageFacts] | None = None

@@ -21,18 +21,52 @@ integer ids order images numerically, as pycocotools sorts them; see :func:`coco
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from detkeeper.files import is_url
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteSpan:
+    """`length` bytes at `offset` of the file at `path`: where a TFRecord keeps a record's encoded
+    image. Readers keep this, not the bytes, so a dataset's images stay on disk until decoded."""
+
+    path: str
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        """The bytes (an OSError when the file is gone or now ends before them)."""
+        if is_url(self.path):  # gs:// and the like: what tf.io.gfile reads
+            import tensorflow as tf  # light: imports TensorFlow
+
+            with tf.io.gfile.GFile(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(self.length)
+        else:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(self.length)
+        if len(data) != self.length:
+            raise OSError(f"{self.path} ends at byte {self.offset + len(data)}, before the {self.length} bytes at "
+                          f"{self.offset} (the file changed since it was read)")
+        return data
+
+    def describe(self) -> str:
+        return f"bytes {self.offset}-{self.offset + self.length} of {os.fspath(self.path)}"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DetectionRecord:
     """One annotated image, before any decoding or augmentation.
 
-    Exactly one of `image_path` and `encoded_image` is set: readers of image folders (VOC, COCO)
-    point at files, the TFRecord reader carries the encoded bytes it found in the record.
+    Exactly one of `image_path`, `image_span` and `encoded_image` is set: readers of image folders
+    (VOC, COCO) point at files, the TFRecord reader at the bytes of the image inside its record;
+    `encoded_image` holds images made in memory (the synthetic dataset, before it is written).
     `width` and `height` are what the annotation declares (None when it declares nothing).
     `source` names where the record came from (a file, or ``file.tfrecord#17``) for messages.
     `area` is each object's declared area in pixels (NaN: none declared). `original_id` is the
@@ -49,6 +83,7 @@ class DetectionRecord:
     source: str
     image_path: Path | None = None
     encoded_image: bytes | None = None
+    image_span: ByteSpan | None = None
     width: int | None = None
     height: int | None = None
     area: np.ndarray | None = None  # float64 [N], NaN where the format declares none
@@ -74,8 +109,8 @@ class DetectionRecord:
         if str(self.original_id) != self.image_id:
             raise ValueError(f"{self.source}: image_id {self.image_id!r} must be the string form of "
                              f"original_id {self.original_id!r}")
-        if (self.image_path is None) == (self.encoded_image is None):
-            raise ValueError(f"{self.source}: set exactly one of image_path and encoded_image")
+        if sum(where is not None for where in (self.image_path, self.encoded_image, self.image_span)) != 1:
+            raise ValueError(f"{self.source}: set exactly one of image_path, image_span and encoded_image")
 
     @property
     def num_boxes(self) -> int:
@@ -87,9 +122,11 @@ class DetectionRecord:
         return np.where(np.isnan(self.area), box_area, self.area)
 
     def read_encoded(self) -> bytes:
-        """The encoded image (JPEG/PNG bytes), read from disk when the record points at a file."""
+        """The encoded image (JPEG/PNG bytes), read from disk unless the record holds it."""
         if self.encoded_image is not None:
             return self.encoded_image
+        if self.image_span is not None:
+            return self.image_span.read()
         assert self.image_path is not None
         return Path(self.image_path).read_bytes()
 

@@ -46,15 +46,18 @@ class PreparedSplit:
         return sum(record.num_boxes for record in self.records)
 
 
-def read_source(source, label_map: LabelMap | None, synthetic=None) -> Readout:
-    """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format."""
+def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
+                progress: Callable[[int], None] | None = None) -> Readout:
+    """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format.
+    A reader that goes through the dataset index (TFRecord) opens the images too with
+    `check_images`, and reports the records it has read to `progress`."""
     if source.format == "voc":
         return read_voc(source.path, split=source.split, label_map=label_map)
     if source.format == "coco":
         return read_coco(source.path, images_dir=source.images, label_map=label_map)
     if source.format == "tfrecord":
         from detkeeper.data.tfrecord import read_tfrecords  # light: imports TensorFlow
-        return read_tfrecords(source.path, label_map=label_map)
+        return read_tfrecords(source.path, label_map=label_map, check_images=check_images, progress=progress)
     if source.format == "synthetic":
         root = ensure_synthetic(source.path, synthetic)
         return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"))
@@ -108,7 +111,7 @@ class DataSources:
                     root = ensure_synthetic(source.path, self.config.synthetic)
                     self._label_map = LabelMap.read(root / "label_map.pbtxt")
                 else:
-                    readout = read_source(source, None, self.config.synthetic)
+                    readout = read_source(source, None, self.config.synthetic, check_images=self.check_images)
                     self._label_map = readout.label_map
                     self._readouts[first] = readout
         return self._label_map
@@ -117,9 +120,11 @@ class DataSources:
         """How messages name a split: ``data.val (path)``, or the dataset path for ad-hoc sources."""
         return self._display_names.get(split) or f"data.{split} ({self.source(split).path})"
 
-    def readout(self, split: str) -> Readout:
+    def readout(self, split: str, progress: Callable[[int], None] | None = None) -> Readout:
+        """The split as its reader gives it (read once; `progress` counts the records read)."""
         if split not in self._readouts:
-            self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic)
+            self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic,
+                                                check_images=self.check_images, progress=progress)
         return self._readouts[split]
 
     def prepare(self, split: str, progress: Callable[[int], None] | None = None,
@@ -133,7 +138,7 @@ class DataSources:
             return self._prepared[split]
         readout = self.readout(split)
         found = check_records(readout.records, max_boxes=self.config.max_boxes,
-                              check_images=self.check_images, progress=progress)
+                              check_images=self.check_images, progress=progress, image_facts=readout.image_facts)
         report = ProblemReport([*readout.problems, *found])
         where = self.describe(split)
         if self.config.bad_records == "strict":

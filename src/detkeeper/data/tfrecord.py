@@ -47,7 +47,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -55,10 +55,11 @@ from google.protobuf.message import DecodeError
 from PIL import Image, UnidentifiedImageError
 
 from detkeeper.data.image_format import sniff_format
+from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
-from detkeeper.data.record import DetectionRecord, denormalize_yxyx, normalize_yxyx
+from detkeeper.data.record import ByteSpan, DetectionRecord, denormalize_yxyx, normalize_yxyx
 from detkeeper.errors import DataError
 from detkeeper.files import is_out_of_space, out_of_space
 
@@ -180,42 +181,29 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
 
 def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
-                   label_map: LabelMap | None = None) -> Readout:
-    """Records of TF OD API TFRecords, boxes in pixels.
+                   label_map: LabelMap | None = None, *, check_images: bool = False,
+                   progress: Callable[[int], None] | None = None) -> Readout:
+    """Records of TF OD API TFRecords, boxes in pixels, each image left in its file (a
+    :class:`ByteSpan` of the shard), so memory does not grow with the images.
 
-    Without `label_map` one is derived from the (class/label, class/text) pairs of the files.
-    A damaged file keeps the records before the damage and is reported as ``corrupt_record``.
+    Shards are read side by side, through the dataset index (:mod:`detkeeper.data.index`): a
+    shard read before, unchanged, is not read again. With `check_images` every image is opened
+    in the same pass (and the readout's ``image_facts`` say what was found). Without `label_map`
+    one is derived from the (class/label, class/text) pairs of the files. A damaged file keeps the
+    records before the damage and is reported as ``corrupt_record``.
     """
+    parts = indexed_parts(expand_paths(paths), lambda file: read_tfrecord_file(file, label_map), label_map,
+                          check_images=check_images, progress=progress)
     records: list[DetectionRecord] = []
     problems: list[Problem] = []
     texts_of_label: dict[int, set[str]] = {}
-    for file in expand_paths(paths):
-        raw_records, damage = _read_file(file)
-        for number, raw in enumerate(raw_records):
-            source = f"{file}#{number}"
-            try:
-                example = _parse(raw, source)
-                class_ids = _class_ids(example, label_map, source)
-            except _Unusable as error:
-                problems.append(Problem(error.kind, source, str(error), error.image_id))
-                continue
-            if label_map is None:
-                _collect_texts(example, texts_of_label, source)
-            keep = np.ones(len(class_ids), bool)
-            for box_index, class_id in enumerate(class_ids):
-                if label_map is not None and not label_map.has_id(class_id):
-                    keep[box_index] = False
-                    text = f" ({example.texts[box_index]!r})" if example.texts else ""
-                    problems.append(Problem("unknown_class", source,
-                                            f"class {class_id}{text} is not in the label map; box left out",
-                                            example.image_id, len(records), box_index))
-            records.append(DetectionRecord(
-                image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
-                is_crowd=example.is_crowd[keep], source=source, encoded_image=example.encoded,
-                width=example.width, height=example.height, area=example.area[keep],
-                original_id=example.original_id))
-        if damage is not None:
-            problems.append(Problem("corrupt_record", f"{file}#{len(raw_records)}", damage))
+    for part in parts:
+        problems += [problem if problem.record_index is None
+                     else dataclasses.replace(problem, record_index=problem.record_index + len(records))
+                     for problem in part.problems]
+        records += part.records
+        for label, texts in part.texts_of_label.items():
+            texts_of_label.setdefault(label, set()).update(texts)
     if label_map is None:
         if not records and problems:  # nothing readable to take class names from: say why, not "no classes"
             raise DataError(f"no record could be read, so no label map can be derived from them: "
@@ -223,7 +211,75 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                             f"{' ...' if len(problems) > 3 else ''}. Give the label map they were made with "
                             "(--label-map, data.label_map) to have every problem counted.")
         label_map = _derived_label_map(texts_of_label)
-    return Readout(records, label_map, problems)
+    facts = [facts for part in parts for facts in part.image_facts] if check_images else None
+    return Readout(records, label_map, problems, facts)
+
+
+def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
+    """One shard's records and problems (``record_index`` counting within the shard)."""
+    records: list[DetectionRecord] = []
+    problems: list[Problem] = []
+    texts_of_label: dict[int, set[str]] = {}
+    for number, (raw, offset) in enumerate(_framed_records(file)):
+        if isinstance(raw, _Damage):
+            problems.append(Problem("corrupt_record", f"{file}#{number}", raw.detail))
+            break
+        source = f"{file}#{number}"
+        try:
+            example = _parse(raw, source)
+            class_ids = _class_ids(example, label_map, source)
+        except _Unusable as error:
+            problems.append(Problem(error.kind, source, str(error), error.image_id))
+            continue
+        if label_map is None:
+            _collect_texts(example, texts_of_label, source)
+        keep = np.ones(len(class_ids), bool)
+        for box_index, class_id in enumerate(class_ids):
+            if label_map is not None and not label_map.has_id(class_id):
+                keep[box_index] = False
+                text = f" ({example.texts[box_index]!r})" if example.texts else ""
+                problems.append(Problem("unknown_class", source,
+                                        f"class {class_id}{text} is not in the label map; box left out",
+                                        example.image_id, len(records), box_index))
+        # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
+        span = ByteSpan(str(file), offset + raw.find(example.encoded), len(example.encoded))
+        records.append(DetectionRecord(
+            image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
+            is_crowd=example.is_crowd[keep], source=source, image_span=span,
+            width=example.width, height=example.height, area=example.area[keep],
+            original_id=example.original_id))
+    return FilePart(records, problems, texts_of_label)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Damage:
+    """Why a file's records stop being readable at this record."""
+
+    detail: str
+
+
+#: A TFRecord frames each record as uint64 length, uint32 CRC of the length, the data, uint32 CRC of the data.
+_HEADER_BYTES, _FOOTER_BYTES = 12, 4
+
+
+def _framed_records(file: Path):
+    """``(serialized record, offset of its data in the file)`` in file order, read one at a time
+    (TensorFlow checks every CRC); a :class:`_Damage` in place of the first unreadable record."""
+    offset = _HEADER_BYTES
+    number = 0
+    try:
+        for raw in tf.data.TFRecordDataset(str(file)).as_numpy_iterator():
+            yield raw, offset
+            offset += len(raw) + _FOOTER_BYTES + _HEADER_BYTES
+            number += 1
+    except tf.errors.DataLossError as error:
+        found = re.search(r"(corrupted|truncated) record at \d+( \(Is this even a TFRecord file\?\))?",
+                          error.message)
+        reason = found.group(0) if found else error.message.splitlines()[0]
+        yield _Damage(f"cannot read record {number} or any after it ({reason}); "
+                      f"the {number} record(s) before it are kept"), offset
+    except tf.errors.OpError as error:
+        raise DataError(f"{file}: cannot read the TFRecord file ({error.message})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,23 +305,6 @@ class _Unusable(Exception):
         super().__init__(detail)
         self.image_id = image_id
         self.kind = kind
-
-
-def _read_file(file: Path) -> tuple[list[bytes], str | None]:
-    """The serialized records of `file`, and what stopped the reading early (None if nothing)."""
-    raw_records: list[bytes] = []
-    try:
-        for raw in tf.data.TFRecordDataset(str(file)).as_numpy_iterator():
-            raw_records.append(raw)
-    except tf.errors.DataLossError as error:
-        found = re.search(r"(corrupted|truncated) record at \d+( \(Is this even a TFRecord file\?\))?",
-                          error.message)
-        reason = found.group(0) if found else error.message.splitlines()[0]
-        return raw_records, (f"cannot read record {len(raw_records)} or any after it ({reason}); "
-                             f"the {len(raw_records)} record(s) before it are kept")
-    except tf.errors.OpError as error:
-        raise DataError(f"{file}: cannot read the TFRecord file ({error.message})") from None
-    return raw_records, None
 
 
 def _parse(raw: bytes, source: str) -> _Example:
