@@ -84,6 +84,14 @@ def test_synthetic_paths_and_run_dir_need_not_exist(write_config) -> None:
     assert config.data.train.format == "synthetic"
 
 
+@pytest.mark.parametrize("name", ["runs/exp[1]", "runs/lr*", "runs/a?b"])
+def test_a_run_dir_named_with_a_glob_wildcard_is_refused_before_training(write_config, name) -> None:
+    """TensorFlow would save checkpoints there and then fail to read them back ("Failed to find any
+    matching files"), after training."""
+    message = _error(write_config(f"run_dir: '{name}'"))
+    assert "run_dir:" in message and "glob" in message and "choose a folder name without * ? [" in message
+
+
 def test_relative_paths_resolve_against_the_yaml_folder(write_config, tmp_path: Path) -> None:
     dataset = tmp_path / "configs" / "data" / "voc"
     dataset.mkdir(parents=True)

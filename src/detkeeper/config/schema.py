@@ -536,3 +536,13 @@ class RunConfig:
     distribute: DistributeConfig = setting(
         default_factory=DistributeConfig, help="Training on several devices or machines (tf.distribute)."
     )
+
+    def validate(self) -> list[str]:
+        # TensorFlow finds a checkpoint's files by a glob pattern made from its path
+        # (``TensorSliceReader``): in a folder named with one of these, a saved checkpoint cannot be read back.
+        wildcards = sorted(set(self.run_dir) & set("*?["))
+        if wildcards:
+            return [f"run_dir: {self.run_dir!r} contains {' '.join(wildcards)}, which TensorFlow reads as glob "
+                    "wildcards in checkpoint paths, so the run's checkpoints could not be read back; choose a "
+                    "folder name without * ? ["]
+        return []
