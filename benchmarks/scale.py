@@ -9,9 +9,9 @@ val split (one shard), and the label map. Everything lives in ``--out`` (default
 folder, removed at the end, also on failure, unless ``--keep``).
 
 The model is small so the data's cost shows: ``retinanet_tiny`` (demo preset) at 128 px, batch 8,
-the demo's augmentation, ``data.max_boxes`` 32 (the bccd preset's), a constant learning rate, evaluation (50 val images) only at the end,
-early stopping off. The baseline is ``--baseline-rev`` (default 4b3eab8: main before issue 18, the
-in-memory pipeline), checked out with ``git worktree add --detach`` into a temporary folder and run
+the demo's augmentation, ``data.max_boxes`` 32 (the bccd preset's), a constant learning rate,
+evaluation (50 val images) only at the end, early stopping off. The baseline is ``--baseline-rev``
+(default 4b3eab8: main before issue 18, the in-memory pipeline), checked out with ``git worktree add --detach`` into a temporary folder and run
 with PYTHONPATH at its src; this checkout runs with PYTHONPATH at its own src.
 
 Each measurement is one fresh process of ``detkeeper train CONFIG`` (benchmarks/scale_driver.py
@@ -99,8 +99,9 @@ def generate_data(out: Path, sizes: list[int]) -> dict:
     paths = {"label_map": str(label_map.write(out / "label_map.pbtxt"))}
     write_tfrecords(list(copies(val, VAL_RECORDS, 10_000_000)), label_map, out / "val" / "val", 1)
     paths["val"] = str(out / "val" / "val-*")
-    print(f"data: {len(train)} clean BCCD train photos ({sum(len(images[r.image_id]) for r in train) / len(train) / 1e3:.1f} "
-          f"KB JPEG each) replicated; val: {VAL_RECORDS} records of BCCD val", flush=True)
+    kilobytes = sum(len(images[record.image_id]) for record in train) / len(train) / 1e3
+    print(f"data: {len(train)} clean BCCD train photos ({kilobytes:.1f} KB JPEG each) replicated; "
+          f"val: {VAL_RECORDS} records of BCCD val", flush=True)
     for size in sizes:
         started = time.perf_counter()
         shards = write_tfrecords(list(copies(train, size, 1)), label_map, out / f"train{size}" / "train", SHARDS)
@@ -156,6 +157,12 @@ class Run:
         begins = [m for m in self.marks if m["event"] == event and m.get("phase") == "begin"]
         ends = [m for m in self.marks if m["event"] == event and m.get("phase") == "end"]
         return ends[index]["wall"] - begins[index]["wall"], ends[index]["cpu"] - begins[index]["cpu"]
+
+    @property
+    def data_seconds(self) -> float:
+        """Wall seconds of the start's data phases: reading and checking both splits, building the pipeline."""
+        phases = [("read", 0), ("check", 0), ("read", 1), ("check", 1), ("pipeline", 0)]
+        return sum(self.phase(event, index)[0] for event, index in phases)
 
     def rate(self, skip: int, event: str = "step") -> float:
         """Images/s over the steps (or batches) after the first `skip`."""
@@ -319,6 +326,8 @@ def report(codes: list[Code], sizes: list[int], starts: dict[int, dict[str, Star
               f"(target <= 1.15); warm first step({large:,}) / ({small:,}) = "
               f"{b.warm.first_step_seconds / a.warm.first_step_seconds:.2f} (target <= 1.5); "
               f"resume first step ratio {b.resume.first_step_seconds / a.resume.first_step_seconds:.2f}; "
+              f"data phases of the warm start ({b.warm.data_seconds:.1f} s / {a.warm.data_seconds:.1f} s) "
+              f"{b.warm.data_seconds / a.warm.data_seconds:.1f}; "
               f"finished rerun at {large:,}: {b.finished.seconds:.1f} s (target < 5 s)")
     this, base = codes[0].name, codes[1].name if len(codes) > 1 else None
     if base:
@@ -332,8 +341,9 @@ def report(codes: list[Code], sizes: list[int], starts: dict[int, dict[str, Star
                   f"{a.resume.first_step_seconds / b.resume.first_step_seconds:.2f}, finished rerun "
                   f"{a.finished.seconds / b.finished.seconds:.2f}")
     if rates:
-        ours, theirs = statistics.median(rates[this]["train"]), statistics.median(rates[base]["train"]) if base else None
+        ours = statistics.median(rates[this]["train"])
         if base:
+            theirs = statistics.median(rates[base]["train"])
             print(f"  training images/s at {small:,}: {this} {ours:.1f}, {base} {theirs:.1f}: streamed / in-memory = "
                   f"{ours / theirs:.2f} (target >= 0.95; median of {args.rate_repeats} each, taking turns)")
         cold = starts[large][this].cold
@@ -360,7 +370,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps of the cold and warm runs (resume: twice)")
     parser.add_argument("--rate-steps", type=int, default=60, help="steps of each throughput run")
     parser.add_argument("--rate-skip", type=int, default=10, help="first steps (batches) left out of the rates")
-    parser.add_argument("--rate-repeats", type=int, default=2)
+    parser.add_argument("--rate-repeats", type=int, default=2, help="0: no throughput runs")
     parser.add_argument("--pipeline-batches", type=int, default=100)
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
@@ -386,7 +396,7 @@ def main() -> None:
         for index, size in enumerate(sizes):
             codes = [this] + ([baseline] if size in baseline_sizes else [])
             starts[size] = measure_starts(codes, data, size, scratch, args.steps)
-            if index == 0:
+            if index == 0 and args.rate_repeats:
                 rates = measure_rates(codes, data, size, scratch, args)
         report([this, baseline], sizes, starts, rates, args)
     finally:
