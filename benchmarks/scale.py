@@ -11,8 +11,9 @@ folder, removed at the end, also on failure, unless ``--keep``).
 The model is small so the data's cost shows: ``retinanet_tiny`` (demo preset) at 128 px, batch 8,
 the demo's augmentation, ``data.max_boxes`` 32 (the bccd preset's), a constant learning rate,
 evaluation (50 val images) only at the end, early stopping off. The baseline is ``--baseline-rev``
-(default 4b3eab8: main before issue 18, the in-memory pipeline), checked out with ``git worktree add --detach`` into a temporary folder and run
-with PYTHONPATH at its src; this checkout runs with PYTHONPATH at its own src.
+(default 4b3eab8: main before issue 18, the in-memory pipeline), checked out with
+``git worktree add --detach`` into a temporary folder and run with PYTHONPATH at its src; this
+checkout runs with PYTHONPATH at its own src.
 
 Each measurement is one fresh process of ``detkeeper train CONFIG`` (benchmarks/scale_driver.py
 runs the CLI's main and writes a timestamp when each phase of the start ends; nothing else prints
@@ -27,8 +28,9 @@ when a training step ends). Per size and per code, in this order, the two codes 
 Time to first step: from starting the process to the end of the first training step it runs
 (tracing the step included). Peak RSS: ``ru_maxrss`` from ``os.wait4`` of that one process (its
 own high-water mark; the processes run one at a time). At the smallest size, ``--rate-steps`` steps
-are then trained ``--rate-repeats`` times per code, taking turns: training images/s over the steps
-after the first ``--rate-skip`` (median of the repeats); and the training input pipeline alone
+are then trained ``--rate-repeats`` times per code, taking turns: training images/s (and images per
+CPU second of the process, less sensitive to other load) over the steps after the first
+``--rate-skip`` (median of the repeats); and the training input pipeline alone
 (no model, the train split read and checked first) iterated for ``--pipeline-batches`` batches.
 
 Printed: every measurement with where a cold start spends its time (reading the train split,
@@ -164,11 +166,12 @@ class Run:
         phases = [("read", 0), ("check", 0), ("read", 1), ("check", 1), ("pipeline", 0)]
         return sum(self.phase(event, index)[0] for event, index in phases)
 
-    def rate(self, skip: int, event: str = "step") -> float:
-        """Images/s over the steps (or batches) after the first `skip`."""
+    def rate(self, skip: int, event: str = "step") -> tuple[float, float]:
+        """Images per second and per CPU second (all the process's threads) over the steps (or
+        batches) after the first `skip`."""
         marks = self.steps(event)[skip:]
         images = sum(mark.get("images", BATCH) for mark in marks[1:])
-        return images / (marks[-1]["wall"] - marks[0]["wall"])
+        return images / (marks[-1]["wall"] - marks[0]["wall"]), images / (marks[-1]["cpu"] - marks[0]["cpu"])
 
 
 class Code:
@@ -286,17 +289,14 @@ def measure_rates(codes: list[Code], data: dict, size: int, scratch: Path, args)
                                   args.rate_steps, args.rate_steps)
             run = code.run("train", str(config), "--quiet")
             rates[code.name]["train"].append(run.rate(args.rate_skip))
-            print(f"  {size:>7} {code.name:>8} training: {rates[code.name]['train'][-1]:.1f} images/s "
+            wall, cpu = rates[code.name]["train"][-1]
+            print(f"  {size:>7} {code.name:>8} training: {wall:.1f} images/s, {cpu:.1f} per CPU s "
                   f"(steps {args.rate_skip + 1}-{args.rate_steps})", flush=True)
     for code in codes:
         run = code.run("--pipeline", str(pipeline_config), str(args.pipeline_batches))
-        batches = run.steps("batch")[args.rate_skip:]
-        seconds = batches[-1]["wall"] - batches[0]["wall"]
-        cpu = batches[-1]["cpu"] - batches[0]["cpu"]
-        images = BATCH * (len(batches) - 1)
-        rates[code.name]["pipeline"] = (images / seconds, images / cpu)
-        print(f"  {size:>7} {code.name:>8} pipeline alone: {images / seconds:.1f} images/s, "
-              f"{images / cpu:.1f} images per CPU s", flush=True)
+        rates[code.name]["pipeline"] = wall, cpu = run.rate(args.rate_skip, "batch")
+        print(f"  {size:>7} {code.name:>8} pipeline alone: {wall:.1f} images/s, {cpu:.1f} per CPU s "
+              f"(batches {args.rate_skip + 1}-{args.pipeline_batches})", flush=True)
     return rates
 
 
@@ -341,11 +341,12 @@ def report(codes: list[Code], sizes: list[int], starts: dict[int, dict[str, Star
                   f"{a.resume.first_step_seconds / b.resume.first_step_seconds:.2f}, finished rerun "
                   f"{a.finished.seconds / b.finished.seconds:.2f}")
     if rates:
-        ours = statistics.median(rates[this]["train"])
         if base:
-            theirs = statistics.median(rates[base]["train"])
+            (ours, ours_cpu), (theirs, theirs_cpu) = (
+                [statistics.median(values) for values in zip(*rates[name]["train"])] for name in (this, base))
             print(f"  training images/s at {small:,}: {this} {ours:.1f}, {base} {theirs:.1f}: streamed / in-memory = "
-                  f"{ours / theirs:.2f} (target >= 0.95; median of {args.rate_repeats} each, taking turns)")
+                  f"{ours / theirs:.2f} (target >= 0.95); per CPU s {ours_cpu:.1f} vs {theirs_cpu:.1f}: "
+                  f"{ours_cpu / theirs_cpu:.2f} (medians of {args.rate_repeats} runs each, taking turns)")
         cold = starts[large][this].cold
         read, read_cpu = cold.phase("read", 0)
         check, check_cpu = cold.phase("check", 0)
