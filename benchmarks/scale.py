@@ -272,9 +272,9 @@ def describe_cold(run: Run) -> str:
     records = run.first("read", "end")["records"]
     fit = run.first("fit")["wall"]
     imports = run.first("prepare", "begin")["wall"] - run.spawned
-    return (f"start to reading {imports:.1f} s | read train {read:.1f} s ({read_cpu:.1f} CPU s, "
-            f"{records / read:.0f} records/s) | check train {check:.1f} s ({check_cpu:.1f} CPU s) | "
-            f"val {val_read + val_check:.1f} s | model {model:.1f} s | pipeline {pipeline:.1f} s | "
+    return (f"start to reading {imports:.1f} s; read train {read:.1f} s ({read_cpu:.1f} CPU s, "
+            f"{records / read:.0f} records/s); check train {check:.1f} s ({check_cpu:.1f} CPU s); "
+            f"val {val_read + val_check:.1f} s; model {model:.1f} s; pipeline {pipeline:.1f} s; "
             f"fit to first step {run.steps()[0]['wall'] - fit:.1f} s")
 
 
