@@ -21,7 +21,8 @@ when a training step ends). Per size and per code, in this order, the two codes 
   cold     a new run dir, ``--steps`` steps; the first start on the data in this run (the data
            was just written, so the files are in the page cache: a cold start, not a cold disk);
            DETKEEPER_CACHE points at an empty folder per code, for caches that live there;
-  warm     another new run dir, same steps, same data (once an index cache exists, it is read here);
+  warm     another new run dir, same steps, same data (the dataset index the cold start wrote in
+           $DETKEEPER_CACHE/index, since 93f3005, is read here);
   resume   the cold run's dir with twice the steps: it restores the checkpoint of --steps and trains
            on (what a rerun after a stop or a kill does);
   finished the same command again on that finished run dir: the whole process's wall time.
@@ -33,9 +34,10 @@ CPU second of the process, less sensitive to other load) over the steps after th
 ``--rate-skip`` (median of the repeats); and the training input pipeline alone
 (no model, the train split read and checked first) iterated for ``--pipeline-batches`` batches.
 
-Printed: every measurement with where a cold start spends its time (reading the train split,
-checking its images, reading + checking val, building the model, building the pipeline, from
-``fit`` to the end of the first step), then the issue's ratios, largest vs smallest size and this
+Printed: every measurement with where a cold start spends its time (reading the train split, i.e.
+``read_source``: since the index, the index pass that also opens every image; ``check_records`` on
+it; reading + checking val; building the model; building the pipeline; from ``fit`` to the end of
+the first step), then the issue's ratios, largest vs smallest size and this
 checkout vs the baseline, all measured in this run. Reading and checking are timed in CPU seconds
 too (``time.process_time`` of the process: all its threads), so "records/s per core" is records per
 CPU second.

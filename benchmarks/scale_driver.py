@@ -8,6 +8,8 @@ JSON line per event to the file MARKS, flushed at once (a killed process keeps i
 ``{"event": ..., "wall": time.time(), "cpu": time.process_time(), ...}``:
 
   driver        this process started (before Python imports detkeeper and TensorFlow)
+  armed         the wrappers are in place ("detkeeper": the package file imported, so the caller
+                can check that PYTHONPATH chose the code it meant)
   prepare       DataSources.prepare(split) begins / ends ("split", "records" kept)
   read          the split's reader (read_source) begins / ends ("records" read)
   check         check_records (image checks included) begins / ends
