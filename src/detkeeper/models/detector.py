@@ -180,14 +180,15 @@ class Detector(keras.Model):
         return config
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
-        """TensorFlow's object graph, for ``tf.train.Checkpoint``: Keras 3 leaves layers and weights
-        held in lists and dicts (head towers, the FPN's levels, a user's block) out of it, so a
-        checkpoint would silently skip them (keras-team/keras#18398 was fixed for SavedModel only).
-        Each gets a named dependency first, e.g. ``head/class_tower[0]``, ``fpn/lateral[3]``."""
-        if save_type == "checkpoint":
-            for layer in self._flatten_layers(include_self=True, recursive=True):
-                for attribute in getattr(layer, "_tracked", ()):
-                    _track_collection(layer, attribute, getattr(layer, attribute, None))
+        """TensorFlow's object graph, for ``tf.train.Checkpoint`` and ``tf.saved_model.save``: Keras 3
+        leaves layers and weights held in lists and dicts (head towers, the FPN's levels, the SSD
+        predictor's per-level batch norms, a user's block) out of it, so a checkpoint would silently
+        skip them (keras-team/keras#18398 was fixed for SavedModel only, and not for every nesting:
+        a SavedModel of an SSD family found its batch norms "untracked" unless a checkpoint had been
+        written first). Each gets a named dependency first, e.g. ``head/class_tower[0]``."""
+        for layer in self._flatten_layers(include_self=True, recursive=True):
+            for attribute in getattr(layer, "_tracked", ()):
+                _track_collection(layer, attribute, getattr(layer, attribute, None))
         return super()._trackable_children(save_type, **kwargs)
 
     @classmethod
