@@ -132,3 +132,31 @@ def test_a_split_prepared_from_the_index_drops_what_the_checks_found(tmp_path, r
         assert [r.image_id for r in prepared.records] == [f"img_{i:03d}" for i in range(4)]
         assert [(p.kind, p.image_id) for p in prepared.report.problems] == [("corrupt_image", "img_004")]
     assert len(reads["files"]) == 1 and reads["images"] == 5
+
+
+def test_a_warm_prepare_takes_the_checks_of_each_record_from_the_index(tmp_path, reads, monkeypatch):
+    """What checking a record alone finds (its image, its boxes against the image's size) is kept in the
+    index: a later start checks no box again, and finds the same problems, indexed into the split."""
+    from detkeeper.data import check
+
+    records = [make_record(i, num_boxes=3) for i in range(9)]
+    records[4] = make_record(4, boxes=[[0, 0, 0, 9], [-5, 3, 20, 30], [50, 2, 60, 9]], class_ids=[1, 2, 3],
+                             is_crowd=[False] * 3)  # zero area, crosses the border, outside the 64x48 image
+    records[7] = make_record(7, encoded_image=b"\xff\xd8\xff" + b"\x00" * 64)
+    paths = write_tfrecords(records, LABEL_MAP, tmp_path / "train.record", num_shards=3)
+    LABEL_MAP.write(tmp_path / "label_map.pbtxt")
+    data = DataConfig(train=SourceConfig("tfrecord", str(tmp_path / "train.record-*")), val=None, test=None,
+                      label_map=str(tmp_path / "label_map.pbtxt"), max_boxes=2)
+    first = DataSources(data).prepare("train")
+    opened = read_tfrecords(paths, LABEL_MAP)  # the same records, their images opened by the checker itself
+    assert first.report.problems == opened.problems + check.check_records(opened.records, max_boxes=2)
+    assert {(p.kind, p.record_index) for p in first.report.problems} >= {
+        ("zero_area_box", 4), ("box_clipped", 4), ("box_outside_image", 4), ("corrupt_image", 5)}  # in shard 1
+
+    checked_boxes = []
+    monkeypatch.setattr(check, "check_boxes", lambda *args: checked_boxes.append(args) or [])
+    again = DataSources(data).prepare("train")
+    assert checked_boxes == [] and reads["images"] == 9
+    assert again.report.problems == first.report.problems
+    assert [r.image_id for r in again.records] == [r.image_id for r in first.records]
+    np.testing.assert_array_equal(again.records[4].boxes, first.records[4].boxes)  # clipped on both

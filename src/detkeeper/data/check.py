@@ -11,9 +11,10 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import os
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -90,8 +91,17 @@ def check_boxes(record: DetectionRecord, image_size: tuple[int, int] | None,
                 record_index: int | None = None) -> list[Problem]:
     """Geometry of every box against the image size (the declared size when the image is unreadable)."""
     height, width = image_size or (record.height, record.width)
+    boxes = record.boxes
+    ymin, xmin, ymax, xmax = boxes.T
+    # One pass in NumPy finds the boxes that may have a problem; only those are looked at one by one.
+    with np.errstate(invalid="ignore"):
+        suspect = ~np.isfinite(boxes).all(axis=1) | (ymin >= ymax) | (xmin >= xmax)
+        if height and width:
+            suspect |= (ymin < 0) | (xmin < 0) | (ymax > height) | (xmax > width)
     found = []
-    for box_index, (ymin, xmin, ymax, xmax) in enumerate(record.boxes.tolist()):
+    for box_index in np.flatnonzero(suspect).tolist():
+        ymin, xmin, ymax, xmax = boxes[box_index].tolist()
+
         def add(kind: str, detail: str) -> None:
             found.append(Problem(kind, record.source, detail, record.image_id, record_index, box_index))
 
@@ -110,8 +120,24 @@ def check_boxes(record: DetectionRecord, image_size: tuple[int, int] | None,
     return found
 
 
+def record_problems(record: DetectionRecord, facts: ImageFacts | None,
+                    record_index: int | None = None) -> list[Problem]:
+    """What checking `record` alone finds: its image's problems (`facts`; None: the image is not
+    opened) and its boxes against the image's size. It depends on nothing else, so the dataset
+    index keeps it and later starts do not check again."""
+    if facts is None:
+        return check_boxes(record, None, record_index)
+    found = [dataclasses.replace(problem, record_index=record_index) for problem in facts.problems]
+    if facts.size is not None or not any(problem.scope == "record" for problem in facts.problems):
+        found.extend(check_boxes(record, facts.size, record_index))
+    return found
+
+
 def find_duplicates(records: Sequence[DetectionRecord]) -> list[Problem]:
     """Every record whose image id an earlier record already used."""
+    image_ids = [record.image_id for record in records]
+    if len(set(image_ids)) == len(image_ids):  # the usual case, without a loop in Python
+        return []
     first_seen: dict[str, str] = {}
     found = []
     for index, record in enumerate(records):
@@ -126,42 +152,45 @@ def find_duplicates(records: Sequence[DetectionRecord]) -> list[Problem]:
 
 def find_crowded(records: Sequence[DetectionRecord], max_boxes: int) -> list[Problem]:
     """Records with more boxes than the pipeline pads to (the extra boxes are not trained on)."""
-    return [Problem("too_many_boxes", record.source,
-                    f"{record.num_boxes} boxes, data.max_boxes is {max_boxes}", record.image_id, index)
-            for index, record in enumerate(records) if record.num_boxes > max_boxes]
+    counts = np.fromiter((record.num_boxes for record in records), np.int64, len(records))
+    return [Problem("too_many_boxes", records[index].source,
+                    f"{counts[index]} boxes, data.max_boxes is {max_boxes}", records[index].image_id, index)
+            for index in np.flatnonzero(counts > max_boxes).tolist()]
 
 
 def check_records(records: Sequence[DetectionRecord], *, max_boxes: int | None = None,
                   check_images: bool = True, workers: int | None = None,
                   progress: Callable[[int], None] | None = None,
-                  image_facts: Sequence[ImageFacts] | None = None) -> list[Problem]:
+                  image_facts: Sequence[ImageFacts] | None = None,
+                  checked: Sequence[Problem] | None = None) -> list[Problem]:
     """All problems of `records`; their `record_index`/`box_index` point into `records`.
 
     With ``check_images=False`` only the annotations are checked (boxes against the declared
     size): fast, but a corrupt image is then only found when training decodes it. `image_facts`
-    (one per record) are what opening the images found already (the dataset index): they are not
-    opened again. `progress` is called with the number of records finished since the last call.
+    (one per record) are what opening the images found already; `checked` is what
+    :func:`record_problems` found for every record already, in record order (both come from the
+    dataset index): then only what depends on the whole list (duplicates, crowding) is checked
+    here. `progress` is called with the number of records finished since the last call.
     """
     found = find_duplicates(records)
     if max_boxes is not None:
         found.extend(find_crowded(records, max_boxes))
-    if not check_images:
-        for index, record in enumerate(records):
-            found.extend(check_boxes(record, None, index))
-            if progress:
-                progress(1)
+    if checked is not None:
+        found.extend(checked)
+        if progress:
+            progress(len(records))
         return found
-    if image_facts is not None:
-        opened = iter(image_facts)
-        pool = None
+    pool = None
+    if not check_images:
+        opened: Iterable[ImageFacts | None] = itertools.repeat(None, len(records))
+    elif image_facts is not None:
+        opened = image_facts
     else:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2))
         opened = pool.map(inspect_image, records)
     try:
         for index, facts in enumerate(opened):
-            found.extend(dataclasses.replace(problem, record_index=index) for problem in facts.problems)
-            if facts.size is not None or not any(p.scope == "record" for p in facts.problems):
-                found.extend(check_boxes(records[index], facts.size, index))
+            found.extend(record_problems(records[index], facts, index))
             if progress:
                 progress(1)
     finally:

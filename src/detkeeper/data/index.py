@@ -2,8 +2,8 @@
 
 Reading a large dataset is what makes a start slow: every record parsed, every image opened. The
 index keeps, for each source file (a TFRecord shard), the records reading it gave (ids, boxes,
-classes, where each image lies; never an image), the reader's problems and what opening each image
-found, in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's
+classes, where each image lies; never an image), the reader's problems, what opening each image
+found and what checking each record alone found (:func:`record_problems`), in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's
 entry is keyed by the file's path, size and modification time and by the label map it was read
 with, so a later start reads the index instead of the data, and a changed or added file is read
 again on its own. Entries are written whole or not at all (temporary file + rename); one that does
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from detkeeper.data.check import ImageFacts, inspect_image
+from detkeeper.data.check import ImageFacts, inspect_image, record_problems
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import ByteSpan, DetectionRecord
@@ -35,19 +35,21 @@ from detkeeper.files import atomic_write_bytes, cache_directory, is_url
 logger = logging.getLogger("detkeeper.data")
 
 #: Bumped whenever what an entry holds changes: entries of another format are read again.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 @dataclasses.dataclass
 class FilePart:
     """What one file contributed: its records (in file order), the reader's problems (their
     ``record_index`` counts within this file), the (label, text) pairs it names (for deriving a
-    label map), and per record what opening its image found (None: images not opened)."""
+    label map), per record what opening its image found (None: images not opened), and what
+    :func:`record_problems` found in its records with those facts (None: not checked yet)."""
 
     records: list[DetectionRecord]
     problems: list[Problem]
     texts_of_label: dict[int, set[str]]
     image_facts: list[ImageFacts] | None = None
+    checked: list[Problem] | None = None
 
 
 ReadFile = Callable[[Path], FilePart]
@@ -69,6 +71,9 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
             part = read_file(file)
             if check_images:
                 part.image_facts = [inspect_image(record) for record in part.records]
+            part.checked = [problem for number, (record, facts) in enumerate(zip(
+                part.records, part.image_facts or [None] * len(part.records)))
+                for problem in record_problems(record, facts, number)]
             _save(entry, file, identity, key, part)
         if progress:
             progress(len(part.records))
@@ -112,6 +117,7 @@ def _save(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str
         "original_ids": [record.original_id for record in records],
         "sources": [record.source for record in records],
         "problems": [dataclasses.asdict(problem) for problem in part.problems],
+        "checked": [dataclasses.asdict(problem) for problem in part.checked or ()],
         "texts_of_label": {str(label): sorted(texts) for label, texts in part.texts_of_label.items()},
         "image_facts": None if part.image_facts is None else [
             [list(facts.size) if facts.size else None, [dataclasses.asdict(p) for p in facts.problems]]
@@ -170,5 +176,7 @@ def _load(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str
     if meta["image_facts"] is not None:
         facts = [ImageFacts(tuple(size) if size else None, tuple(Problem(**problem) for problem in problems))
                  for size, problems in meta["image_facts"]]
+    # The stored checks used the image facts when there are some: an annotations-only read checks anew.
+    checked = [Problem(**problem) for problem in meta["checked"]] if check_images or facts is None else None
     return FilePart(records, [Problem(**problem) for problem in meta["problems"]],
-                    {int(label): set(texts) for label, texts in meta["texts_of_label"].items()}, facts)
+                    {int(label): set(texts) for label, texts in meta["texts_of_label"].items()}, facts, checked)

@@ -28,3 +28,6 @@ class Readout:
     #: Per record, what opening its image found, when the reader already did (from the dataset
     #: index); None: the images are still to be opened.
     image_facts: list[ImageFacts] | None = None
+    #: What checking each record alone found (``check.record_problems``, with the image facts when
+    #: there are some; indices into `records`), when the dataset index kept it; None: not checked yet.
+    checked: list[Problem] | None = None

@@ -138,7 +138,8 @@ class DataSources:
             return self._prepared[split]
         readout = self.readout(split)
         found = check_records(readout.records, max_boxes=self.config.max_boxes,
-                              check_images=self.check_images, progress=progress, image_facts=readout.image_facts)
+                              check_images=self.check_images, progress=progress, image_facts=readout.image_facts,
+                              checked=readout.checked)
         report = ProblemReport([*readout.problems, *found])
         where = self.describe(split)
         if self.config.bad_records == "strict":

@@ -196,11 +196,12 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                           check_images=check_images, progress=progress)
     records: list[DetectionRecord] = []
     problems: list[Problem] = []
+    checked: list[Problem] | None = [] if all(part.checked is not None for part in parts) else None
     texts_of_label: dict[int, set[str]] = {}
     for part in parts:
-        problems += [problem if problem.record_index is None
-                     else dataclasses.replace(problem, record_index=problem.record_index + len(records))
-                     for problem in part.problems]
+        problems += _shifted(part.problems, len(records))
+        if checked is not None:
+            checked += _shifted(part.checked, len(records))
         records += part.records
         for label, texts in part.texts_of_label.items():
             texts_of_label.setdefault(label, set()).update(texts)
@@ -212,7 +213,14 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                             "(--label-map, data.label_map) to have every problem counted.")
         label_map = _derived_label_map(texts_of_label)
     facts = [facts for part in parts for facts in part.image_facts] if check_images else None
-    return Readout(records, label_map, problems, facts)
+    return Readout(records, label_map, problems, facts, checked)
+
+
+def _shifted(problems: list[Problem], first_record: int) -> list[Problem]:
+    """A file's problems with ``record_index`` counting in the list its records start at `first_record` of."""
+    return [problem if problem.record_index is None or not first_record
+            else dataclasses.replace(problem, record_index=problem.record_index + first_record)
+            for problem in problems]
 
 
 def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
