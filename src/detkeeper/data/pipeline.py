@@ -85,18 +85,14 @@ class _RecordTensors:
         if not records:
             raise ValueError("the input pipeline needs at least one record")
         files: dict[str, int] = {}
-        file_index, offsets, lengths, inline, boxes, classes, lengths_of_boxes = [], [], [], [], [], [], []
-        for record in records:
+        file_index, offsets, lengths, inline = [], [], [], []
+        for record in records:  # where each image is: cheap per record, the boxes are done below at once
             span = record.image_span
             path = span.path if span is not None else record.image_path
             file_index.append(files.setdefault(str(path), len(files)) if path is not None else -1)
             offsets.append(span.offset if span is not None else 0)
             lengths.append(span.length if span is not None else -1)  # -1: the whole file
             inline.append(record.encoded_image or b"")
-            trained = ~record.is_crowd
-            boxes.append(record.boxes[trained])
-            classes.append(label_map.ids_to_indices(record.class_ids[trained]))
-            lengths_of_boxes.append(int(trained.sum()))
         self.count = len(records)
         self.files = tf.constant(list(files) or [""], tf.string)
         self.file_index = tf.constant(file_index, tf.int32)
@@ -105,9 +101,15 @@ class _RecordTensors:
         # Bytes made in memory (tests, generated records); a dataset read from disk has none.
         self.inline = tf.constant(inline, tf.string) if any(inline) else None
         self.image_ids = tf.constant([record.image_id for record in records], tf.string)
-        self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(lengths_of_boxes)]), tf.int64)
-        self.boxes = tf.constant(np.concatenate(boxes).reshape(-1, 4), tf.float32)
-        self.classes = tf.constant(np.concatenate(classes).astype(np.int32), tf.int32)
+        # Every box of every record at once; crowd regions are not trained on.
+        counts = np.fromiter((record.num_boxes for record in records), np.int64, len(records))
+        trained = ~np.concatenate([record.is_crowd for record in records])
+        trained_counts = np.bincount(np.repeat(np.arange(len(records)), counts)[trained], minlength=len(records))
+        self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(trained_counts)]), tf.int64)
+        boxes = np.concatenate([record.boxes for record in records]).reshape(-1, 4)[trained]
+        self.boxes = tf.constant(boxes, tf.float32)
+        class_ids = np.concatenate([record.class_ids for record in records])[trained]
+        self.classes = tf.constant(label_map.ids_to_indices(class_ids).astype(np.int32), tf.int32)
 
     def encoded(self, index: tf.Tensor) -> tf.Tensor:
         """The encoded image of record `index`: its file, its span of a file, or its bytes."""
