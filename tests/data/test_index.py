@@ -51,7 +51,7 @@ def _same(first, second):
         for field in ("boxes", "class_ids", "is_crowd", "area"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
     assert first.problems == second.problems and first.label_map == second.label_map
-    assert first.image_facts == second.image_facts
+    assert first.checked == second.checked
 
 
 def test_a_second_read_comes_from_the_index_without_reading_the_shards(shards, reads):
@@ -113,7 +113,7 @@ def test_an_index_without_image_checks_is_completed_when_a_check_asks_for_them(s
     paths, _ = shards
     read_tfrecords(paths[0], LABEL_MAP)
     assert reads["images"] == 0
-    assert len(read_tfrecords(paths[0], LABEL_MAP, check_images=True).image_facts) == 4
+    assert read_tfrecords(paths[0], LABEL_MAP, check_images=True).checked == []
     assert reads["images"] == 4
 
 
@@ -150,6 +150,12 @@ def test_a_warm_prepare_takes_the_checks_of_each_record_from_the_index(tmp_path,
     first = DataSources(data).prepare("train")
     opened = read_tfrecords(paths, LABEL_MAP)  # the same records, their images opened by the checker itself
     assert first.report.problems == opened.problems + check.check_records(opened.records, max_boxes=2)
+    as_list = list(opened.records)  # the policy on columns keeps what it keeps on a list of records
+    by_list = check.drop_bad(as_list, check.check_records(as_list, max_boxes=2))
+    assert [r.image_id for r in first.records] == [r.image_id for r in by_list]
+    for kept, wanted in zip(first.records, by_list):
+        np.testing.assert_array_equal(kept.boxes, wanted.boxes)
+        np.testing.assert_array_equal(kept.class_ids, wanted.class_ids)
     assert {(p.kind, p.record_index) for p in first.report.problems} >= {
         ("zero_area_box", 4), ("box_clipped", 4), ("box_outside_image", 4), ("corrupt_image", 5)}  # in shard 1
 
