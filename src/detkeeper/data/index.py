@@ -3,8 +3,9 @@
 Reading a large dataset is what makes a start slow: every record parsed, every image opened. The
 index keeps, for each source file (a TFRecord shard), the records reading it gave (ids, boxes,
 classes, where each image lies; never an image) as columns, the reader's problems and what checking
-each record alone found (:func:`record_problems`: opening its image, its boxes against its size), in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's
-entry is keyed by the file's path, size and modification time and by the label map it was read
+each record alone found (:func:`record_problems`: opening its image, its boxes against its size),
+in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's entry is
+keyed by the file's path, size and modification time and by the label map it was read
 with, so a later start reads the index instead of the data, and a changed or added file is read
 again on its own. Entries are written whole or not at all (temporary file + rename); one that does
 not load, or does not describe the file as it is now, is never used: the file is read again.
