@@ -110,3 +110,11 @@ def test_encoded_records_are_checked_too():
     record = DetectionRecord(image_id="e", boxes=[(0, 0, 6, 8)], class_ids=[1], is_crowd=None,
                              source="x.tfrecord#0", encoded_image=data[:40], width=8, height=6)
     assert _kinds(check_records([record])) == ["corrupt_image"]
+
+
+def test_boxes_left_of_above_or_beyond_the_image_are_outside_it(tmp_path):
+    path = _save(tmp_path / "a.png")  # 40 wide, 30 high
+    boxes = [(-9, 2, -1, 9), (2, -9, 9, 0), (2, 40, 9, 45), (np.inf, 1, 2, 3), (0, 0, 30, 40)]
+    problems = check_records([_record(path, boxes)])
+    assert [(p.box_index, p.kind) for p in problems] == [
+        (0, "box_outside_image"), (1, "box_outside_image"), (2, "box_outside_image"), (3, "non_finite_box")]

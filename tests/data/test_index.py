@@ -51,7 +51,7 @@ def _same(first, second):
         for field in ("boxes", "class_ids", "is_crowd", "area"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
     assert first.problems == second.problems and first.label_map == second.label_map
-    assert first.image_facts == second.image_facts
+    assert first.checked == second.checked
 
 
 def test_a_second_read_comes_from_the_index_without_reading_the_shards(shards, reads):
@@ -113,7 +113,7 @@ def test_an_index_without_image_checks_is_completed_when_a_check_asks_for_them(s
     paths, _ = shards
     read_tfrecords(paths[0], LABEL_MAP)
     assert reads["images"] == 0
-    assert len(read_tfrecords(paths[0], LABEL_MAP, check_images=True).image_facts) == 4
+    assert read_tfrecords(paths[0], LABEL_MAP, check_images=True).checked == []
     assert reads["images"] == 4
 
 
@@ -132,3 +132,37 @@ def test_a_split_prepared_from_the_index_drops_what_the_checks_found(tmp_path, r
         assert [r.image_id for r in prepared.records] == [f"img_{i:03d}" for i in range(4)]
         assert [(p.kind, p.image_id) for p in prepared.report.problems] == [("corrupt_image", "img_004")]
     assert len(reads["files"]) == 1 and reads["images"] == 5
+
+
+def test_a_warm_prepare_takes_the_checks_of_each_record_from_the_index(tmp_path, reads, monkeypatch):
+    """What checking a record alone finds (its image, its boxes against the image's size) is kept in the
+    index: a later start checks no box again, and finds the same problems, indexed into the split."""
+    from detkeeper.data import check
+
+    records = [make_record(i, num_boxes=3) for i in range(9)]
+    records[4] = make_record(4, boxes=[[0, 0, 0, 9], [-5, 3, 20, 30], [50, 2, 60, 9]], class_ids=[1, 2, 3],
+                             is_crowd=[False] * 3)  # zero area, crosses the border, outside the 64x48 image
+    records[7] = make_record(7, encoded_image=b"\xff\xd8\xff" + b"\x00" * 64)
+    paths = write_tfrecords(records, LABEL_MAP, tmp_path / "train.record", num_shards=3)
+    LABEL_MAP.write(tmp_path / "label_map.pbtxt")
+    data = DataConfig(train=SourceConfig("tfrecord", str(tmp_path / "train.record-*")), val=None, test=None,
+                      label_map=str(tmp_path / "label_map.pbtxt"), max_boxes=2)
+    first = DataSources(data).prepare("train")
+    opened = read_tfrecords(paths, LABEL_MAP)  # the same records, their images opened by the checker itself
+    assert first.report.problems == opened.problems + check.check_records(opened.records, max_boxes=2)
+    as_list = list(opened.records)  # the policy on columns keeps what it keeps on a list of records
+    by_list = check.drop_bad(as_list, check.check_records(as_list, max_boxes=2))
+    assert [r.image_id for r in first.records] == [r.image_id for r in by_list]
+    for kept, wanted in zip(first.records, by_list):
+        np.testing.assert_array_equal(kept.boxes, wanted.boxes)
+        np.testing.assert_array_equal(kept.class_ids, wanted.class_ids)
+    assert {(p.kind, p.record_index) for p in first.report.problems} >= {
+        ("zero_area_box", 4), ("box_clipped", 4), ("box_outside_image", 4), ("corrupt_image", 5)}  # in shard 1
+
+    checked_boxes = []
+    monkeypatch.setattr(check, "check_boxes", lambda *args: checked_boxes.append(args) or [])
+    again = DataSources(data).prepare("train")
+    assert checked_boxes == [] and reads["images"] == 9
+    assert again.report.problems == first.report.problems
+    assert [r.image_id for r in again.records] == [r.image_id for r in first.records]
+    np.testing.assert_array_equal(again.records[4].boxes, first.records[4].boxes)  # clipped on both

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from detkeeper.data.label_map import LabelMap
+from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.errors import DataError
 
 # As the TF OD API ships them: comments, both quote styles, optional fields.
@@ -69,3 +69,11 @@ def test_unknown_ids_and_indices_are_errors():
         labels.ids_to_indices([1, 9])
     with pytest.raises(DataError, match="out of range"):
         labels.indices_to_ids([2])
+
+
+def test_ids_to_indices_keeps_the_shape_and_names_an_unknown_id():
+    labels = LabelMap([LabelMapItem(7, "b", "b"), LabelMapItem(2, "a", "a")])
+    np.testing.assert_array_equal(labels.ids_to_indices([[2, 7], [7, 7]]), [[0, 1], [1, 1]])
+    assert labels.ids_to_indices(np.zeros(0, np.int64)).shape == (0,)
+    with pytest.raises(DataError, match="class id 5 is not"):
+        labels.ids_to_indices([2, 5, 99])

@@ -296,7 +296,7 @@ def test_bytes_that_are_not_an_example_are_a_malformed_annotation(tmp_path):
 def test_malformed_examples_are_reported_and_left_out(tmp_path, change, message):
     path = write_raw(tmp_path / "m.tfrecord", [one_box_example(**change)])
     readout = read_tfrecords(path, LABEL_MAP)
-    assert readout.records == []
+    assert list(readout.records) == []
     (problem,) = readout.problems
     assert problem.kind == "malformed_annotation" and message in problem.detail
     assert problem.image_id == "a"
@@ -416,5 +416,5 @@ def test_a_bad_area_makes_the_record_malformed(tmp_path, area):
     path = write_raw(tmp_path / "a.tfrecord", [one_box_example(image__object__area=area)])
     readout = read_tfrecords(path, LABEL_MAP)
     (problem,) = readout.problems
-    assert readout.records == [] and problem.kind == "malformed_annotation" and problem.image_id == "a"
+    assert list(readout.records) == [] and problem.kind == "malformed_annotation" and problem.image_id == "a"
     assert "image/object/area" in problem.detail

@@ -11,13 +11,15 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import os
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detkeeper.data.columns import RecordColumns, box_counts, image_ids
 from detkeeper.data.image_format import sniff_format
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
@@ -90,8 +92,17 @@ def check_boxes(record: DetectionRecord, image_size: tuple[int, int] | None,
                 record_index: int | None = None) -> list[Problem]:
     """Geometry of every box against the image size (the declared size when the image is unreadable)."""
     height, width = image_size or (record.height, record.width)
+    boxes = record.boxes
+    ymin, xmin, ymax, xmax = boxes.T
+    # One pass in NumPy finds the boxes that may have a problem; only those are looked at one by one.
+    with np.errstate(invalid="ignore"):
+        suspect = ~np.isfinite(boxes).all(axis=1) | (ymin >= ymax) | (xmin >= xmax)
+        if height and width:
+            suspect |= (ymin < 0) | (xmin < 0) | (ymax > height) | (xmax > width)
     found = []
-    for box_index, (ymin, xmin, ymax, xmax) in enumerate(record.boxes.tolist()):
+    for box_index in np.flatnonzero(suspect).tolist():
+        ymin, xmin, ymax, xmax = boxes[box_index].tolist()
+
         def add(kind: str, detail: str) -> None:
             found.append(Problem(kind, record.source, detail, record.image_id, record_index, box_index))
 
@@ -110,58 +121,73 @@ def check_boxes(record: DetectionRecord, image_size: tuple[int, int] | None,
     return found
 
 
+def record_problems(record: DetectionRecord, facts: ImageFacts | None,
+                    record_index: int | None = None) -> list[Problem]:
+    """What checking `record` alone finds: its image's problems (`facts`; None: the image is not
+    opened) and its boxes against the image's size. It depends on nothing else, so the dataset
+    index keeps it and later starts do not check again."""
+    if facts is None:
+        return check_boxes(record, None, record_index)
+    found = [dataclasses.replace(problem, record_index=record_index) for problem in facts.problems]
+    if facts.size is not None or not any(problem.scope == "record" for problem in facts.problems):
+        found.extend(check_boxes(record, facts.size, record_index))
+    return found
+
+
 def find_duplicates(records: Sequence[DetectionRecord]) -> list[Problem]:
     """Every record whose image id an earlier record already used."""
-    first_seen: dict[str, str] = {}
+    ids = image_ids(records)
+    if len(set(ids)) == len(ids):  # the usual case, without a loop in Python
+        return []
+    first_seen: dict[str, int] = {}
     found = []
-    for index, record in enumerate(records):
-        if record.image_id in first_seen:
-            found.append(Problem("duplicate_image_id", record.source,
-                                 f"image id {record.image_id!r} already used by {first_seen[record.image_id]}",
-                                 record.image_id, index))
+    for index, image_id in enumerate(ids):
+        if image_id in first_seen:
+            found.append(Problem("duplicate_image_id", records[index].source,
+                                 f"image id {image_id!r} already used by {records[first_seen[image_id]].source}",
+                                 image_id, index))
         else:
-            first_seen[record.image_id] = record.source
+            first_seen[image_id] = index
     return found
 
 
 def find_crowded(records: Sequence[DetectionRecord], max_boxes: int) -> list[Problem]:
     """Records with more boxes than the pipeline pads to (the extra boxes are not trained on)."""
-    return [Problem("too_many_boxes", record.source,
-                    f"{record.num_boxes} boxes, data.max_boxes is {max_boxes}", record.image_id, index)
-            for index, record in enumerate(records) if record.num_boxes > max_boxes]
+    counts = box_counts(records)
+    return [Problem("too_many_boxes", records[index].source,
+                    f"{counts[index]} boxes, data.max_boxes is {max_boxes}", records[index].image_id, index)
+            for index in np.flatnonzero(counts > max_boxes).tolist()]
 
 
 def check_records(records: Sequence[DetectionRecord], *, max_boxes: int | None = None,
                   check_images: bool = True, workers: int | None = None,
                   progress: Callable[[int], None] | None = None,
-                  image_facts: Sequence[ImageFacts] | None = None) -> list[Problem]:
+                  checked: Sequence[Problem] | None = None) -> list[Problem]:
     """All problems of `records`; their `record_index`/`box_index` point into `records`.
 
     With ``check_images=False`` only the annotations are checked (boxes against the declared
-    size): fast, but a corrupt image is then only found when training decodes it. `image_facts`
-    (one per record) are what opening the images found already (the dataset index): they are not
-    opened again. `progress` is called with the number of records finished since the last call.
+    size): fast, but a corrupt image is then only found when training decodes it. `checked` is
+    what :func:`record_problems` found for every record already, in the same mode and record order
+    (the dataset index keeps it): then only what depends on the whole list (duplicates, crowding)
+    is checked here. `progress` is called with the number of records finished since the last call.
     """
     found = find_duplicates(records)
     if max_boxes is not None:
         found.extend(find_crowded(records, max_boxes))
-    if not check_images:
-        for index, record in enumerate(records):
-            found.extend(check_boxes(record, None, index))
-            if progress:
-                progress(1)
+    if checked is not None:
+        found.extend(checked)
+        if progress:
+            progress(len(records))
         return found
-    if image_facts is not None:
-        opened = iter(image_facts)
-        pool = None
+    pool = None
+    if not check_images:
+        opened: Iterable[ImageFacts | None] = itertools.repeat(None, len(records))
     else:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2))
         opened = pool.map(inspect_image, records)
     try:
         for index, facts in enumerate(opened):
-            found.extend(dataclasses.replace(problem, record_index=index) for problem in facts.problems)
-            if facts.size is not None or not any(p.scope == "record" for p in facts.problems):
-                found.extend(check_boxes(records[index], facts.size, index))
+            found.extend(record_problems(records[index], facts, index))
             if progress:
                 progress(1)
     finally:
@@ -170,12 +196,12 @@ def check_records(records: Sequence[DetectionRecord], *, max_boxes: int | None =
     return found
 
 
-def drop_bad(records: Sequence[DetectionRecord], problems: Sequence[Problem]) -> list[DetectionRecord]:
+def drop_bad(records: Sequence[DetectionRecord], problems: Sequence[Problem]) -> Sequence[DetectionRecord]:
     """Apply the `skip` policy: drop named records and boxes, clip boxes that cross the border.
 
     Only problems produced by :func:`check_records` on this same list are applied (their indices
     refer to it); reader problems were already applied by the reader, which never produced the
-    record or box they name.
+    record or box they name. :class:`RecordColumns` stay columns (only the named records are built).
     """
     dropped_records = {p.record_index for p in problems if p.scope == "record" and p.record_index is not None}
     dropped_boxes: dict[int, set[int]] = {}
@@ -187,26 +213,42 @@ def drop_bad(records: Sequence[DetectionRecord], problems: Sequence[Problem]) ->
             dropped_boxes.setdefault(p.record_index, set()).add(p.box_index)
         elif p.kind == "box_clipped":
             clipped.setdefault(p.record_index, set()).add(p.box_index)
+    edited = (dropped_boxes.keys() | clipped.keys()) - dropped_records
+    if isinstance(records, RecordColumns):
+        if not dropped_records and not edited:  # the usual case: the same columns, not a copy
+            return records
+        keep_records = np.ones(len(records), bool)
+        keep_records[list(dropped_records)] = False
+        keep_boxes, boxes = np.ones(len(records.boxes), bool), records.boxes.copy()
+        for index in edited:
+            rows = slice(records.row_splits[index], records.row_splits[index + 1])
+            keep_boxes[rows], boxes[rows] = _edited(records[index], dropped_boxes.get(index, ()),
+                                                    clipped.get(index, ()))
+        return records.edited(keep_records, keep_boxes, boxes)
     kept = []
     for index, record in enumerate(records):
         if index in dropped_records:
             continue
-        if index not in dropped_boxes and index not in clipped:
-            kept.append(record)
-            continue
-        keep = np.ones(record.num_boxes, bool)
-        keep[list(dropped_boxes.get(index, ()))] = False
-        boxes = record.boxes.copy()
-        if index in clipped:
-            rows = list(clipped[index])
-            height, width = record.height, record.width
-            if height is None or width is None:  # clip needs the real size; it was checked readable
-                with Image.open(io.BytesIO(record.read_encoded())) as image:
-                    width, height = image.size
-            limits = np.array([height, width, height, width], np.float32)
-            boxes[rows] = np.clip(boxes[rows], 0.0, limits)
-        kept.append(record.with_boxes(keep, boxes))
+        if index in edited:
+            record = record.with_boxes(*_edited(record, dropped_boxes.get(index, ()), clipped.get(index, ())))
+        kept.append(record)
     return kept
+
+
+def _edited(record: DetectionRecord, dropped: Iterable[int], clipped: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Which boxes of `record` stay (not `dropped`), and its boxes with the `clipped` ones clipped to the image."""
+    keep = np.ones(record.num_boxes, bool)
+    keep[list(dropped)] = False
+    boxes = record.boxes.copy()
+    rows = list(clipped)
+    if rows:
+        height, width = record.height, record.width
+        if height is None or width is None:  # clip needs the real size; it was checked readable
+            with Image.open(io.BytesIO(record.read_encoded())) as image:
+                width, height = image.size
+        limits = np.array([height, width, height, width], np.float32)
+        boxes[rows] = np.clip(boxes[rows], 0.0, limits)
+    return keep, boxes
 
 
 def _image_name(record: DetectionRecord) -> str:

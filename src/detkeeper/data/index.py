@@ -2,9 +2,10 @@
 
 Reading a large dataset is what makes a start slow: every record parsed, every image opened. The
 index keeps, for each source file (a TFRecord shard), the records reading it gave (ids, boxes,
-classes, where each image lies; never an image), the reader's problems and what opening each image
-found, in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's
-entry is keyed by the file's path, size and modification time and by the label map it was read
+classes, where each image lies; never an image) as columns, the reader's problems and what checking
+each record alone found (:func:`record_problems`: opening its image, its boxes against its size),
+in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's entry is
+keyed by the file's path, size and modification time and by the label map it was read
 with, so a later start reads the index instead of the data, and a changed or added file is read
 again on its own. Entries are written whole or not at all (temporary file + rename); one that does
 not load, or does not describe the file as it is now, is never used: the file is read again.
@@ -25,29 +26,36 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from detkeeper.data.check import ImageFacts, inspect_image
+from detkeeper.data.check import inspect_image, record_problems
+from detkeeper.data.columns import RecordColumns
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
-from detkeeper.data.record import ByteSpan, DetectionRecord
+from detkeeper.data.record import DetectionRecord
 from detkeeper.errors import DetkeeperError
 from detkeeper.files import atomic_write_bytes, cache_directory, is_url
 
 logger = logging.getLogger("detkeeper.data")
 
 #: Bumped whenever what an entry holds changes: entries of another format are read again.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+
+#: The arrays of an entry: a file's :class:`RecordColumns`.
+_COLUMNS = ("file_index", "numbers", "offsets", "lengths", "sizes", "image_ids", "int_ids", "row_splits", "boxes",
+            "class_ids", "is_crowd", "area")
 
 
 @dataclasses.dataclass
 class FilePart:
     """What one file contributed: its records (in file order), the reader's problems (their
     ``record_index`` counts within this file), the (label, text) pairs it names (for deriving a
-    label map), and per record what opening its image found (None: images not opened)."""
+    label map), and what :func:`record_problems` found in its records (None: not checked yet), with
+    their images opened when `images_checked`."""
 
-    records: list[DetectionRecord]
+    records: Sequence[DetectionRecord]
     problems: list[Problem]
     texts_of_label: dict[int, set[str]]
-    image_facts: list[ImageFacts] | None = None
+    checked: list[Problem] | None = None
+    images_checked: bool = False
 
 
 ReadFile = Callable[[Path], FilePart]
@@ -67,8 +75,10 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
         part = _load(entry, file, identity, key, check_images)
         if part is None:
             part = read_file(file)
-            if check_images:
-                part.image_facts = [inspect_image(record) for record in part.records]
+            part.records = RecordColumns.from_records(part.records, str(file))
+            part.checked = [problem for number, record in enumerate(part.records) for problem in
+                            record_problems(record, inspect_image(record) if check_images else None, number)]
+            part.images_checked = check_images
             _save(entry, file, identity, key, part)
         if progress:
             progress(len(part.records))
@@ -102,32 +112,15 @@ def _entry_path(file: Path, label_map_key: str) -> Path:
 def _save(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str, part: FilePart) -> None:
     """Write `part` as the index entry of `file` (atomically); a cache that cannot be written only
     costs the next start its speed, so that is logged, not raised."""
-    records = part.records
-    counts = [record.num_boxes for record in records]
-    spans = [record.image_span for record in records]
-    if any(span is None or span.path != str(file) for span in spans):
-        raise ValueError(f"{file}: only records whose images lie in the file itself are indexed")
+    columns = part.records  # the file's RecordColumns
     meta = {
         "format": INDEX_FORMAT, "file": str(file), "identity": list(identity), "label_map": label_map_key,
-        "original_ids": [record.original_id for record in records],
-        "sources": [record.source for record in records],
         "problems": [dataclasses.asdict(problem) for problem in part.problems],
         "texts_of_label": {str(label): sorted(texts) for label, texts in part.texts_of_label.items()},
-        "image_facts": None if part.image_facts is None else [
-            [list(facts.size) if facts.size else None, [dataclasses.asdict(p) for p in facts.problems]]
-            for facts in part.image_facts],
+        "checked": [dataclasses.asdict(problem) for problem in part.checked or ()],
+        "images_checked": part.images_checked,
     }
-    arrays = {
-        "meta": np.array(json.dumps(meta)),
-        "offsets": np.array([span.offset for span in spans], np.int64),
-        "lengths": np.array([span.length for span in spans], np.int64),
-        "sizes": np.array([[record.height or 0, record.width or 0] for record in records], np.int64).reshape(-1, 2),
-        "box_counts": np.array(counts, np.int64),
-        "boxes": np.concatenate([record.boxes for record in records]) if records else np.zeros((0, 4)),
-        "class_ids": np.concatenate([record.class_ids for record in records]) if records else np.zeros(0, np.int64),
-        "is_crowd": np.concatenate([record.is_crowd for record in records]) if records else np.zeros(0, bool),
-        "area": np.concatenate([record.area for record in records]) if records else np.zeros(0),
-    }
+    arrays = {"meta": np.array(json.dumps(meta)), **{name: getattr(columns, name) for name in _COLUMNS}}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     try:
@@ -153,22 +146,12 @@ def _load(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str
         logger.warning("%s: its dataset index entry %s does not load (%s); reading the file again", file, entry, error)
         return None
     if (meta.get("format") != INDEX_FORMAT or meta.get("file") != str(file) or meta.get("identity") != list(identity)
-            or meta.get("label_map") != label_map_key or (check_images and meta.get("image_facts") is None)):
+            or meta.get("label_map") != label_map_key or (check_images and not meta.get("images_checked"))
+            or not set(_COLUMNS) <= arrays.keys()):
         return None
-    ends = np.cumsum(arrays["box_counts"])
-    starts = ends - arrays["box_counts"]
-    records = []
-    for index, (original_id, source) in enumerate(zip(meta["original_ids"], meta["sources"])):
-        rows = slice(int(starts[index]), int(ends[index]))
-        height, width = (int(value) for value in arrays["sizes"][index])
-        records.append(DetectionRecord(
-            image_id=str(original_id), boxes=arrays["boxes"][rows], class_ids=arrays["class_ids"][rows],
-            is_crowd=arrays["is_crowd"][rows], source=source, area=arrays["area"][rows],
-            image_span=ByteSpan(str(file), int(arrays["offsets"][index]), int(arrays["lengths"][index])),
-            width=width or None, height=height or None, original_id=original_id))
-    facts = None
-    if meta["image_facts"] is not None:
-        facts = [ImageFacts(tuple(size) if size else None, tuple(Problem(**problem) for problem in problems))
-                 for size, problems in meta["image_facts"]]
-    return FilePart(records, [Problem(**problem) for problem in meta["problems"]],
-                    {int(label): set(texts) for label, texts in meta["texts_of_label"].items()}, facts)
+    columns = RecordColumns(files=[str(file)], **{name: arrays[name] for name in _COLUMNS})
+    # Checks made with the images opened are not those of an annotations-only read, which checks anew.
+    checked = [Problem(**problem) for problem in meta["checked"]] if meta["images_checked"] == check_images else None
+    return FilePart(columns, [Problem(**problem) for problem in meta["problems"]],
+                    {int(label): set(texts) for label, texts in meta["texts_of_label"].items()},
+                    checked, meta["images_checked"])

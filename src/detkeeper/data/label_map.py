@@ -168,12 +168,12 @@ class LabelMap:
     def ids_to_indices(self, class_ids: np.ndarray) -> np.ndarray:
         """Label-map ids -> contiguous 0-based model indices (the class-id offset lives here)."""
         class_ids = np.asarray(class_ids, dtype=np.int64)
-        try:
-            return np.array([self._index_of_id[int(i)] for i in class_ids.reshape(-1)],
-                            dtype=np.int64).reshape(class_ids.shape)
-        except KeyError as error:
-            raise DataError(f"{self.source}: class id {error.args[0]} is not in the label map "
-                            f"(ids: {self.ids})") from None
+        ids = np.asarray(self.ids, np.int64)  # sorted: an id's index is its position among them
+        found = np.minimum(np.searchsorted(ids, class_ids), len(ids) - 1)
+        unknown = class_ids[ids[found] != class_ids]
+        if unknown.size:
+            raise DataError(f"{self.source}: class id {int(unknown[0])} is not in the label map (ids: {self.ids})")
+        return found.astype(np.int64)
 
     def indices_to_ids(self, indices: np.ndarray) -> np.ndarray:
         """Contiguous 0-based model indices -> label-map ids."""

@@ -7,8 +7,8 @@ costs; they hand both lists to the caller, whose ``bad_records`` policy acts on 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
-from detkeeper.data.check import ImageFacts
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
@@ -22,9 +22,9 @@ class Readout:
     box is absent from its record (``record_index`` says which record).
     """
 
-    records: list[DetectionRecord]
+    records: Sequence[DetectionRecord]  # a list, or RecordColumns (TFRecord)
     label_map: LabelMap
     problems: list[Problem]
-    #: Per record, what opening its image found, when the reader already did (from the dataset
-    #: index); None: the images are still to be opened.
-    image_facts: list[ImageFacts] | None = None
+    #: What checking each record alone found (``check.record_problems``; its image opened when the
+    #: read was asked to; indices into `records`), when the dataset index kept it; None: not checked yet.
+    checked: list[Problem] | None = None

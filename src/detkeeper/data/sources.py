@@ -13,11 +13,12 @@ import dataclasses
 import glob
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from detkeeper.config.schema import SPLITS
 from detkeeper.data.check import check_records, drop_bad
 from detkeeper.data.coco import read_coco
+from detkeeper.data.columns import box_counts
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import ProblemReport
 from detkeeper.data.readout import Readout
@@ -36,14 +37,14 @@ class PreparedSplit:
     """A split ready for the pipeline: clean records, and the report of what was dropped or fixed."""
 
     name: str
-    records: list[DetectionRecord]
+    records: Sequence[DetectionRecord]  # a list, or RecordColumns (TFRecord)
     label_map: LabelMap
     report: ProblemReport
     num_read: int  # records the reader produced, before the policy
 
     @property
     def num_boxes(self) -> int:
-        return sum(record.num_boxes for record in self.records)
+        return int(box_counts(self.records).sum())
 
 
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
@@ -138,7 +139,7 @@ class DataSources:
             return self._prepared[split]
         readout = self.readout(split)
         found = check_records(readout.records, max_boxes=self.config.max_boxes,
-                              check_images=self.check_images, progress=progress, image_facts=readout.image_facts)
+                              check_images=self.check_images, progress=progress, checked=readout.checked)
         report = ProblemReport([*readout.problems, *found])
         where = self.describe(split)
         if self.config.bad_records == "strict":

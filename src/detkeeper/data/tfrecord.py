@@ -55,6 +55,7 @@ from google.protobuf.message import DecodeError
 from PIL import Image, UnidentifiedImageError
 
 from detkeeper.data.image_format import sniff_format
+from detkeeper.data.columns import RecordColumns
 from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
@@ -184,35 +185,43 @@ def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
                    label_map: LabelMap | None = None, *, check_images: bool = False,
                    progress: Callable[[int], None] | None = None) -> Readout:
     """Records of TF OD API TFRecords, boxes in pixels, each image left in its file (a
-    :class:`ByteSpan` of the shard), so memory does not grow with the images.
+    :class:`ByteSpan` of the shard), as :class:`RecordColumns`: memory grows by a few dozen bytes a
+    record and with the boxes, not with the images.
 
     Shards are read side by side, through the dataset index (:mod:`detkeeper.data.index`): a
     shard read before, unchanged, is not read again. With `check_images` every image is opened
-    in the same pass (and the readout's ``image_facts`` say what was found). Without `label_map`
+    in the same pass (and the readout's ``checked`` says what was found). Without `label_map`
     one is derived from the (class/label, class/text) pairs of the files. A damaged file keeps the
     records before the damage and is reported as ``corrupt_record``.
     """
     parts = indexed_parts(expand_paths(paths), lambda file: read_tfrecord_file(file, label_map), label_map,
                           check_images=check_images, progress=progress)
-    records: list[DetectionRecord] = []
     problems: list[Problem] = []
+    checked: list[Problem] | None = [] if all(part.checked is not None for part in parts) else None
     texts_of_label: dict[int, set[str]] = {}
+    first_record = 0
     for part in parts:
-        problems += [problem if problem.record_index is None
-                     else dataclasses.replace(problem, record_index=problem.record_index + len(records))
-                     for problem in part.problems]
-        records += part.records
+        problems += _shifted(part.problems, first_record)
+        if checked is not None:
+            checked += _shifted(part.checked, first_record)
+        first_record += len(part.records)
         for label, texts in part.texts_of_label.items():
             texts_of_label.setdefault(label, set()).update(texts)
     if label_map is None:
-        if not records and problems:  # nothing readable to take class names from: say why, not "no classes"
+        if not first_record and problems:  # nothing readable to take class names from: say why, not "no classes"
             raise DataError(f"no record could be read, so no label map can be derived from them: "
                             f"{'; '.join(str(problem) for problem in problems[:3])}"
                             f"{' ...' if len(problems) > 3 else ''}. Give the label map they were made with "
                             "(--label-map, data.label_map) to have every problem counted.")
         label_map = _derived_label_map(texts_of_label)
-    facts = [facts for part in parts for facts in part.image_facts] if check_images else None
-    return Readout(records, label_map, problems, facts)
+    return Readout(RecordColumns.concatenate([part.records for part in parts]), label_map, problems, checked)
+
+
+def _shifted(problems: list[Problem], first_record: int) -> list[Problem]:
+    """A file's problems with ``record_index`` counting in the list its records start at `first_record` of."""
+    return [problem if problem.record_index is None or not first_record
+            else dataclasses.replace(problem, record_index=problem.record_index + first_record)
+            for problem in problems]
 
 
 def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
