@@ -166,3 +166,22 @@ def test_a_warm_prepare_takes_the_checks_of_each_record_from_the_index(tmp_path,
     assert again.report.problems == first.report.problems
     assert [r.image_id for r in again.records] == [r.image_id for r in first.records]
     np.testing.assert_array_equal(again.records[4].boxes, first.records[4].boxes)  # clipped on both
+
+
+def test_the_images_of_one_shard_are_opened_side_by_side(tmp_path, monkeypatch):
+    """A dataset in one shard is checked in parallel threads too (Pillow decodes without the GIL): two
+    images of the shard must be open at the same time, or the barrier below times out."""
+    import threading
+
+    (path,) = write_tfrecords([make_record(i) for i in range(4)], LABEL_MAP, tmp_path / "one.record")
+    both_open = threading.Barrier(2, timeout=10)
+    inspect = index.inspect_image
+
+    def meeting(record, record_index=None):
+        if record.image_id in ("img_000", "img_001"):
+            both_open.wait()
+        return inspect(record, record_index)
+
+    monkeypatch.setattr(index, "inspect_image", meeting)
+    readout = read_tfrecords(path, LABEL_MAP, check_images=True)
+    assert len(readout.records) == 4 and not readout.problems

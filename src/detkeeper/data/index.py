@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -66,27 +67,32 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
                   workers: int | None = None) -> list[FilePart]:
     """Each file's part, from the index where it holds the file as it is now, else read with
     `read_file` (and its images opened when `check_images`) and written to the index. Files are
-    read side by side in threads; `progress` gets the records finished since its last call."""
+    read side by side in threads, and the images of each opened side by side in threads of their
+    own (Pillow decodes without the GIL), so one big shard is checked in parallel too; `progress`
+    gets the records finished since its last call."""
     key = _label_map_key(label_map)
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
 
-    def part_of(file: Path) -> FilePart:
+    def part_of(file: Path, images: concurrent.futures.Executor) -> FilePart:
         identity = file_identity(file)
         entry = _entry_path(file, key)
         part = _load(entry, file, identity, key, check_images)
         if part is None:
             part = read_file(file)
-            part.records = RecordColumns.from_records(part.records, str(file))
-            part.checked = [problem for number, record in enumerate(part.records) for problem in
-                            record_problems(record, inspect_image(record) if check_images else None, number)]
+            records = part.records
+            part.records = RecordColumns.from_records(records, str(file))
+            facts = images.map(inspect_image, records) if check_images else itertools.repeat(None)
+            part.checked = [problem for number, (record, found) in enumerate(zip(records, facts))
+                            for problem in record_problems(record, found, number)]
             part.images_checked = check_images
             _save(entry, file, identity, key, part)
         if progress:
             progress(len(part.records))
         return part
 
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(part_of, files))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as files_pool, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as images:
+        return list(files_pool.map(lambda file: part_of(file, images), files))
 
 
 def file_identity(path: Path) -> tuple[int, int]:
