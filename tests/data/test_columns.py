@@ -10,7 +10,8 @@ from detkeeper.config.schema import DataConfig, SourceConfig
 from detkeeper.data import columns, pipeline
 from detkeeper.data.columns import RecordColumns
 from detkeeper.data.sources import DataSources
-from detkeeper.data.tfrecord import read_tfrecord_file, write_tfrecords
+from detkeeper.data.tfrecord import read_tfrecord_file
+from detkeeper.data.tfrecord_writer import write_tfrecords
 
 from test_tfrecord import LABEL_MAP, make_record
 

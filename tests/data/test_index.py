@@ -13,7 +13,8 @@ from detkeeper.config.schema import DataConfig, SourceConfig
 from detkeeper.data import index, tfrecord
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.sources import DataSources
-from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+from detkeeper.data.tfrecord import read_tfrecords
+from detkeeper.data.tfrecord_writer import write_tfrecords
 
 from test_tfrecord import LABEL_MAP, make_record
 

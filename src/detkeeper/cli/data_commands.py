@@ -201,7 +201,7 @@ def run_convert(args) -> int:
         prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)
     if args.to == "tfrecord":
-        from detkeeper.data.tfrecord import write_tfrecords  # light: imports TensorFlow
+        from detkeeper.data.tfrecord_writer import write_tfrecords  # light: imports TensorFlow
         if args.shards < 1:
             raise DataError(f"--shards must be at least 1, got {args.shards}")
         written = write_tfrecords(prepared.records, prepared.label_map, out, num_shards=args.shards)
