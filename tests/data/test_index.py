@@ -32,7 +32,7 @@ def reads(monkeypatch):
     read_file, inspect = tfrecord.read_tfrecord_file, index.inspect_image
 
     def counting_read(file, label_map):
-        done["files"].append(file.name)
+        done["files"].append(os.path.basename(file))
         return read_file(file, label_map)
 
     def counting_inspect(record, record_index=None):

@@ -56,6 +56,7 @@ from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
 from detkeeper.data.record import ByteSpan, DetectionRecord, denormalize_yxyx
 from detkeeper.errors import DataError
+from detkeeper.files import is_url
 
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
@@ -63,25 +64,43 @@ _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
 _CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
-def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files named by a path, a glob, a comma-separated string of them, or a sequence of those;
-    sorted and without duplicates. A pattern that matches no file is an error, not an empty list."""
+    without duplicates, local files first (absolute, sorted as paths), then URLs (sorted). A pattern
+    that matches no file is an error, not an empty list.
+
+    A URL (``gs://``, ``s3://``, ``ram://``: whatever tf.io.gfile reads) is globbed by
+    ``tf.io.gfile.glob`` and kept as the string it is: a :class:`Path` would make ``gs://b/x``
+    ``gs:/b/x``. As in the TF OD API's input reader, what the glob returns is taken as it is; a
+    folder among it is refused when it is read (:func:`detkeeper.data.index.file_identity`)."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found: set[Path] = set()
+    found: set[str] = set()
     for item in items:
         parts = item.split(",") if isinstance(item, str) else [os.fspath(item)]
         for pattern in (part.strip() for part in parts):
             if not pattern:
                 continue
-            pattern = os.path.expanduser(pattern)
-            matches = [pattern] if os.path.isfile(pattern) else glob.glob(pattern)
-            files = [Path(os.path.abspath(match)) for match in matches if os.path.isfile(match)]
+            if is_url(pattern):
+                files = _url_matches(pattern)
+            else:
+                pattern = os.path.expanduser(pattern)
+                matches = [pattern] if os.path.isfile(pattern) else glob.glob(pattern)
+                files = [os.path.abspath(match) for match in matches if os.path.isfile(match)]
             if not files:
                 raise DataError(f"no TFRecord file matches {pattern!r}")
             found.update(files)
     if not found:
         raise DataError(f"no TFRecord files given ({paths!r})")
-    return sorted(found)
+    urls = sorted(file for file in found if is_url(file))
+    return sorted(found - set(urls), key=Path) + urls  # local files in Path's order: the records' order as before
+
+
+def _url_matches(pattern: str) -> list[str]:
+    """What ``tf.io.gfile.glob`` finds for `pattern`; a store that cannot be listed is a DataError."""
+    try:
+        return list(tf.io.gfile.glob(pattern))
+    except tf.errors.OpError as error:
+        raise DataError(f"cannot list {pattern!r} ({error.message.strip().splitlines()[0]})") from None
 
 
 def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -127,7 +146,7 @@ def _shifted(problems: list[Problem], first_record: int) -> list[Problem]:
             for problem in problems]
 
 
-def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
+def read_tfrecord_file(file: str, label_map: LabelMap | None) -> FilePart:
     """One shard's records and problems (``record_index`` counting within the shard)."""
     records: list[DetectionRecord] = []
     problems: list[Problem] = []
@@ -154,7 +173,7 @@ def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
                                         f"class {class_id}{text} is not in the label map; box left out",
                                         example.image_id, len(records), box_index))
         # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
-        span = ByteSpan(str(file), offset + raw.find(example.encoded), len(example.encoded))
+        span = ByteSpan(file, offset + raw.find(example.encoded), len(example.encoded))
         records.append(DetectionRecord(
             image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
             is_crowd=example.is_crowd[keep], source=source, image_span=span,
@@ -174,13 +193,13 @@ class _Damage:
 _HEADER_BYTES, _FOOTER_BYTES = 12, 4
 
 
-def _framed_records(file: Path):
+def _framed_records(file: str):
     """``(serialized record, offset of its data in the file)`` in file order, read one at a time
     (TensorFlow checks every CRC); a :class:`_Damage` in place of the first unreadable record."""
     offset = _HEADER_BYTES
     number = 0
     try:
-        for raw in tf.data.TFRecordDataset(str(file)).as_numpy_iterator():
+        for raw in tf.data.TFRecordDataset(file).as_numpy_iterator():
             yield raw, offset
             offset += len(raw) + _FOOTER_BYTES + _HEADER_BYTES
             number += 1

@@ -24,7 +24,7 @@ from detkeeper.data.image_format import header_size, sniff_format
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord, normalize_yxyx
 from detkeeper.errors import DataError
-from detkeeper.files import is_out_of_space, out_of_space
+from detkeeper.files import is_out_of_space, is_url, out_of_space
 
 
 def shard_paths(output_prefix: str | os.PathLike, num_shards: int) -> list[Path]:
@@ -41,6 +41,10 @@ def write_tfrecords(records: Sequence[DetectionRecord], label_map: LabelMap,
     Each shard is written under a temporary name and renamed when all are complete, so a crash
     never leaves a shard that looks finished but is not.
     """
+    if is_url(os.fspath(output_prefix)):
+        raise DataError(f"{output_prefix}: detkeeper writes local files only (a write must be atomic: "
+                        "temporary file + rename); write the shards locally and copy them to the store "
+                        "(gsutil cp, gcloud storage cp)")
     paths = shard_paths(output_prefix, num_shards)
     stale = sorted(set(Path(p) for p in glob.glob(f"{glob.escape(str(output_prefix))}-?????-of-?????")) - set(paths))
     if stale:
