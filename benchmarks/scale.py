@@ -82,7 +82,7 @@ def generate_data(out: Path, sizes: list[int]) -> dict:
 
     import_tensorflow_quietly()
     from detkeeper.data.check import check_records, drop_bad
-    from detkeeper.data.tfrecord import write_tfrecords
+    from detkeeper.data.tfrecord_writer import write_tfrecords
     from detkeeper.data.voc import read_voc
 
     def clean(split: str, label_map=None):

@@ -10,7 +10,8 @@ from detkeeper.config.schema import DataConfig, SourceConfig
 from detkeeper.data import columns, pipeline
 from detkeeper.data.columns import RecordColumns
 from detkeeper.data.sources import DataSources
-from detkeeper.data.tfrecord import read_tfrecord_file, write_tfrecords
+from detkeeper.data.tfrecord import read_tfrecord_file
+from detkeeper.data.tfrecord_writer import write_tfrecords
 
 from test_tfrecord import LABEL_MAP, make_record
 
@@ -32,7 +33,7 @@ def _assert_same(record, expected):
 
 
 def test_columns_give_the_records_they_were_made_of(shards):
-    parts = [read_tfrecord_file(path, LABEL_MAP).records for path in shards]
+    parts = [read_tfrecord_file(str(path), LABEL_MAP).records for path in shards]
     joined = RecordColumns.concatenate([RecordColumns.from_records(part, str(path)) for part, path in zip(parts, shards)])
     expected = parts[0] + parts[1]
     assert len(joined) == 7 and joined.box_counts.tolist() == [record.num_boxes for record in expected]

@@ -13,7 +13,8 @@ from detkeeper.config.schema import DataConfig, SourceConfig
 from detkeeper.data import index, tfrecord
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.sources import DataSources
-from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+from detkeeper.data.tfrecord import read_tfrecords
+from detkeeper.data.tfrecord_writer import write_tfrecords
 
 from test_tfrecord import LABEL_MAP, make_record
 
@@ -31,7 +32,7 @@ def reads(monkeypatch):
     read_file, inspect = tfrecord.read_tfrecord_file, index.inspect_image
 
     def counting_read(file, label_map):
-        done["files"].append(file.name)
+        done["files"].append(os.path.basename(file))
         return read_file(file, label_map)
 
     def counting_inspect(record, record_index=None):

@@ -146,7 +146,8 @@ def test_jpeg_decodes_to_the_pixels_pil_decodes_and_png_as_it_is():
 def test_tfrecord_images_stream_from_their_shards_as_the_same_batches(records, tmp_path):
     """Records read from TFRecords keep only where each image lies in its shard, not its bytes;
     the pipeline reads them from there and makes the batches the image files make."""
-    from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+    from detkeeper.data.tfrecord import read_tfrecords
+    from detkeeper.data.tfrecord_writer import write_tfrecords
 
     write_tfrecords(records, LABELS, tmp_path / "shards" / "train.record", num_shards=3)
     streamed = read_tfrecords(str(tmp_path / "shards" / "train.record-*"), LABELS).records
@@ -163,7 +164,8 @@ def test_tfrecord_images_stream_from_their_shards_as_the_same_batches(records, t
 
 
 def test_a_shard_cut_short_after_reading_is_an_error_naming_it(records, tmp_path):
-    from detkeeper.data.tfrecord import read_tfrecords, write_tfrecords
+    from detkeeper.data.tfrecord import read_tfrecords
+    from detkeeper.data.tfrecord_writer import write_tfrecords
 
     (path,) = write_tfrecords(records, LABELS, tmp_path / "train.record", num_shards=1)
     streamed = read_tfrecords(path, LABELS).records

@@ -17,7 +17,8 @@ from PIL import Image
 
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord, normalize_yxyx
-from detkeeper.data.tfrecord import read_tfrecords, record_to_example, shard_paths, write_tfrecords
+from detkeeper.data.tfrecord import read_tfrecords
+from detkeeper.data.tfrecord_writer import record_to_example, shard_paths, write_tfrecords
 from detkeeper.errors import DataError
 
 LABEL_MAP = LabelMap.from_names(["RBC", "WBC", "Platelets"])

@@ -10,7 +10,7 @@ def tfod_workspace(tmp_path_factory) -> Path:
     """A TF OD API-style workspace: data/train.record-0000?-of-00002, data/val.record-00000-of-00001 and
     data/label_map.pbtxt made from 12 + 4 images of the built-in shapes dataset at 128 px."""
     from detkeeper.data.synthetic import generate_shapes_dataset
-    from detkeeper.data.tfrecord import write_tfrecords
+    from detkeeper.data.tfrecord_writer import write_tfrecords
     from detkeeper.data.voc import read_voc
 
     root = tmp_path_factory.mktemp("tfod_workspace")

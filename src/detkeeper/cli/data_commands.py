@@ -15,7 +15,7 @@ from detkeeper.data.coco import write_coco
 from detkeeper.data.sources import DataSources, detect_format
 from detkeeper.data.synthetic import generate_shapes_dataset
 from detkeeper.errors import DataError
-from detkeeper.files import atomic_write_bytes
+from detkeeper.files import atomic_write_bytes, is_url
 from detkeeper.visualize import draw_boxes, image_grid
 
 CHECK_EXAMPLES = """\
@@ -191,6 +191,9 @@ def _print_check(label: str, prepared, examples: int) -> None:
 
 
 def run_convert(args) -> int:
+    if is_url(args.out):  # refused before the dataset is read, not after
+        raise DataError(f"--out {args.out}: detkeeper writes local files only; convert into a local folder "
+                        "and copy the files to the store (gsutil cp, gcloud storage cp)")
     target = _resolve_target(args, bad_records="strict" if args.strict else "skip")
     if len(target.splits) != 1:
         raise DataError(f"{args.target}: a config names several splits; choose one with --split")
@@ -201,7 +204,7 @@ def run_convert(args) -> int:
         prepared = target.sources.prepare(split, progress=update, log_problems=False)
     out = Path(args.out)
     if args.to == "tfrecord":
-        from detkeeper.data.tfrecord import write_tfrecords  # light: imports TensorFlow
+        from detkeeper.data.tfrecord_writer import write_tfrecords  # light: imports TensorFlow
         if args.shards < 1:
             raise DataError(f"--shards must be at least 1, got {args.shards}")
         written = write_tfrecords(prepared.records, prepared.label_map, out, num_shards=args.shards)

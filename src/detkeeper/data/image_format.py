@@ -6,7 +6,11 @@ fill the TFRecord ``image/format`` field, the checker to tell a corrupt image fr
 """
 
 from __future__ import annotations
+
+import io
 import re
+
+from PIL import Image, UnidentifiedImageError
 
 from detkeeper.errors import DataError
 
@@ -45,6 +49,16 @@ def decoded_size(data: bytes) -> tuple[int, int]:
         reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message).strip().splitlines()[0][:200]
         raise DataError(f"not a readable image ({reason})") from None
     return int(image.shape[0]), int(image.shape[1])
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from the image header (None if unreadable), for records declaring no size."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        return None
+    return height, width
 
 
 def sniff_format(data: bytes) -> str | None:

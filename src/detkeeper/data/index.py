@@ -5,9 +5,11 @@ index keeps, for each source file (a TFRecord shard), the records reading it gav
 classes, where each image lies; never an image) as columns, the reader's problems and what checking
 each record alone found (:func:`record_problems`: opening its image, its boxes against its size),
 in ``$DETKEEPER_CACHE/index``, the pattern of Ultralytics' ``labels.cache``. Each file's entry is
-keyed by the file's path, size and modification time and by the label map it was read
-with, so a later start reads the index instead of the data, and a changed or added file is read
-again on its own. Entries are written whole or not at all (temporary file + rename); one that does
+keyed by the file's path (a URL such as ``gs://...`` as it is: the index of a dataset in an object
+store is kept on this machine), size and modification time (and a fingerprint of its first and
+last bytes where the file system reports no time) and by the label map it was read with, so a
+later start reads the index instead of the data, and a changed or added file is read again on its
+own. Entries are written whole or not at all (temporary file + rename); one that does
 not load, or does not describe the file as it is now, is never used: the file is read again.
 """
 
@@ -32,7 +34,7 @@ from detkeeper.data.columns import RecordColumns
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.files import atomic_write_bytes, cache_directory, is_url
 
 logger = logging.getLogger("detkeeper.data")
@@ -59,10 +61,10 @@ class FilePart:
     images_checked: bool = False
 
 
-ReadFile = Callable[[Path], FilePart]
+ReadFile = Callable[[str], FilePart]
 
 
-def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMap | None, *,
+def indexed_parts(files: Sequence[str], read_file: ReadFile, label_map: LabelMap | None, *,
                   check_images: bool, progress: Callable[[int], None] | None = None,
                   workers: int | None = None) -> list[FilePart]:
     """Each file's part, from the index where it holds the file as it is now, else read with
@@ -73,7 +75,7 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
     key = _label_map_key(label_map)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
 
-    def part_of(file: Path, images: concurrent.futures.Executor) -> FilePart:
+    def part_of(file: str, images: concurrent.futures.Executor) -> FilePart:
         identity = file_identity(file)
         entry = _entry_path(file, key)
         part = _load(entry, file, identity, key, check_images)
@@ -95,27 +97,56 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
         return list(files_pool.map(lambda file: part_of(file, images), files))
 
 
-def file_identity(path: Path) -> tuple[int, int]:
-    """``(size, mtime in ns)``: what says a file is still the one an index entry was made from."""
-    if is_url(str(path)):
-        import tensorflow as tf  # light: imports TensorFlow
+def file_identity(path: str | Path) -> tuple:
+    """``(size, mtime in ns)``: what says a file is still the one an index entry was made from. Where
+    the file system reports no modification time (0: ``ram://``, some object stores, archives that
+    reset it) a fingerprint of the file's first and last bytes joins them, so a new version of the
+    same size is still told apart. URLs (``gs://``...) are asked of tf.io.gfile; a folder is refused."""
+    if not is_url(str(path)):
+        stat = os.stat(path)
+        if stat.st_mtime_ns:
+            return stat.st_size, stat.st_mtime_ns
+        with open(path, "rb") as handle:
+            return stat.st_size, 0, _fingerprint(handle, stat.st_size)
+    import tensorflow as tf  # light: imports TensorFlow
 
+    try:
         stat = tf.io.gfile.stat(str(path))
-        return int(stat.length), int(stat.mtime_nsec)
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+        if stat.is_directory:
+            raise DataError(f"{path}: a folder, not a file; make the pattern match files only "
+                            "(e.g. .../train-*)")
+        if stat.mtime_nsec:
+            return int(stat.length), int(stat.mtime_nsec)
+        with tf.io.gfile.GFile(str(path), "rb") as handle:
+            return int(stat.length), 0, _fingerprint(handle, int(stat.length))
+    except tf.errors.OpError as error:
+        raise DataError(f"{path}: cannot read it ({error.message.strip().splitlines()[0]})") from None
+
+
+#: Bytes read from each end of a file for its fingerprint.
+_FINGERPRINT_BYTES = 64 * 1024
+
+
+def _fingerprint(handle, size: int) -> str:
+    """sha256 of the first and last 64 KiB of an open file of `size` bytes (of all of it when smaller)."""
+    if size <= 2 * _FINGERPRINT_BYTES:
+        return hashlib.sha256(handle.read()).hexdigest()
+    digest = hashlib.sha256(handle.read(_FINGERPRINT_BYTES))
+    handle.seek(size - _FINGERPRINT_BYTES)
+    digest.update(handle.read(_FINGERPRINT_BYTES))
+    return digest.hexdigest()
 
 
 def _label_map_key(label_map: LabelMap | None) -> str:
     return "" if label_map is None else label_map.to_pbtxt()
 
 
-def _entry_path(file: Path, label_map_key: str) -> Path:
+def _entry_path(file: str | Path, label_map_key: str) -> Path:
     digest = hashlib.sha256(json.dumps([INDEX_FORMAT, str(file), label_map_key]).encode("utf-8")).hexdigest()
     return cache_directory("index") / digest[:2] / f"{digest}.npz"
 
 
-def _save(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str, part: FilePart) -> None:
+def _save(entry: Path, file: str, identity: tuple, label_map_key: str, part: FilePart) -> None:
     """Write `part` as the index entry of `file` (atomically); a cache that cannot be written only
     costs the next start its speed, so that is logged, not raised."""
     columns = part.records  # the file's RecordColumns
@@ -137,7 +168,7 @@ def _save(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str
                        "file again", file, entry, error)
 
 
-def _load(entry: Path, file: Path, identity: tuple[int, int], label_map_key: str,
+def _load(entry: Path, file: str, identity: tuple, label_map_key: str,
           check_images: bool) -> FilePart | None:
     """The part `entry` holds for `file`, or None when there is none to trust: missing, unreadable,
     of another format, made from another version of the file or label map, or without the image

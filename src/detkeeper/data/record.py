@@ -21,6 +21,7 @@ integer ids order images numerically, as pycocotools sorts them; see :func:`coco
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Sequence
@@ -42,19 +43,34 @@ class ByteSpan:
     def read(self) -> bytes:
         """The bytes (an OSError when the file is gone or now ends before them)."""
         if is_url(self.path):  # gs:// and the like: what tf.io.gfile reads
-            import tensorflow as tf  # light: imports TensorFlow
-
-            with tf.io.gfile.GFile(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(self.length)
+            data, end = self._read_url()
         else:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
                 data = handle.read(self.length)
+            end = self.offset + len(data)
         if len(data) != self.length:
-            raise OSError(f"{self.path} ends at byte {self.offset + len(data)}, before the {self.length} bytes at "
+            raise OSError(f"{self.path} ends at byte {end}, before the {self.length} bytes at "
                           f"{self.offset} (the file changed since it was read)")
         return data
+
+    def _read_url(self) -> tuple[bytes, int]:
+        """The bytes through tf.io.gfile (a ranged read where the store has one) and where they end;
+        TensorFlow's errors become the OSErrors a local read raises."""
+        import tensorflow as tf  # light: imports TensorFlow
+
+        try:
+            with tf.io.gfile.GFile(self.path, "rb") as handle:
+                try:
+                    handle.seek(self.offset)
+                except tf.errors.OutOfRangeError:  # the object now ends before the offset
+                    return b"", int(handle.size())
+                data = handle.read(self.length)
+        except tf.errors.NotFoundError as error:
+            raise FileNotFoundError(errno.ENOENT, f"{self.path}: {error.message.strip()}", self.path) from None
+        except tf.errors.OpError as error:
+            raise OSError(f"{self.path}: {error.message.strip()}") from None
+        return data, self.offset + len(data)
 
     def describe(self) -> str:
         return f"bytes {self.offset}-{self.offset + self.length} of {os.fspath(self.path)}"

@@ -26,6 +26,7 @@ from detkeeper.data.record import DetectionRecord
 from detkeeper.data.synthetic import generate_shapes_dataset
 from detkeeper.data.voc import read_voc
 from detkeeper.errors import DataError
+from detkeeper.files import is_url
 
 logger = logging.getLogger("detkeeper.data")
 
@@ -166,8 +167,8 @@ def detect_format(path: str) -> str:
     if candidate.suffix == ".json":
         return "coco"
     first = path.split(",")[0]
-    if first.endswith(TFRECORD_SUFFIXES) or ".tfrecord" in first or glob.has_magic(first):
-        return "tfrecord"
+    if first.endswith(TFRECORD_SUFFIXES) or ".tfrecord" in first or glob.has_magic(first) or is_url(first):
+        return "tfrecord"  # of the formats, only TFRecords are read from object stores (gs://...)
     if not candidate.exists():
         raise DataError(f"{path}: no such file or folder")
     raise DataError(f"{path}: cannot tell the dataset format from the name; pass --format voc|coco|tfrecord")

@@ -31,38 +31,32 @@ an int when it is a canonical decimal integer (``create_coco_tf_record.py`` writ
 evaluation then orders them as numbers, as pycocotools does COCO's), else the string, as the API
 treats it. ``image/object/area`` (the COCO converter writes each annotation's area) is kept.
 
-Shards are named ``<prefix>-00000-of-00004`` and filled round-robin (record ``i`` goes to shard
-``i % num_shards``), as ``tf_record_creation_util.open_sharded_output_tfrecords`` and the API's
-converters do. Reader problems follow :class:`Readout`: what is named is left out.
+Writing them is :mod:`detkeeper.data.tfrecord_writer`. Reader problems follow :class:`Readout`:
+what is named is left out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
-import hashlib
-import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from PIL import Image, UnidentifiedImageError
 
-from detkeeper.data.image_format import sniff_format
 from detkeeper.data.columns import RecordColumns
+from detkeeper.data.image_format import header_size
 from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
-from detkeeper.data.record import ByteSpan, DetectionRecord, denormalize_yxyx, normalize_yxyx
+from detkeeper.data.record import ByteSpan, DetectionRecord, denormalize_yxyx
 from detkeeper.errors import DataError
-from detkeeper.files import is_out_of_space, out_of_space
+from detkeeper.files import is_url
 
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
@@ -70,115 +64,43 @@ _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
 _CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
-def shard_paths(output_prefix: str | os.PathLike, num_shards: int) -> list[Path]:
-    """``<prefix>-00000-of-0000N`` names, as the TF OD API's sharding utility makes them."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
-    return [Path(f"{output_prefix}-{index:05d}-of-{num_shards:05d}") for index in range(num_shards)]
-
-
-def write_tfrecords(records: Sequence[DetectionRecord], label_map: LabelMap,
-                    output_prefix: str | os.PathLike, num_shards: int = 1) -> list[Path]:
-    """Write `records` round-robin into `num_shards` shards; returns the shard paths.
-
-    Each shard is written under a temporary name and renamed when all are complete, so a crash
-    never leaves a shard that looks finished but is not.
-    """
-    paths = shard_paths(output_prefix, num_shards)
-    stale = sorted(set(Path(p) for p in glob.glob(f"{glob.escape(str(output_prefix))}-?????-of-?????")) - set(paths))
-    if stale:
-        raise DataError(
-            f"{output_prefix}: shards of another sharding already exist ({', '.join(p.name for p in stale[:3])}"
-            f"{' ...' if len(stale) > 3 else ''}); a glob over the prefix would mix them with the new ones. "
-            "Remove them or choose another output prefix.")
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    temporary: list[str] = []
-    try:
-        for path in paths:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            temporary.append(name)
-        with contextlib.ExitStack() as stack:
-            writers = [stack.enter_context(tf.io.TFRecordWriter(name)) for name in temporary]
-            for index, record in enumerate(records):
-                writers[index % num_shards].write(record_to_example(record, label_map).SerializeToString())
-        for name, path in zip(temporary, paths):
-            _fsync(name)
-            os.replace(name, path)
-    except BaseException as error:
-        for name in temporary:
-            Path(name).unlink(missing_ok=True)
-        if is_out_of_space(error):
-            raise out_of_space(output_prefix, error, f"{num_shards} TFRecord shard(s)") from None
-        raise
-    return paths
-
-
-def record_to_example(record: DetectionRecord, label_map: LabelMap) -> tf.train.Example:
-    """One record as the API's converters build it; boxes normalized by the image's true size."""
-    unknown = [int(c) for c in record.class_ids if not label_map.has_id(c)]
-    if unknown:
-        raise DataError(f"{record.source}: class id {unknown[0]} is not in the label map "
-                        f"(ids: {label_map.ids})")
-    try:
-        encoded = record.read_encoded()
-    except OSError as error:
-        raise DataError(f"{record.source}: cannot read image {record.image_path} ({error})") from None
-    image_format = sniff_format(encoded)
-    if image_format is None:
-        raise DataError(f"{record.source}: the image is not JPEG, PNG, GIF or BMP; "
-                        "TensorFlow cannot decode it from a TFRecord")
-    size = (record.height, record.width) if record.height and record.width else _header_size(encoded)
-    if size is None:
-        raise DataError(f"{record.source}: the record declares no size and its image header cannot "
-                        "be read, so its boxes cannot be normalized")
-    height, width = size
-    ymin, xmin, ymax, xmax = normalize_yxyx(record.boxes, height, width).T
-    filename = record.image_path.name if record.image_path is not None else record.image_id
-    zeros = [0] * record.num_boxes
-    feature = {
-        "image/height": _ints([height]),
-        "image/width": _ints([width]),
-        "image/filename": _bytes([filename.encode("utf-8")]),
-        "image/source_id": _bytes([record.image_id.encode("utf-8")]),
-        "image/key/sha256": _bytes([hashlib.sha256(encoded).hexdigest().encode("utf-8")]),
-        "image/encoded": _bytes([encoded]),
-        "image/format": _bytes([image_format.encode()]),
-        "image/object/bbox/xmin": _floats(xmin),
-        "image/object/bbox/xmax": _floats(xmax),
-        "image/object/bbox/ymin": _floats(ymin),
-        "image/object/bbox/ymax": _floats(ymax),
-        "image/object/class/text": _bytes([label_map.item_of_id(c).name.encode("utf-8")
-                                           for c in record.class_ids]),
-        "image/object/class/label": _ints(record.class_ids.tolist()),
-        "image/object/is_crowd": _ints(record.is_crowd.astype(np.int64).tolist()),
-        "image/object/difficult": _ints(zeros),
-        "image/object/truncated": _ints(zeros),
-    }
-    if not np.isnan(record.area).all():  # objects without one get their box's, as evaluation would
-        feature["image/object/area"] = _floats(record.coco_areas())
-    return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files named by a path, a glob, a comma-separated string of them, or a sequence of those;
-    sorted and without duplicates. A pattern that matches no file is an error, not an empty list."""
+    without duplicates, local files first (absolute, sorted as paths), then URLs (sorted). A pattern
+    that matches no file is an error, not an empty list.
+
+    A URL (``gs://``, ``s3://``, ``ram://``: whatever tf.io.gfile reads) is globbed by
+    ``tf.io.gfile.glob`` and kept as the string it is: a :class:`Path` would make ``gs://b/x``
+    ``gs:/b/x``. As in the TF OD API's input reader, what the glob returns is taken as it is; a
+    folder among it is refused when it is read (:func:`detkeeper.data.index.file_identity`)."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found: set[Path] = set()
+    found: set[str] = set()
     for item in items:
         parts = item.split(",") if isinstance(item, str) else [os.fspath(item)]
         for pattern in (part.strip() for part in parts):
             if not pattern:
                 continue
-            pattern = os.path.expanduser(pattern)
-            matches = [pattern] if os.path.isfile(pattern) else glob.glob(pattern)
-            files = [Path(os.path.abspath(match)) for match in matches if os.path.isfile(match)]
+            if is_url(pattern):
+                files = _url_matches(pattern)
+            else:
+                pattern = os.path.expanduser(pattern)
+                matches = [pattern] if os.path.isfile(pattern) else glob.glob(pattern)
+                files = [os.path.abspath(match) for match in matches if os.path.isfile(match)]
             if not files:
                 raise DataError(f"no TFRecord file matches {pattern!r}")
             found.update(files)
     if not found:
         raise DataError(f"no TFRecord files given ({paths!r})")
-    return sorted(found)
+    urls = sorted(file for file in found if is_url(file))
+    return sorted(found - set(urls), key=Path) + urls  # local files in Path's order: the records' order as before
+
+
+def _url_matches(pattern: str) -> list[str]:
+    """What ``tf.io.gfile.glob`` finds for `pattern`; a store that cannot be listed is a DataError."""
+    try:
+        return list(tf.io.gfile.glob(pattern))
+    except tf.errors.OpError as error:
+        raise DataError(f"cannot list {pattern!r} ({error.message.strip().splitlines()[0]})") from None
 
 
 def read_tfrecords(paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -224,7 +146,7 @@ def _shifted(problems: list[Problem], first_record: int) -> list[Problem]:
             for problem in problems]
 
 
-def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
+def read_tfrecord_file(file: str, label_map: LabelMap | None) -> FilePart:
     """One shard's records and problems (``record_index`` counting within the shard)."""
     records: list[DetectionRecord] = []
     problems: list[Problem] = []
@@ -251,7 +173,7 @@ def read_tfrecord_file(file: Path, label_map: LabelMap | None) -> FilePart:
                                         f"class {class_id}{text} is not in the label map; box left out",
                                         example.image_id, len(records), box_index))
         # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
-        span = ByteSpan(str(file), offset + raw.find(example.encoded), len(example.encoded))
+        span = ByteSpan(file, offset + raw.find(example.encoded), len(example.encoded))
         records.append(DetectionRecord(
             image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
             is_crowd=example.is_crowd[keep], source=source, image_span=span,
@@ -271,13 +193,13 @@ class _Damage:
 _HEADER_BYTES, _FOOTER_BYTES = 12, 4
 
 
-def _framed_records(file: Path):
+def _framed_records(file: str):
     """``(serialized record, offset of its data in the file)`` in file order, read one at a time
     (TensorFlow checks every CRC); a :class:`_Damage` in place of the first unreadable record."""
     offset = _HEADER_BYTES
     number = 0
     try:
-        for raw in tf.data.TFRecordDataset(str(file)).as_numpy_iterator():
+        for raw in tf.data.TFRecordDataset(file).as_numpy_iterator():
             yield raw, offset
             offset += len(raw) + _FOOTER_BYTES + _HEADER_BYTES
             number += 1
@@ -351,7 +273,7 @@ def _parse(raw: bytes, source: str) -> _Example:
         raise _Unusable(f"image/object/area must be finite and >= 0 (pixels), found {area}", image_id)
     boxes = np.asarray(corners, np.float32).T
     if count:
-        size = (height, width) if height and width else _header_size(encoded)
+        size = (height, width) if height and width else header_size(encoded)
         if size is None:
             raise _Unusable("no image/height and image/width, and the image header cannot be read, so "
                             "the normalized boxes cannot be converted to pixels", image_id, "corrupt_image")
@@ -431,33 +353,3 @@ def _values(features: Mapping[str, tf.train.Feature], key: str, kind: str,
 
 def _bytes_text(value: bytes | None) -> str:
     return value.decode("utf-8", "backslashreplace") if value else ""
-
-
-def _header_size(encoded: bytes) -> tuple[int, int] | None:
-    """(height, width) from the image header (None if unreadable), for records declaring no size."""
-    try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError):
-        return None
-    return height, width
-
-
-def _fsync(name: str) -> None:
-    fd = os.open(name, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _bytes(values: list[bytes]) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-
-def _ints(values: list[int]) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-
-def _floats(values: np.ndarray) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values.tolist()))
