@@ -50,12 +50,13 @@ class PreparedSplit:
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
                 progress: Callable[[int], None] | None = None) -> Readout:
     """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format.
-    A reader that goes through the dataset index (TFRecord) opens the images too with
-    `check_images`, and reports the records it has read to `progress`."""
+    Readers that go through the dataset index (TFRecord, COCO) open the images too with
+    `check_images`, and report the records they have read to `progress`."""
     if source.format == "voc":
         return read_voc(source.path, split=source.split, label_map=label_map)
     if source.format == "coco":
-        return read_coco(source.path, images_dir=source.images, label_map=label_map)
+        return read_coco(source.path, images_dir=source.images, label_map=label_map, check_images=check_images,
+                         progress=progress)
     if source.format == "tfrecord":
         from detkeeper.data.tfrecord import read_tfrecords  # light: imports TensorFlow
         return read_tfrecords(source.path, label_map=label_map, check_images=check_images, progress=progress)
@@ -123,8 +124,9 @@ class DataSources:
 
     def readout(self, split: str, progress: Callable[[int], None] | None = None) -> Readout:
         """The split as its reader gives it (read once; `progress` counts the records read)."""
+        label_map = self.label_map  # first: deriving it reads the first split, which is then not read again
         if split not in self._readouts:
-            self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic,
+            self._readouts[split] = read_source(self.source(split), label_map, self.config.synthetic,
                                                 check_images=self.check_images, progress=progress)
         return self._readouts[split]
 

@@ -1,0 +1,107 @@
+"""VOC and COCO sources through the dataset index (issue 18): a second start parses no annotation and
+opens no image; a changed annotation file is read again; an image file changed after indexing is
+opened again on its own, and what checking it finds replaces what was found before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detkeeper.config.schema import DataConfig, SourceConfig
+from detkeeper.data import coco, index
+from detkeeper.data.columns import RecordColumns
+from detkeeper.data.coco import read_coco
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.sources import DataSources
+
+from test_coco import CATEGORIES, coco_file, jpeg_bytes
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The annotation files parsed and the images opened, in order."""
+    done = {"parsed": [], "images": []}
+    load_json, inspect = coco._load_json, index.inspect_image
+
+    def counting_load_json(path):
+        done["parsed"].append(path.name)
+        return load_json(path)
+
+    def counting_inspect(record, record_index=None):
+        done["images"].append(record.image_path.name)
+        return inspect(record, record_index)
+
+    monkeypatch.setattr(coco, "_load_json", counting_load_json)
+    monkeypatch.setattr(index, "inspect_image", counting_inspect)
+    return done
+
+
+def _same(first, second):
+    assert isinstance(second.records, RecordColumns)
+    assert [r.image_id for r in first.records] == [r.image_id for r in second.records]
+    for a, b in zip(first.records, second.records):
+        assert (a.image_path, a.source, a.original_id, a.width, a.height) == (
+            b.image_path, b.source, b.original_id, b.width, b.height)
+        for field in ("boxes", "class_ids", "is_crowd", "area"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert first.problems == second.problems and first.checked == second.checked
+    assert first.label_map == second.label_map and first.label_map.source == second.label_map.source
+
+
+@pytest.fixture
+def coco_set(tmp_path):
+    """The three-image COCO file of test_coco, its images written beside it (c.jpg not an image)."""
+    for name, size in (("a.jpg", (64, 48)), ("b.jpg", (32, 32))):
+        (tmp_path / name).write_bytes(jpeg_bytes(*size))
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    return coco_file(tmp_path)
+
+
+def test_a_second_coco_read_parses_no_json_and_opens_no_image(coco_set, reads, tmp_path):
+    first = read_coco(coco_set, check_images=True)
+    assert reads == {"parsed": ["instances.json"], "images": ["a.jpg", "b.jpg", "c.jpg"]}
+    assert [(p.kind, p.record_index) for p in first.checked] == [("not_an_image", 2)]
+    again = read_coco(coco_set, check_images=True)
+    assert reads == {"parsed": ["instances.json"], "images": ["a.jpg", "b.jpg", "c.jpg"]}
+    _same(first, again)
+    assert again.records[0].image_path == (tmp_path / "a.jpg").resolve()
+    assert again.records[1].source == f"{coco_set}#images[1]"
+    assert again.label_map.ids == [3, 18] and again.label_map.source == f"{coco_set} categories"
+    # What the records depend on keys the entry: another label map, another images folder.
+    read_coco(coco_set, label_map=LabelMap.from_names(["dog", "car"]))
+    other = tmp_path / "other"
+    other.mkdir()
+    assert read_coco(coco_set, images_dir=other).records[0].image_path == (other / "a.jpg").resolve()
+    assert reads["parsed"] == ["instances.json"] * 3
+
+
+def test_a_changed_coco_file_is_read_again(coco_set, reads):
+    read_coco(coco_set)
+    coco_file(coco_set.parent, annotations=[], images=[{"id": 5, "file_name": "b.jpg"}], categories=CATEGORIES)
+    readout = read_coco(coco_set)
+    assert reads["parsed"] == ["instances.json"] * 2
+    assert [r.image_id for r in readout.records] == ["5"] and readout.records[0].num_boxes == 0
+
+
+def test_an_image_changed_after_indexing_is_opened_again_alone(coco_set, reads, tmp_path):
+    read_coco(coco_set, check_images=True)
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)  # now starts like a JPEG but is not one
+    (tmp_path / "c.jpg").write_bytes(jpeg_bytes(10, 10))  # now a good image
+    reads["images"].clear()
+    readout = read_coco(coco_set, check_images=True)
+    assert sorted(reads["images"]) == ["a.jpg", "c.jpg"] and reads["parsed"] == ["instances.json"]
+    assert [(p.kind, p.record_index) for p in readout.checked] == [("corrupt_image", 0)]
+    assert readout.checked == read_coco(coco_set, check_images=True).checked  # the entry was updated
+    assert sorted(reads["images"]) == ["a.jpg", "c.jpg"]
+    (tmp_path / "b.jpg").unlink()
+    assert [(p.kind, p.record_index) for p in read_coco(coco_set, check_images=True).checked] == [
+        ("corrupt_image", 0), ("missing_image", 1)]
+
+
+def test_a_coco_split_prepared_from_the_index_drops_what_the_checks_found(coco_set, reads):
+    data = DataConfig(train=SourceConfig("coco", str(coco_set)), val=None, test=None)
+    for start in range(2):
+        prepared = DataSources(data).prepare("train")
+        assert [r.image_id for r in prepared.records] == ["7", "9"] and isinstance(prepared.records, RecordColumns)
+        assert prepared.report.counts() == {"not_an_image": 1}
+    assert reads["parsed"] == ["instances.json"] and len(reads["images"]) == 3
