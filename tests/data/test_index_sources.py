@@ -8,20 +8,27 @@ import numpy as np
 import pytest
 
 from detkeeper.config.schema import DataConfig, SourceConfig
-from detkeeper.data import coco, index
+from detkeeper.data import coco, index, voc
 from detkeeper.data.columns import RecordColumns
 from detkeeper.data.coco import read_coco
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.sources import DataSources
 
+from detkeeper.data.voc import read_voc
+
 from test_coco import CATEGORIES, coco_file, jpeg_bytes
+from test_voc import _annotation, _good, _object, _voc_folder
 
 
 @pytest.fixture
 def reads(monkeypatch):
     """The annotation files parsed and the images opened, in order."""
     done = {"parsed": [], "images": []}
-    load_json, inspect = coco._load_json, index.inspect_image
+    load_json, read_annotation, inspect = coco._load_json, voc._read_annotation, index.inspect_image
+
+    def counting_read_annotation(root, image_id, *args):
+        done["parsed"].append(f"{image_id}.xml")
+        return read_annotation(root, image_id, *args)
 
     def counting_load_json(path):
         done["parsed"].append(path.name)
@@ -32,6 +39,7 @@ def reads(monkeypatch):
         return inspect(record, record_index)
 
     monkeypatch.setattr(coco, "_load_json", counting_load_json)
+    monkeypatch.setattr(voc, "_read_annotation", counting_read_annotation)
     monkeypatch.setattr(index, "inspect_image", counting_inspect)
     return done
 
@@ -105,3 +113,49 @@ def test_a_coco_split_prepared_from_the_index_drops_what_the_checks_found(coco_s
         assert [r.image_id for r in prepared.records] == ["7", "9"] and isinstance(prepared.records, RecordColumns)
         assert prepared.report.counts() == {"not_an_image": 1}
     assert reads["parsed"] == ["instances.json"] and len(reads["images"]) == 3
+
+
+@pytest.fixture
+def voc_set(tmp_path):
+    """A VOC folder of three images (c's image is not one) and a split listing a and c."""
+    root = _voc_folder(tmp_path / "voc", {name: _good(name) for name in "abc"}, {"some": "a\nc\n"})
+    for name in "ab":
+        (root / "JPEGImages" / f"{name}.jpg").write_bytes(jpeg_bytes(64, 48))
+    (root / "JPEGImages" / "c.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_a_second_voc_read_parses_no_xml_and_opens_no_image(voc_set, reads):
+    first = read_voc(voc_set, split="some", check_images=True)
+    assert reads == {"parsed": ["a.xml", "c.xml"], "images": ["a.jpg", "c.jpg"]}
+    assert [(p.kind, p.source) for p in first.checked] == [("not_an_image", "Annotations/c.xml")]
+    again = read_voc(voc_set, split="some", check_images=True)
+    assert reads == {"parsed": ["a.xml", "c.xml"], "images": ["a.jpg", "c.jpg"]}
+    _same(first, again)
+    assert again.label_map.names == ["cat"] and again.label_map.source.startswith("derived from the class names")
+    assert again.records[1].image_path == (voc_set / "JPEGImages" / "c.jpg").resolve()
+    # Each split (and every annotation, without one) is an entry of its own.
+    assert [r.image_id for r in read_voc(voc_set).records] == ["a", "b", "c"]
+    assert [r.image_id for r in read_voc(voc_set).records] == ["a", "b", "c"]
+    assert len(reads["parsed"]) == 2 + 3
+
+
+def test_a_changed_voc_annotation_or_split_file_reads_the_split_again(voc_set, reads):
+    read_voc(voc_set, split="some")
+    (voc_set / "Annotations" / "c.xml").write_text(_annotation("c", _object(), _object("dog"), filename="c.jpg"))
+    readout = read_voc(voc_set, split="some")
+    assert reads["parsed"] == ["a.xml", "c.xml"] * 2
+    assert readout.label_map.names == ["cat", "dog"] and readout.records[1].num_boxes == 2
+    (voc_set / "ImageSets" / "Main" / "some.txt").write_text("a\nb\nc\n")
+    assert [r.image_id for r in read_voc(voc_set, split="some").records] == ["a", "b", "c"]
+    (voc_set / "Annotations" / "b.xml").unlink()
+    readout = read_voc(voc_set, split="some")
+    assert [(p.kind, p.source) for p in readout.problems] == [("malformed_annotation", "Annotations/b.xml")]
+    assert [r.image_id for r in readout.records] == ["a", "c"] and len(reads["parsed"]) == 2 + 2 + 3 + 3
+
+
+def test_a_voc_image_changed_after_indexing_is_opened_again_alone(voc_set, reads):
+    read_voc(voc_set, split="some", check_images=True)
+    (voc_set / "JPEGImages" / "c.jpg").write_bytes(jpeg_bytes(64, 48))
+    readout = read_voc(voc_set, split="some", check_images=True)
+    assert reads["images"] == ["a.jpg", "c.jpg", "c.jpg"] and readout.checked == []

@@ -50,10 +50,11 @@ class PreparedSplit:
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
                 progress: Callable[[int], None] | None = None) -> Readout:
     """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format.
-    Readers that go through the dataset index (TFRecord, COCO) open the images too with
+    Every reader goes through the dataset index and opens the images too with
     `check_images`, and report the records they have read to `progress`."""
     if source.format == "voc":
-        return read_voc(source.path, split=source.split, label_map=label_map)
+        return read_voc(source.path, split=source.split, label_map=label_map, check_images=check_images,
+                        progress=progress)
     if source.format == "coco":
         return read_coco(source.path, images_dir=source.images, label_map=label_map, check_images=check_images,
                          progress=progress)
@@ -62,7 +63,8 @@ def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_ima
         return read_tfrecords(source.path, label_map=label_map, check_images=check_images, progress=progress)
     if source.format == "synthetic":
         root = ensure_synthetic(source.path, synthetic)
-        return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"))
+        return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"),
+                        check_images=check_images, progress=progress)
     raise DataError(f"data format {source.format!r} is not one of voc, coco, tfrecord, synthetic")
 
 
