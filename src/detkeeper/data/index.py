@@ -107,7 +107,7 @@ def indexed_parts(files: Sequence[Path], read_file: ReadFile, label_map: LabelMa
                 part.records = RecordColumns.from_records(part.records, str(file))
             columns = part.records
             if check_images and (columns.lengths < 0).any():  # stat before opening: a change meanwhile is seen
-                part.image_files = image_file_identities(columns.files)
+                part.image_files = file_identities(columns.files)
             facts = images.map(inspect_counted, columns) if check_images else itertools.repeat(None)
             part.checked = [problem for number, (record, found) in enumerate(zip(columns, facts))
                             for problem in record_problems(record, found, number)]
@@ -142,13 +142,14 @@ def files_digest(paths: Sequence[str | Path]) -> str:
     """One identity for many files (a VOC split's XML files): a digest of each one's path, size and
     modification time (-1 for a missing one), so a changed, added or removed file changes it."""
     digest = hashlib.sha256()
-    for path, (size, mtime) in zip(paths, image_file_identities(paths).tolist()):
+    for path, (size, mtime) in zip(paths, file_identities(paths).tolist()):
         digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
-def image_file_identities(paths: Sequence[str | Path]) -> np.ndarray:
-    """(size, mtime in ns) of each file, ``[N, 2]`` int64; -1 for one that cannot be stat'ed."""
+def file_identities(paths: Sequence[str | Path]) -> np.ndarray:
+    """(size, mtime in ns) of each file, ``[N, 2]`` int64, as :func:`file_identity` for many local
+    files (image files, a VOC split's XML files); -1 for one that cannot be stat'ed."""
     found = np.full((len(paths), 2), -1, np.int64)
     for row, path in enumerate(paths):
         try:
@@ -165,7 +166,7 @@ def _recheck_changed_images(part: FilePart, images: concurrent.futures.Executor)
     if part.image_files is None or part.checked is None:
         return False
     columns = part.records
-    now = image_file_identities(columns.files)
+    now = file_identities(columns.files)
     changed_files = np.flatnonzero((now != part.image_files).any(axis=1))
     if not len(changed_files):
         return False
@@ -240,6 +241,8 @@ def _load(entry: Path, file: Path, identity: Sequence[int | str], label_map_key:
             or meta.get("variant", "") != variant or not set(_COLUMNS) <= arrays.keys()):
         return None
     files = arrays["files"].tolist() if "files" in arrays else [str(file)]
+    if "image_files" in arrays and arrays["image_files"].shape != (len(files), 2):
+        return None
     columns = RecordColumns(files=files, source_pattern=meta.get("source_pattern", SHARD_SOURCES),
                             **{name: arrays[name] for name in _COLUMNS})
     # Checks made with the images opened are not those of an annotations-only read, which checks anew.
