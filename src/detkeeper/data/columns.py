@@ -152,6 +152,14 @@ class RecordColumns(Sequence[DetectionRecord]):
     def box_counts(self) -> np.ndarray:
         return np.diff(self.row_splits)
 
+    def with_class_ids(self, class_ids: np.ndarray) -> "RecordColumns":
+        """The same records with every box's class id replaced (`class_ids`, one per box)."""
+        return RecordColumns(
+            files=self.files, file_index=self.file_index, numbers=self.numbers, offsets=self.offsets,
+            lengths=self.lengths, sizes=self.sizes, image_ids=self.image_ids, int_ids=self.int_ids,
+            row_splits=self.row_splits, boxes=self.boxes, class_ids=class_ids, is_crowd=self.is_crowd, area=self.area,
+            source_pattern=self.source_pattern)
+
     def edited(self, keep_records: np.ndarray, keep_boxes: np.ndarray, boxes: np.ndarray) -> "RecordColumns":
         """The records where `keep_records`, with the boxes where `keep_boxes` (of `boxes`, the new corners)."""
         record_of_box = np.repeat(np.arange(len(self)), self.box_counts)
@@ -173,8 +181,23 @@ def image_ids(records: Sequence[DetectionRecord]) -> list[str]:
     return [record.image_id for record in records]
 
 
+def original_ids(records: Sequence[DetectionRecord]) -> list[int | str]:
+    """The original id of every record (its type kept), from the columns when `records` has them."""
+    if isinstance(records, RecordColumns):
+        return [int(image_id) if is_int else image_id
+                for image_id, is_int in zip(records.image_ids.tolist(), records.int_ids.tolist())]
+    return [record.original_id for record in records]
+
+
 def box_counts(records: Sequence[DetectionRecord]) -> np.ndarray:
     """The number of boxes of every record, from the columns when `records` has them."""
     if isinstance(records, RecordColumns):
         return records.box_counts
     return np.fromiter((record.num_boxes for record in records), np.int64, len(records))
+
+
+def all_class_ids(records: Sequence[DetectionRecord]) -> np.ndarray:
+    """The class id of every box of every record, in order, from the columns when `records` has them."""
+    if isinstance(records, RecordColumns):
+        return records.class_ids
+    return np.concatenate([np.zeros(0, np.int64)] + [record.class_ids for record in records])
