@@ -159,3 +159,20 @@ def test_a_voc_image_changed_after_indexing_is_opened_again_alone(voc_set, reads
     (voc_set / "JPEGImages" / "c.jpg").write_bytes(jpeg_bytes(64, 48))
     readout = read_voc(voc_set, split="some", check_images=True)
     assert reads["images"] == ["a.jpg", "c.jpg", "c.jpg"] and readout.checked == []
+
+
+def test_the_first_usable_records_open_only_the_images_it_takes(tmp_path, monkeypatch):
+    """An export verifies on a few images: they are found without opening the split's other images."""
+    from detkeeper.data import check
+
+    names = [f"i{number}" for number in range(8)]
+    root = _voc_folder(tmp_path / "voc", {name: _good(name) for name in names}, {"val": "\n".join(names)})
+    for name in names:
+        (root / "JPEGImages" / f"{name}.jpg").write_bytes(jpeg_bytes(64, 48))
+    (root / "JPEGImages" / "i1.jpg").write_bytes(b"not an image")
+    opened = []
+    inspect = check.inspect_image
+    monkeypatch.setattr(check, "inspect_image", lambda record: opened.append(record.image_id) or inspect(record))
+    sources = DataSources(DataConfig(val=SourceConfig("voc", str(root), split="val")), check_images=False)
+    assert [record.image_id for record in sources.first_usable("val", 2)] == ["i0", "i2"]
+    assert set(opened) == {"i0", "i1", "i2", "i3"}  # the first 2, then the first 4

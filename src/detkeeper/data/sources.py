@@ -50,8 +50,8 @@ class PreparedSplit:
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
                 progress: Callable[[int], None] | None = None) -> Readout:
     """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format.
-    Every reader goes through the dataset index and opens the images too with
-    `check_images`, and report the records they have read to `progress`."""
+    Every reader goes through the dataset index, opens the images too with `check_images`, and
+    reports the records it has read to `progress`."""
     if source.format == "voc":
         return read_voc(source.path, split=source.split, label_map=label_map, check_images=check_images,
                         progress=progress)
@@ -157,6 +157,23 @@ class DataSources:
                            len(readout.records), len(report.problems), "\n".join(report.summary_lines()))
         self._prepared[split] = PreparedSplit(split, records, self.label_map, report, len(readout.records))
         return self._prepared[split]
+
+    def first_usable(self, split: str, count: int) -> list[DetectionRecord]:
+        """The first `count` records of `split` that ``data.bad_records: skip`` keeps, their images
+        opened and checked, opening only as many as that takes (an export verifies on 8 images,
+        not on the whole split): the first `count` records, then twice as many, until enough are kept."""
+        records = self.readout(split).records
+        taken = count
+        while True:
+            prefix = list(records[:taken])
+            kept = drop_bad(prefix, check_records(prefix, max_boxes=self.config.max_boxes, check_images=True))
+            if len(kept) >= count or taken >= len(records):
+                break
+            taken *= 2
+        if not kept:
+            raise DataError(f"{self.describe(split)}: no usable records ({len(records)} read); "
+                            "run `detkeeper data check` on it to see why")
+        return list(kept[:count])
 
 
 def detect_format(path: str) -> str:
