@@ -100,12 +100,6 @@ class DataSources:
     @property
     def label_map(self) -> LabelMap:
         """The configured label map, else the synthetic dataset's, else the first split's classes."""
-        return self._resolve_label_map()
-
-    def _resolve_label_map(self, progress: Callable[[int], None] | None = None) -> LabelMap:
-        """:attr:`label_map`; a first split read to derive it is kept as that split's readout (its
-        records, read without a label map, are those a read with the derived one gives), and its
-        records read are reported to `progress`."""
         if self._label_map is None:
             if self.config.label_map:
                 self._label_map = LabelMap.read(self.config.label_map)
@@ -119,8 +113,7 @@ class DataSources:
                     root = ensure_synthetic(source.path, self.config.synthetic)
                     self._label_map = LabelMap.read(root / "label_map.pbtxt")
                 else:
-                    readout = read_source(source, None, self.config.synthetic, check_images=self.check_images,
-                                          progress=progress)
+                    readout = read_source(source, None, self.config.synthetic, check_images=self.check_images)
                     self._label_map = readout.label_map
                     self._readouts[first] = readout
         return self._label_map
@@ -131,13 +124,10 @@ class DataSources:
 
     def readout(self, split: str, progress: Callable[[int], None] | None = None) -> Readout:
         """The split as its reader gives it (read once; `progress` counts the records read)."""
+        label_map = self.label_map  # first: deriving it reads the first split, which is then not read again
         if split not in self._readouts:
-            source = self.source(split)
-            first = self.configured_splits[0]
-            label_map = self._resolve_label_map(progress if split == first else None)  # may read `split` itself
-            if split not in self._readouts:
-                self._readouts[split] = read_source(source, label_map, self.config.synthetic,
-                                                    check_images=self.check_images, progress=progress)
+            self._readouts[split] = read_source(self.source(split), label_map, self.config.synthetic,
+                                                check_images=self.check_images, progress=progress)
         return self._readouts[split]
 
     def prepare(self, split: str, progress: Callable[[int], None] | None = None,
