@@ -35,7 +35,7 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
 from detkeeper.errors import DataError, DetkeeperError
-from detkeeper.files import atomic_write_bytes, cache_directory, is_url
+from detkeeper.files import atomic_write_bytes, cache_directory, is_atomic_temp, is_url
 
 logger = logging.getLogger("detkeeper.data")
 
@@ -162,6 +162,9 @@ def _save(entry: Path, file: str, identity: tuple, label_map_key: str, part: Fil
     np.savez(buffer, **arrays)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in entry.parent.glob(f".{entry.name}.*"):  # a killed write's temporary file, never read
+            if is_atomic_temp(leftover.name, entry.name):
+                leftover.unlink(missing_ok=True)
         atomic_write_bytes(entry, buffer.getvalue())
     except (OSError, DetkeeperError) as error:  # a read-only or full cache must not stop a start
         logger.warning("%s: the dataset index could not be written to %s (%s); the next start reads the "

@@ -1,0 +1,98 @@
+"""The dataset index under faults (issue 18): killed while writing an entry, the rerun never trusts
+it and leaves no temporary file; a shard cut short or rewritten after it was indexed is found and
+named, and nothing is trained on what it holds now.
+
+One subprocess (the kill, in `detkeeper data check`, which trains nothing); the rest runs in this
+process on four shards of three tiny BMP records (BMPs of one size are of one length, so a shard
+written again in another order has the same size with other bytes at each image's place).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detkeeper.cli.main import main
+from detkeeper.data import index, tfrecord
+from detkeeper.data.label_map import LabelMap
+from detkeeper.data.record import DetectionRecord
+from detkeeper.data.tfrecord_writer import write_tfrecords
+
+from fault_runs import run_driver
+
+LABEL_MAP = LabelMap.from_names(["cell"])
+SHARDS, PER_SHARD = 4, 3
+
+
+def _record(number: int) -> DetectionRecord:
+    pixels = np.random.default_rng(number).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "BMP")
+    boxes = [[2, 3, 20, 28]] if number != 5 else [[2, 3, 20, 28], [30, 40, 40, 50]]  # record 5: a box outside
+    return DetectionRecord(image_id=f"img_{number:03d}", boxes=boxes, class_ids=[1] * len(boxes),
+                           is_crowd=[False] * len(boxes), source=f"made#{number}", encoded_image=buffer.getvalue(),
+                           width=32, height=24)
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    """(shard paths, label map file, records); the index in a cache of this test's own."""
+    monkeypatch.setenv("DETKEEPER_CACHE", str(tmp_path / "cache"))
+    records = [_record(number) for number in range(SHARDS * PER_SHARD)]
+    paths = write_tfrecords(records, LABEL_MAP, tmp_path / "data" / "train.record", num_shards=SHARDS)
+    LABEL_MAP.write(tmp_path / "label_map.pbtxt")
+    return paths, tmp_path / "label_map.pbtxt", records
+
+
+@pytest.fixture
+def shard_reads(monkeypatch):
+    """The names of the shards read from their files (not from the index), in order."""
+    names, read = [], tfrecord.read_tfrecord_file
+    monkeypatch.setattr(tfrecord, "read_tfrecord_file", lambda file, label_map: names.append(
+        os.path.basename(file)) or read(file, label_map))
+    return names
+
+
+def _check(paths, label_map_file, capsys) -> tuple[int, str, str]:
+    """`detkeeper data check` on the shards, in this process: (exit code, JSON summary, problem listing)."""
+    arguments = ["data", "check", str(paths[0].parent / "train.record-*"), "--label-map", str(label_map_file)]
+    code = main([*arguments, "--json", "--quiet"])
+    summary = capsys.readouterr().out
+    assert main([*arguments, "--examples", "5", "--quiet"]) == code
+    return code, summary, capsys.readouterr().out
+
+
+def _temporary_files(folder) -> list[str]:
+    return sorted(path.name for path in folder.rglob("*") if path.is_file() and path.name.endswith(".tmp"))
+
+
+def test_killed_while_writing_an_index_entry_the_rerun_reads_that_shard_again(dataset, tmp_path, monkeypatch,
+                                                                                capsys, shard_reads, faults):
+    paths, label_map_file, _ = dataset
+    cache = tmp_path / "cache" / "index"
+    killed = run_driver("index:2", "data", "check", str(paths[0].parent / "train.record-*"), "--label-map",
+                        str(label_map_file), "--quiet", limit=300)
+    faults.injected()
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert _temporary_files(cache), "no half-written entry was left"  # under its temporary name only
+    entries = {path: index._entry_path(str(path), LABEL_MAP.to_pbtxt()) for path in paths}
+    missing = sorted(path.name for path, entry in entries.items() if not entry.is_file())
+    assert missing, "every entry was written before the kill"
+
+    rerun = _check(paths, label_map_file, capsys)
+    assert sorted(shard_reads) == missing  # the shards without a whole entry were read again, and only those
+    assert _temporary_files(cache) == []  # the rewritten entry's leftover is gone
+    shard_reads.clear()
+    assert _check(paths, label_map_file, capsys) == rerun and shard_reads == []  # every entry whole and used
+
+    monkeypatch.setenv("DETKEEPER_CACHE", str(tmp_path / "fresh-cache"))
+    uninterrupted = _check(paths, label_map_file, capsys)
+    assert rerun == uninterrupted, (rerun, uninterrupted)
+    assert rerun[0] == 1 and json.loads(rerun[1])["splits"][0]["problems"] == {"box_outside_image": 1}
+    faults.recovered()
+    faults.lost(0)
