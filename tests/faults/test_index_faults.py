@@ -18,10 +18,14 @@ import pytest
 from PIL import Image
 
 from detkeeper.cli.main import main
+from detkeeper.config.schema import DataConfig, SourceConfig
 from detkeeper.data import index, tfrecord
 from detkeeper.data.label_map import LabelMap
+from detkeeper.data.pipeline import data_errors, training_dataset
 from detkeeper.data.record import DetectionRecord
+from detkeeper.data.sources import DataSources
 from detkeeper.data.tfrecord_writer import write_tfrecords
+from detkeeper.errors import DataError
 
 from fault_runs import run_driver
 
@@ -94,5 +98,71 @@ def test_killed_while_writing_an_index_entry_the_rerun_reads_that_shard_again(da
     uninterrupted = _check(paths, label_map_file, capsys)
     assert rerun == uninterrupted, (rerun, uninterrupted)
     assert rerun[0] == 1 and json.loads(rerun[1])["splits"][0]["problems"] == {"box_outside_image": 1}
+    faults.recovered()
+    faults.lost(0)
+
+
+def _prepared(paths, label_map_file):
+    """A start's training split of the shards (through the index), its label map and its problems."""
+    data = DataConfig(train=SourceConfig("tfrecord", str(paths[0].parent / "train.record-*")), val=None, test=None,
+                      label_map=str(label_map_file))
+    sources = DataSources(data)
+    prepared = sources.prepare("train")
+    return prepared.records, sources.label_map, prepared.report.problems
+
+
+def _one_epoch(records, label_map):
+    """Every record through the training pipeline (one batch of all), as training consumes it."""
+    dataset = training_dataset(records, label_map, image_size=32, batch_size=len(records), max_boxes=4,
+                               augmentation=None, seed=0)
+    with data_errors():
+        return next(iter(dataset))
+
+
+def test_a_shard_cut_short_after_indexing_stops_the_pipeline_and_is_read_again_at_the_next_start(
+        dataset, shard_reads, faults):
+    paths, label_map_file, _ = dataset
+    records, label_map, _ = _prepared(paths, label_map_file)
+    paths[2].write_bytes(paths[2].read_bytes()[: paths[2].stat().st_size // 2])  # cut while a run reads it
+    faults.injected()
+    with pytest.raises(DataError, match=rf"{paths[2]}: cannot read the image at .* ends at byte"):
+        _one_epoch(records, label_map)
+
+    shard_reads.clear()
+    records, label_map, problems = _prepared(paths, label_map_file)  # the next start: its size says it changed
+    assert shard_reads == [paths[2].name]
+    assert [problem.kind for problem in problems if problem.source.startswith(f"{paths[2]}#")] == ["corrupt_record"]
+    assert len(_one_epoch(records, label_map)["image_ids"]) == len(records) < SHARDS * PER_SHARD
+    faults.recovered()
+
+
+def test_a_shard_rewritten_with_its_size_and_mtime_kept_is_caught_when_read_and_indexed_again(
+        dataset, shard_reads, faults):
+    """Same size, same modification time, other bytes (written again in another order, copied with its
+    time kept): the index cannot tell without reading it, so each image read is checked against the crc32
+    taken when it was indexed. Training stops naming the shard, its entry is dropped, the next start reads
+    it again and every record gets its own image."""
+    paths, label_map_file, records_made = dataset
+    records, label_map, _ = _prepared(paths, label_map_file)
+    before = os.stat(paths[1])
+    identity = index.file_identity(str(paths[1]))
+    again = write_tfrecords(records_made[1::SHARDS][::-1], LABEL_MAP, paths[1].parent / "again" / "x.record")[0]
+    again.replace(paths[1])
+    os.utime(paths[1], ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert index.file_identity(str(paths[1])) == identity and paths[1].read_bytes() != b""
+    faults.injected()
+
+    shard_reads.clear()
+    records, label_map, _ = _prepared(paths, label_map_file)  # a start that trusts the index
+    assert shard_reads == []
+    with pytest.raises(DataError, match=rf"{paths[1]}: bytes \d+-\d+ are not the image they held .* rewritten since"):
+        _one_epoch(records, label_map)
+    assert not index._entry_path(str(paths[1]), LABEL_MAP.to_pbtxt()).exists()
+
+    records, label_map, _ = _prepared(paths, label_map_file)
+    assert shard_reads == [paths[1].name]
+    made = {record.image_id: record.encoded_image for record in records_made}
+    assert all(record.read_encoded() == made[record.image_id] for record in records)
+    assert len(_one_epoch(records, label_map)["image_ids"]) == len(records)
     faults.recovered()
     faults.lost(0)

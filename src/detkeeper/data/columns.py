@@ -23,13 +23,14 @@ class RecordColumns(Sequence[DetectionRecord]):
     Record ``i`` is ``#numbers[i]`` of ``files[file_index[i]]`` (its `source`), its image the
     ``lengths[i]`` bytes at ``offsets[i]`` there; ``sizes[i]`` is its declared (height, width), 0
     where none; its boxes are rows ``row_splits[i]:row_splits[i + 1]`` of the box columns. Its id
-    is ``image_ids[i]``, an int (``original_id``) where ``int_ids[i]``.
+    is ``image_ids[i]``, an int (``original_id``) where ``int_ids[i]``. ``crcs[i]`` is the crc32 of its
+    image's bytes when they were read (see :class:`ByteSpan`), -1 where not known.
     """
 
     def __init__(self, *, files: Sequence[str], file_index: np.ndarray, numbers: np.ndarray, offsets: np.ndarray,
                  lengths: np.ndarray, sizes: np.ndarray, image_ids: np.ndarray, int_ids: np.ndarray,
                  row_splits: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, is_crowd: np.ndarray,
-                 area: np.ndarray) -> None:
+                 area: np.ndarray, crcs: np.ndarray | None = None) -> None:
         self.files = list(files)
         self.file_index = np.asarray(file_index, np.int32)
         self.numbers = np.asarray(numbers, np.int64)
@@ -43,6 +44,7 @@ class RecordColumns(Sequence[DetectionRecord]):
         self.class_ids = np.asarray(class_ids, np.int64)
         self.is_crowd = np.asarray(is_crowd, bool)
         self.area = np.asarray(area, np.float64)
+        self.crcs = np.full(len(self.file_index), -1, np.int64) if crcs is None else np.asarray(crcs, np.int64)
 
     @classmethod
     def from_records(cls, records: Sequence[DetectionRecord], file: str) -> "RecordColumns":
@@ -64,7 +66,8 @@ class RecordColumns(Sequence[DetectionRecord]):
                    int_ids=[isinstance(record.original_id, int) for record in records],
                    row_splits=np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
                    boxes=joined("boxes", np.zeros((0, 4))), class_ids=joined("class_ids", np.zeros(0, np.int64)),
-                   is_crowd=joined("is_crowd", np.zeros(0, bool)), area=joined("area", np.zeros(0)))
+                   is_crowd=joined("is_crowd", np.zeros(0, bool)), area=joined("area", np.zeros(0)),
+                   crcs=[-1 if span.crc32 is None else span.crc32 for span in spans])
 
     @classmethod
     def concatenate(cls, parts: Sequence["RecordColumns"]) -> "RecordColumns":
@@ -82,7 +85,7 @@ class RecordColumns(Sequence[DetectionRecord]):
                    row_splits=np.concatenate([[0]] + [part.row_splits[1:] + start
                                                       for part, start in zip(parts, box_starts)]),
                    boxes=joined("boxes"), class_ids=joined("class_ids"), is_crowd=joined("is_crowd"),
-                   area=joined("area"))
+                   area=joined("area"), crcs=joined("crcs"))
 
     def __len__(self) -> int:
         return len(self.file_index)
@@ -98,7 +101,8 @@ class RecordColumns(Sequence[DetectionRecord]):
         return DetectionRecord(
             image_id=image_id, boxes=self.boxes[rows], class_ids=self.class_ids[rows], is_crowd=self.is_crowd[rows],
             source=f"{file}#{self.numbers[position]}", area=self.area[rows],
-            image_span=ByteSpan(file, int(self.offsets[position]), int(self.lengths[position])),
+            image_span=ByteSpan(file, int(self.offsets[position]), int(self.lengths[position]),
+                                None if self.crcs[position] < 0 else int(self.crcs[position])),
             width=width or None, height=height or None,
             original_id=int(image_id) if self.int_ids[position] else image_id)
 
@@ -119,7 +123,8 @@ class RecordColumns(Sequence[DetectionRecord]):
             offsets=self.offsets[keep_records], lengths=self.lengths[keep_records], sizes=self.sizes[keep_records],
             image_ids=self.image_ids[keep_records], int_ids=self.int_ids[keep_records],
             row_splits=np.concatenate([[0], np.cumsum(counts)]), boxes=boxes[keep_boxes],
-            class_ids=self.class_ids[keep_boxes], is_crowd=self.is_crowd[keep_boxes], area=self.area[keep_boxes])
+            class_ids=self.class_ids[keep_boxes], is_crowd=self.is_crowd[keep_boxes], area=self.area[keep_boxes],
+            crcs=self.crcs[keep_records])
 
 
 def image_ids(records: Sequence[DetectionRecord]) -> list[str]:

@@ -40,11 +40,11 @@ from detkeeper.files import atomic_write_bytes, cache_directory, is_atomic_temp,
 logger = logging.getLogger("detkeeper.data")
 
 #: Bumped whenever what an entry holds changes: entries of another format are read again.
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 
 #: The arrays of an entry: a file's :class:`RecordColumns`.
 _COLUMNS = ("file_index", "numbers", "offsets", "lengths", "sizes", "image_ids", "int_ids", "row_splits", "boxes",
-            "class_ids", "is_crowd", "area")
+            "class_ids", "is_crowd", "area", "crcs")
 
 
 @dataclasses.dataclass
@@ -135,6 +135,14 @@ def _fingerprint(handle, size: int) -> str:
     handle.seek(size - _FINGERPRINT_BYTES)
     digest.update(handle.read(_FINGERPRINT_BYTES))
     return digest.hexdigest()
+
+
+def forget(file: str, label_map: LabelMap | None) -> None:
+    """Remove `file`'s entries (read without a label map, to derive one, and with `label_map`): its
+    bytes were found changed while its size and modification time were not, so the index cannot
+    tell; the next start reads the file again."""
+    for key in {"", _label_map_key(label_map)}:
+        _entry_path(file, key).unlink(missing_ok=True)
 
 
 def _label_map_key(label_map: LabelMap | None) -> str:
