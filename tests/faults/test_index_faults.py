@@ -119,6 +119,19 @@ def _one_epoch(records, label_map):
         return next(iter(dataset))
 
 
+def _fit_one_step(records, label_map):
+    """One Keras fit step on every record, in data_errors() as detkeeper.train runs fit: a record's DataError
+    reaches fit wrapped in TensorFlow's error, and leaves as itself."""
+    import keras
+
+    images = training_dataset(records, label_map, image_size=32, batch_size=len(records), max_boxes=4,
+                              augmentation=None, seed=0).map(lambda batch: (batch["images"], batch["num_boxes"]))
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with data_errors():
+        model.fit(images, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+
+
 def test_a_shard_cut_short_after_indexing_stops_the_pipeline_and_is_read_again_at_the_next_start(
         dataset, shard_reads, faults):
     paths, label_map_file, _ = dataset
@@ -156,7 +169,7 @@ def test_a_shard_rewritten_with_its_size_and_mtime_kept_is_caught_when_read_and_
     records, label_map, _ = _prepared(paths, label_map_file)  # a start that trusts the index
     assert shard_reads == []
     with pytest.raises(DataError, match=rf"{paths[1]}: bytes \d+-\d+ are not the image they held .* rewritten since"):
-        _one_epoch(records, label_map)
+        _fit_one_step(records, label_map)  # as training meets it: inside Keras' fit
     assert not index._entry_path(str(paths[1]), LABEL_MAP.to_pbtxt()).exists()
 
     records, label_map, _ = _prepared(paths, label_map_file)

@@ -163,6 +163,7 @@ class _Training:
             extra={"early_stopping": state}, is_chief=distribution.is_chief)
         for message in checkpointer.store.tidy():
             logger.warning(message)
+        checkpointer.ledger.data = {"train": train_split.counts(), "val": val_split.counts()}  # kept from the next save on
 
         start = checkpointer.restore(model, "latest")
         for problem in checkpointer.problems:
