@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ from detkeeper.data.columns import RecordColumns, box_counts
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.index import forget
 from detkeeper.data.record import ByteSpan, ChangedSinceRead, DetectionRecord
-from detkeeper.errors import DataError
+from detkeeper.errors import DataError, wrapped_data_error
 
 _SEED_SALT = 0x5EED
 
@@ -178,10 +177,6 @@ def _read_span(label_map: LabelMap, path: bytes, offset: np.int64, length: np.in
                         "on it; run again to read the dataset anew.") from None
 
 
-#: How a DataError raised in the pipeline reaches the caller: inside the message of TensorFlow's error.
-_PIPELINE_DATA_ERROR = re.compile(r"\bDataError: (.*?)\n\s*(?:Traceback|\[\[)", re.DOTALL)
-
-
 @contextlib.contextmanager
 def data_errors() -> Iterator[None]:
     """Around code that iterates the pipeline (Keras fit): a DataError raised while reading a record
@@ -190,10 +185,10 @@ def data_errors() -> Iterator[None]:
     try:
         yield
     except tf.errors.OpError as error:
-        found = _PIPELINE_DATA_ERROR.search(error.message or "")
-        if found is None:
+        wrapped = wrapped_data_error(error.message)
+        if wrapped is None:
             raise
-        raise DataError(found.group(1).strip()) from None
+        raise wrapped from None
 
 
 def epoch_order(num_records: int, seed: int, epoch: int) -> tf.Tensor:
