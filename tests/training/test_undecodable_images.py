@@ -52,22 +52,24 @@ def dataset(tmp_path, monkeypatch):
     return str(paths[0].parent / "train.record-*"), tmp_path / "label_map.pbtxt", records
 
 
-def _batches(pattern, label_map_file, count=6):
-    """A start's first `count` training batches of 2 (three epochs of the four good records)."""
+def _batches(pattern, label_map_file, count=6, start_step=0):
+    """A start's training batches of 2 from `start_step` on, `count` of them (6: three epochs of the four
+    good records)."""
     data = DataConfig(train=SourceConfig("tfrecord", pattern), val=None, test=None, label_map=str(label_map_file))
     sources = DataSources(data)
     prepared = sources.prepare("train")
     dataset = training_dataset(prepared.records, sources.label_map, image_size=32, batch_size=2, max_boxes=2,
-                               augmentation=None, seed=3)
+                               augmentation=None, seed=3, start_step=start_step)
     return prepared, [batch for _, batch in zip(range(count), dataset)]
 
 
 def test_undecodable_images_are_left_out_alike_on_every_start_and_counted(dataset):
     first, batches = _batches(*dataset[:2])  # indexes the shards, decoding every image once
     again, batches_again = _batches(*dataset[:2])  # from the index: nothing decoded to decide
+    _, resumed = _batches(*dataset[:2], count=3, start_step=3)  # a run resumed at step 3 sees batches 3, 4, 5
     ids = [image_id.decode() for batch in batches for image_id in batch["image_ids"].numpy()]
     assert sorted(set(ids)) == ["img_0", "img_1", "img_3", "img_5"] and len(ids) == 12
-    for batch, same in zip(batches, batches_again):
+    for batch, same in [*zip(batches, batches_again), *zip(batches[3:], resumed)]:
         np.testing.assert_array_equal(batch["images"].numpy(), same["images"].numpy())
         np.testing.assert_array_equal(batch["image_ids"].numpy(), same["image_ids"].numpy())
     assert first.counts() == again.counts() == {"read": 6, "used": 4, "skipped": SKIPPED}
