@@ -1,9 +1,10 @@
 """Validate records against their images, and apply the bad-record policy.
 
 Readers keep what the annotation says; this module compares it with the image files: it opens
-every image (in threads: Pillow reads headers and TensorFlow decodes without holding the GIL), checks
-format, colour mode and size, checks every box against the real image size, and finds duplicate ids. Its problems index
-into the record list it was given, so :func:`drop_bad` can remove exactly what they name.
+every image (in threads: Pillow reads headers and TensorFlow decodes without holding the GIL),
+checks format, colour mode and size, checks every box against the real image size, and finds
+duplicate ids. Its problems index into the record list it was given, so :func:`drop_bad` can remove
+exactly what they name.
 """
 
 from __future__ import annotations

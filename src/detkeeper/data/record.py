@@ -33,6 +33,10 @@ from detkeeper.errors import DataError
 from detkeeper.files import is_url
 
 
+class ChangedSinceRead(DataError):
+    """A file's bytes are not those it held when it was read (and indexed): nothing read from it can be trusted."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ByteSpan:
     """`length` bytes at `offset` of the file at `path`: where a TFRecord keeps a record's encoded
@@ -59,11 +63,11 @@ class ByteSpan:
         if len(data) != self.length:
             raise OSError(f"{self.path} ends at byte {end}, before the {self.length} bytes at "
                           f"{self.offset} (the file changed since it was read)")
-        if self.crc32 is not None and zlib.crc32(data) != self.crc32:
+        crc32 = None if self.crc32 is None else zlib.crc32(data)
+        if crc32 != self.crc32:
             raise ChangedSinceRead(
                 f"{self.path}: bytes {self.offset}-{self.offset + self.length} are not the image they held when the "
-                f"file was read (crc32 {zlib.crc32(data):08x}, was {self.crc32:08x}): the file was rewritten since, "
-                "keeping its size and modification time")
+                f"file was read (crc32 {crc32:08x}, was {self.crc32:08x}): the file was rewritten since")
         return data
 
     def _read_url(self) -> tuple[bytes, int]:
@@ -86,10 +90,6 @@ class ByteSpan:
 
     def describe(self) -> str:
         return f"bytes {self.offset}-{self.offset + self.length} of {os.fspath(self.path)}"
-
-
-class ChangedSinceRead(DataError):
-    """A file's bytes are not those it held when it was read (and indexed): nothing read from it can be trusted."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
