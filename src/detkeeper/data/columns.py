@@ -23,6 +23,7 @@ from detkeeper.data.record import ByteSpan, DetectionRecord
 SHARD_SOURCES = "{file}#{number}"
 
 
+
 class RecordColumns(Sequence[DetectionRecord]):
     """Records whose images lie in files (spans of TFRecord shards, or image files), as columns.
 
@@ -32,12 +33,14 @@ class RecordColumns(Sequence[DetectionRecord]):
     ``number`` and ``image_id`` (a shard's record: ``{file}#{number}``). ``sizes[i]`` is its
     declared (height, width), 0 where none; its boxes are rows ``row_splits[i]:row_splits[i + 1]``
     of the box columns. Its id is ``image_ids[i]``, an int (``original_id``) where ``int_ids[i]``.
+    ``crcs[i]`` is the crc32 of a span's bytes when they were read (see :class:`ByteSpan`), -1 where
+    not known (and for image files).
     """
 
     def __init__(self, *, files: Sequence[str], file_index: np.ndarray, numbers: np.ndarray, offsets: np.ndarray,
                  lengths: np.ndarray, sizes: np.ndarray, image_ids: np.ndarray, int_ids: np.ndarray,
                  row_splits: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, is_crowd: np.ndarray,
-                 area: np.ndarray, source_pattern: str = SHARD_SOURCES) -> None:
+                 area: np.ndarray, source_pattern: str = SHARD_SOURCES, crcs: np.ndarray | None = None) -> None:
         self.source_pattern = source_pattern
         self.files = list(files)
         self.file_index = np.asarray(file_index, np.int32)
@@ -52,6 +55,7 @@ class RecordColumns(Sequence[DetectionRecord]):
         self.class_ids = np.asarray(class_ids, np.int64)
         self.is_crowd = np.asarray(is_crowd, bool)
         self.area = np.asarray(area, np.float64)
+        self.crcs = np.full(len(self.file_index), -1, np.int64) if crcs is None else np.asarray(crcs, np.int64)
 
     @classmethod
     def from_records(cls, records: Sequence[DetectionRecord], file: str) -> "RecordColumns":
@@ -98,7 +102,9 @@ class RecordColumns(Sequence[DetectionRecord]):
                    row_splits=np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
                    boxes=joined("boxes", np.zeros((0, 4))), class_ids=joined("class_ids", np.zeros(0, np.int64)),
                    is_crowd=joined("is_crowd", np.zeros(0, bool)), area=joined("area", np.zeros(0)),
-                   source_pattern=source_pattern)
+                   source_pattern=source_pattern,
+                   crcs=[-1 if record.image_span is None or record.image_span.crc32 is None
+                         else record.image_span.crc32 for record in records])
 
     @classmethod
     def concatenate(cls, parts: Sequence["RecordColumns"]) -> "RecordColumns":
@@ -118,7 +124,7 @@ class RecordColumns(Sequence[DetectionRecord]):
                    row_splits=np.concatenate([[0]] + [part.row_splits[1:] + start
                                                       for part, start in zip(parts, box_starts)]),
                    boxes=joined("boxes"), class_ids=joined("class_ids"), is_crowd=joined("is_crowd"),
-                   area=joined("area"), source_pattern=parts[0].source_pattern)
+                   area=joined("area"), source_pattern=parts[0].source_pattern, crcs=joined("crcs"))
 
     def __len__(self) -> int:
         return len(self.file_index)
@@ -136,7 +142,8 @@ class RecordColumns(Sequence[DetectionRecord]):
             image_id=image_id, boxes=self.boxes[rows], class_ids=self.class_ids[rows], is_crowd=self.is_crowd[rows],
             source=self.source_of(position), area=self.area[rows],
             image_path=Path(file) if length < 0 else None,
-            image_span=ByteSpan(file, int(self.offsets[position]), length) if length >= 0 else None,
+            image_span=ByteSpan(file, int(self.offsets[position]), length,
+                                None if self.crcs[position] < 0 else int(self.crcs[position])) if length >= 0 else None,
             width=width or None, height=height or None,
             original_id=int(image_id) if self.int_ids[position] else image_id)
 
@@ -158,7 +165,7 @@ class RecordColumns(Sequence[DetectionRecord]):
             files=self.files, file_index=self.file_index, numbers=self.numbers, offsets=self.offsets,
             lengths=self.lengths, sizes=self.sizes, image_ids=self.image_ids, int_ids=self.int_ids,
             row_splits=self.row_splits, boxes=self.boxes, class_ids=class_ids, is_crowd=self.is_crowd, area=self.area,
-            source_pattern=self.source_pattern)
+            source_pattern=self.source_pattern, crcs=self.crcs)
 
     def edited(self, keep_records: np.ndarray, keep_boxes: np.ndarray, boxes: np.ndarray) -> "RecordColumns":
         """The records where `keep_records`, with the boxes where `keep_boxes` (of `boxes`, the new corners)."""
@@ -171,7 +178,7 @@ class RecordColumns(Sequence[DetectionRecord]):
             image_ids=self.image_ids[keep_records], int_ids=self.int_ids[keep_records],
             row_splits=np.concatenate([[0], np.cumsum(counts)]), boxes=boxes[keep_boxes],
             class_ids=self.class_ids[keep_boxes], is_crowd=self.is_crowd[keep_boxes], area=self.area[keep_boxes],
-            source_pattern=self.source_pattern)
+            source_pattern=self.source_pattern, crcs=self.crcs[keep_records])
 
 
 def image_ids(records: Sequence[DetectionRecord]) -> list[str]:

@@ -42,16 +42,16 @@ from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
 from detkeeper.errors import DataError, DetkeeperError
-from detkeeper.files import atomic_write_bytes, cache_directory, is_url
+from detkeeper.files import atomic_write_bytes, cache_directory, is_atomic_temp, is_url
 
 logger = logging.getLogger("detkeeper.data")
 
 #: Bumped whenever what an entry holds changes: entries of another format are read again.
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 
 #: The arrays of an entry: a file's :class:`RecordColumns`.
 _COLUMNS = ("file_index", "numbers", "offsets", "lengths", "sizes", "image_ids", "int_ids", "row_splits", "boxes",
-            "class_ids", "is_crowd", "area")
+            "class_ids", "is_crowd", "area", "crcs")
 
 
 @dataclasses.dataclass
@@ -214,6 +214,14 @@ def _recheck_changed_images(part: FilePart, images: concurrent.futures.Executor)
     return True
 
 
+def forget(file: str, label_map: LabelMap | None) -> None:
+    """Remove `file`'s entries (read without a label map, to derive one, and with `label_map`): its
+    bytes were found changed while its size and modification time were not, so the index cannot
+    tell; the next start reads the file again."""
+    for key in {"", _label_map_key(label_map)}:
+        _entry_path(file, key).unlink(missing_ok=True)
+
+
 def _label_map_key(label_map: LabelMap | None) -> str:
     return "" if label_map is None else label_map.to_pbtxt()
 
@@ -247,6 +255,9 @@ def _save(entry: Path, file: str | Path, identity: Sequence[int | str], label_ma
     np.savez(buffer, **arrays)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in entry.parent.glob(f".{entry.name}.*"):  # a killed write's temporary file, never read
+            if is_atomic_temp(leftover.name, entry.name):
+                leftover.unlink(missing_ok=True)
         atomic_write_bytes(entry, buffer.getvalue())
     except (OSError, DetkeeperError) as error:  # a read-only or full cache must not stop a start
         logger.warning("%s: the dataset index could not be written to %s (%s); the next start reads the "

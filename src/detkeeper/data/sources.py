@@ -9,6 +9,7 @@ found in the first configured split), checks the records against their images, a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import logging
@@ -46,6 +47,11 @@ class PreparedSplit:
     @property
     def num_boxes(self) -> int:
         return int(box_counts(self.records).sum())
+
+    def counts(self) -> dict:
+        """Records read and used, and the records skipped by why (a record may have several reasons)."""
+        skipped = collections.Counter(problem.kind for problem in self.report.of_scope("record"))
+        return {"read": self.num_read, "used": len(self.records), "skipped": dict(sorted(skipped.items()))}
 
 
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
