@@ -17,3 +17,24 @@ def test_work_that_could_not_be_done_exits_1():
     assert RunFailed.exit_code == TrainingDiverged.exit_code == 1
     full = out_of_space("/runs/a/checkpoints", OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(full, RunFailed) and full.exit_code == 1
+
+
+def test_a_data_error_raised_inside_tf_data_reaches_the_command_line_as_itself(monkeypatch, capsys):
+    """A shard that changed under `detkeeper evaluate` or `export` fails inside a tf.data pipeline, whose
+    error carries the DataError's message and traceback: the command prints the message alone, exit 2."""
+    import tensorflow as tf
+
+    from detkeeper.cli import data_commands
+    from detkeeper.cli.main import main
+
+    def read(_):
+        raise DataError("/data/train.record-00001-of-00004: bytes 10-90 are not the image they held")
+
+    def handler(args):
+        dataset = tf.data.Dataset.range(2).map(lambda index: tf.numpy_function(read, [index], tf.int64))
+        next(iter(dataset))
+
+    monkeypatch.setattr(data_commands, "run_check", handler)
+    assert main(["data", "check", "anything.record", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "detkeeper data: error: /data/train.record-00001-of-00004: bytes 10-90 are not the image they held"]

@@ -15,6 +15,8 @@ Exit status, as for most command-line tools (argparse's usage errors are 2 too):
 
 from __future__ import annotations
 
+import re
+
 
 class DetkeeperError(Exception):
     """A problem with the user's input: a config, an argument, a dataset, a model, a file on disk."""
@@ -34,3 +36,14 @@ class RunFailed(DetkeeperError):
     """The input was usable, but the work stopped or failed: nothing written before is lost."""
 
     exit_code = 1
+
+
+#: A DataError raised inside a tf.data pipeline (in tf.numpy_function) reaches the caller as TensorFlow's
+#: error, whose message holds the DataError's message followed by the Python traceback.
+_WRAPPED_DATA_ERROR = re.compile(r"\bDataError: (.*?)\n\s*(?:Traceback|\[\[)", re.DOTALL)
+
+
+def wrapped_data_error(message: str) -> DataError | None:
+    """The DataError whose message TensorFlow's error `message` carries, if it carries one."""
+    found = _WRAPPED_DATA_ERROR.search(message or "")
+    return DataError(found.group(1).strip()) if found else None

@@ -33,6 +33,20 @@ def test_data_check_json_counts_per_split_and_class(capsys, bccd_root):
     (split,) = summary["splits"]
     assert split["records_read"] == 87 and split["problems"] == {"zero_area_box": 1}
     assert set(split["boxes_per_class"]) == {"Platelets", "RBC", "WBC"}
+    assert sum(split["boxes_per_class"].values()) == split["boxes_usable"]
+
+
+def test_a_warm_data_check_counts_from_the_columns(capsys, bccd_root, monkeypatch):
+    """The second check of a split reads the dataset index and counts boxes per class on the columns: the
+    only record made is the one whose zero-area box is dropped."""
+    from detkeeper.data import columns
+
+    first = json.loads(run(capsys, "data", "check", str(bccd_root), "--split", "val", "--json", "--quiet")[1])
+    made = []
+    real = columns.DetectionRecord
+    monkeypatch.setattr(columns, "DetectionRecord", lambda **fields: made.append(fields["image_id"]) or real(**fields))
+    again = json.loads(run(capsys, "data", "check", str(bccd_root), "--split", "val", "--json", "--quiet")[1])
+    assert again == first and made == ["BloodImage_00338"]
 
 
 def test_data_check_of_a_config_checks_every_split(capsys, tmp_path):

@@ -134,7 +134,7 @@ def test_bad_image_entries_are_reported_once(tmp_path):
     images = [{"id": 1, "width": 4, "height": 4}, {"id": 2, "file_name": "b.jpg", "width": -4, "height": 4}]
     annotations = [{"id": 9, "image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 3}]
     readout = read_coco(coco_file(tmp_path, images=images, annotations=annotations))
-    assert readout.records == []
+    assert len(readout.records) == 0
     assert [(p.kind, p.image_id) for p in readout.problems] == [("malformed_annotation", "1"),
                                                                 ("malformed_annotation", "2")]
     assert "width must be a positive integer" in readout.problems[1].detail
@@ -248,7 +248,7 @@ def test_a_bad_area_is_a_malformed_annotation_naming_it(tmp_path, area):
                 "categories": [{"id": 1, "name": "x"}]}
     (tmp_path / "in.json").write_text(json.dumps(document))  # NaN: Python's json writes and reads it
     readout = read_coco(tmp_path / "in.json")
-    assert readout.records == []
+    assert len(readout.records) == 0
     (problem,) = readout.problems
     assert problem.kind == "malformed_annotation" and "annotation id 9: area must be" in problem.detail
     assert problem.source.endswith("#annotations[0]") and problem.image_id == "1"

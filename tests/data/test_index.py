@@ -186,3 +186,20 @@ def test_the_images_of_one_shard_are_opened_side_by_side(tmp_path, monkeypatch):
     monkeypatch.setattr(index, "inspect_image", meeting)
     readout = read_tfrecords(path, LABEL_MAP, check_images=True)
     assert len(readout.records) == 4 and not readout.problems
+
+
+def test_a_split_without_a_label_map_is_read_once_to_derive_it_and_to_train(shards, reads, tmp_path):
+    """The label map derived from the first split comes from the same read as that split's records: each
+    shard is read once, on a cold start as on a warm one (one index entry per shard)."""
+    paths, records = shards
+    (val,) = write_tfrecords(records[:2], LABEL_MAP, tmp_path / "val" / "val.record")
+    data = DataConfig(train=SourceConfig("tfrecord", str(paths[0].parent / "train.record-*")),
+                      val=SourceConfig("tfrecord", str(val)), test=None)
+    for start in range(2):
+        sources = DataSources(data)
+        train, val_split = sources.prepare("train"), sources.prepare("val")
+        assert sorted(reads["files"]) == sorted([path.name for path in paths] + [val.name])
+        assert sources.label_map.names == LABEL_MAP.names and len(train.records) == 12 and len(val_split.records) == 2
+    derived = sources.label_map.to_pbtxt()
+    assert all(index._entry_path(str(path), "").is_file() and not index._entry_path(str(path), derived).exists()
+               for path in paths)

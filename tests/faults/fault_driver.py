@@ -12,6 +12,8 @@ training (``detkeeper train``)
   ``write:S``    mid checkpoint write of S: its data file cut to half in ``.partial-step-S``
   ``prune:S``    S committed, the checkpoints it outranked removed, the ledger not yet told
   ``status``     half of the ledger that records the run as finished written
+dataset index (``detkeeper data check``, ``train``: any command that indexes TFRecords)
+  ``index:N``    inside the write of the N-th index entry: half its bytes in the temporary file
 export (``detkeeper export``)
   ``export-save``     the SavedModel written into the ``.partial-`` folder, nothing else yet
   ``export-keras``    inside the ``.keras`` archive write, after the SavedModel
@@ -97,6 +99,27 @@ def arm_prune(step: int) -> None:
     kill_mid_ledger_write(the_write_after_pruning)
 
 
+def arm_index(count: int) -> None:
+    import threading
+
+    from detkeeper.data import index
+    from detkeeper.files import atomic_path
+
+    write, lock, writes = index.atomic_write_bytes, threading.Lock(), []
+
+    def write_half_and_die(path, data):  # entries are written from the index's threads
+        with lock:
+            writes.append(path)
+            nth = len(writes)
+        if nth == count:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data[: len(data) // 2])
+                die()
+        return write(path, data)
+
+    index.atomic_write_bytes = write_half_and_die
+
+
 def then_die(function):
     def call_then_die(*args):
         function(*args)
@@ -172,6 +195,8 @@ def arm(moment: str) -> None:
         return
     if kind in ("step", "save", "ledger"):
         arm_training_kill(kind, int(arguments[0]))
+    elif kind == "index":
+        arm_index(int(arguments[0]))
     elif kind == "eval":
         arm_eval(int(arguments[0]))
     elif kind == "write":

@@ -24,6 +24,9 @@ GOOD = [("cat", (2, 2, 30, 20))]
 ZOO = {
     "truncated": ("truncated JPEG", "truncated.jpg", GOOD, "corrupt_image"),
     "empty": ("zero-byte image", "empty.jpg", GOOD, "corrupt_image"),
+    "pngtail": ("PNG without its last chunk (Pillow decodes it, TensorFlow does not)", "pngtail.png", GOOD,
+                "corrupt_image"),
+    "onebit": ("1-bit BMP (Pillow decodes it, TensorFlow does not)", "onebit.bmp", GOOD, "corrupt_image"),
     "text": ("text file named .jpg", "text.jpg", GOOD, "not_an_image"),
     "rgba": ("RGBA PNG", "rgba.png", GOOD, "rgba_image"),
     "cmyk": ("CMYK JPEG", "cmyk.jpg", GOOD, "cmyk_image"),
@@ -76,6 +79,10 @@ def zoo(tmp_path_factory):
     Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, "JPEG")
     (images / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (images / "empty.jpg").write_bytes(b"")
+    noise = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    _png(noise, images / "pngtail.png")
+    (images / "pngtail.png").write_bytes((images / "pngtail.png").read_bytes()[:-20])
+    _png("1", images / "onebit.bmp", fmt="BMP")
     (images / "text.jpg").write_text("hello, not an image")
     _png("RGBA", images / "rgba.png")
     _png("CMYK", images / "cmyk.jpg", fmt="JPEG")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import io
 from pathlib import Path
 
+import numpy as np
+
 from detkeeper.cli.console import is_config_target, print_json, progress, table
 from detkeeper.config import load_config
 from detkeeper.config.schema import DataConfig, SourceConfig
+from detkeeper.data.columns import all_class_ids
 from detkeeper.data.coco import write_coco
 from detkeeper.data.sources import DataSources, detect_format
 from detkeeper.data.synthetic import generate_shapes_dataset
@@ -164,7 +166,8 @@ def run_check(args) -> int:
 
 
 def _summary(label: str, prepared) -> dict:
-    per_class = collections.Counter(int(c) for r in prepared.records for c in r.class_ids)
+    ids, counts = np.unique(all_class_ids(prepared.records), return_counts=True)
+    per_class = dict(zip(ids.tolist(), counts.tolist()))
     return {
         "split": label,
         "records_read": prepared.num_read,

@@ -11,7 +11,7 @@ from detkeeper import __version__
 from detkeeper.cli import (config_commands, data_commands, demo, evaluate_command, export_command, predict_command,
                            report_command, train_commands)
 from detkeeper.cli.console import import_tensorflow_quietly
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DetkeeperError, wrapped_data_error
 
 EXAMPLES = """\
 examples:
@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         # Python from complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is a DataError that tf.data wrapped
+        wrapped = wrapped_data_error(getattr(error, "message", ""))  # a shard changed under evaluate, export...
+        if wrapped is None or args.debug or type(error).__module__.split(".")[0] != "tensorflow":
+            raise
+        print(f"detkeeper {args.command}: error: {wrapped}", file=sys.stderr)
+        return wrapped.exit_code
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Validate records against their images, and apply the bad-record policy.
 
 Readers keep what the annotation says; this module compares it with the image files: it opens
-every image (in threads: Pillow decodes without holding the GIL), checks format, colour mode and
-size, checks every box against the real image size, and finds duplicate ids. Its problems index
-into the record list it was given, so :func:`drop_bad` can remove exactly what they name.
+every image (in threads: Pillow reads headers and TensorFlow decodes without holding the GIL),
+checks format, colour mode and size, checks every box against the real image size, and finds
+duplicate ids. Its problems index into the record list it was given, so :func:`drop_bad` can remove
+exactly what they name.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from detkeeper.data.columns import RecordColumns, box_counts, image_ids
-from detkeeper.data.image_format import sniff_format
+from detkeeper.data.image_format import decoded_size, sniff_format
 from detkeeper.data.problems import Problem
 from detkeeper.data.record import DetectionRecord
+from detkeeper.errors import DataError
 
 #: Formats `tf.io.decode_image` decodes.
 DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
@@ -43,7 +45,12 @@ class ImageFacts:
 
 
 def inspect_image(record: DetectionRecord, record_index: int | None = None) -> ImageFacts:
-    """Open and fully decode one record's image; report why it cannot be used, if it cannot."""
+    """Open and fully decode one record's image; report why it cannot be used, if it cannot.
+
+    Pillow reads the header (format, colour mode; a decompression bomb is refused before any pixel
+    is decoded); the pixels are decoded once, by the decoder training and exports use
+    (:func:`decoded_size`), so an image that passes here decodes in the input pipeline: Pillow
+    decodes some that TensorFlow refuses (a PNG without its last chunk, a 1-bit BMP)."""
 
     def problem(kind: str, detail: str) -> ImageFacts:
         return ImageFacts(None, (Problem(kind, record.source, detail, record.image_id, record_index),))
@@ -60,11 +67,13 @@ def inspect_image(record: DetectionRecord, record_index: int | None = None) -> I
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                image_format, mode, (width, height) = image.format, image.mode, image.size
-                if image_format not in DECODABLE_FORMATS:
-                    return problem("not_an_image", f"{_image_name(record)} is {image_format}; "
-                                   f"detkeeper reads {', '.join(sorted(DECODABLE_FORMATS))}")
-                image.load()
+                image_format, mode = image.format, image.mode
+        if image_format not in DECODABLE_FORMATS:
+            return problem("not_an_image", f"{_image_name(record)} is {image_format}; "
+                           f"detkeeper reads {', '.join(sorted(DECODABLE_FORMATS))}")
+        height, width = decoded_size(data)
+    except DataError as error:  # the pipeline's decoder refuses it
+        return problem("corrupt_image", f"{_image_name(record)} cannot be decoded: {error}")
     except UnidentifiedImageError:
         if sniff_format(data) is not None:  # looks like an image, yet will not open
             return problem("corrupt_image", f"{_image_name(record)} starts like an image but cannot be decoded")

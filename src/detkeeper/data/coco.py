@@ -1,6 +1,9 @@
 """COCO ``instances_*.json`` annotations: reading into records and writing them back.
 
-Reading keeps every entry of ``images`` (images without annotations included, in file order).
+Reading keeps every entry of ``images`` (images without annotations included, in file order) and
+goes through the dataset index (:mod:`detkeeper.data.index`): the file is one entry, so a later
+start with the file unchanged does not parse the JSON (0.8 s at 5,000 images, ~20 s for COCO
+train), and opens again only the images whose files changed.
 What cannot be used becomes a :class:`Problem` and is left out (see :class:`Readout`): an image
 with a malformed annotation gives no record; a box whose class is not in the label map is left
 out of its record, and its problem's ``box_index`` is the annotation's position among that
@@ -28,10 +31,12 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from detkeeper.data.columns import RecordColumns
+from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
@@ -46,21 +51,35 @@ _REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
 def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
-              label_map: LabelMap | None = None) -> Readout:
-    """Records of a COCO instances file; `images_dir` defaults to the JSON's folder.
+              label_map: LabelMap | None = None, *, check_images: bool = False,
+              progress: Callable[[int], None] | None = None) -> Readout:
+    """Records of a COCO instances file as :class:`RecordColumns`; `images_dir` defaults to the JSON's folder.
 
     Without `label_map` the file's categories are the label map (their ids as in the file); with
-    one, categories are matched to it by name, since ids of different label maps disagree.
+    one, categories are matched to it by name, since ids of different label maps disagree. The file
+    is read through the dataset index; with `check_images` every image is opened in the same pass
+    (the readout's ``checked`` says what was found), and `progress` counts the records done.
     """
     path = Path(annotations_path)
-    data = _load_json(path)
     root = Path(images_dir) if images_dir is not None else path.parent
+    if not path.is_file():
+        raise DataError(f"{path}: COCO annotation file not found")
+    # Sources name the file as the caller spells it, so the spelling keys the entry too.
+    variant = json.dumps(["coco", str(path), str(root.resolve())])
+    (part,) = indexed_parts([path.resolve()], lambda _: _read_file(path, root, label_map), label_map,
+                            check_images=check_images, progress=progress, variant=variant)
+    return Readout(part.records, part.label_map, part.problems, part.checked)
+
+
+def _read_file(path: Path, root: Path, label_map: LabelMap | None) -> FilePart:
+    """The records of the file (as columns: each image a file, named ``path#images[position]``)."""
+    data = _load_json(path)
     file_label_map = _categories_label_map(data["categories"], path)
     class_of_category = {item.id: item.id if label_map is None else label_map.id_of_name(item.name)
                          for item in file_label_map.items}
 
     problems: list[Problem] = []
-    images: list[tuple[str, int | str, dict[str, Any]]] = []  # (source, original id, entry)
+    images: list[tuple[int, str, int | str, dict[str, Any]]] = []  # (position, source, original id, entry)
     unusable: set[str] = set()  # raw ids of image entries already reported
     for position, entry in enumerate(data["images"]):
         source = f"{path}#images[{position}]"
@@ -71,8 +90,8 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
             if isinstance(entry, dict) and "id" in entry:
                 unusable.add(str(entry["id"]))
         else:
-            images.append((source, original_id, entry))
-    id_of_raw = {str(entry["id"]): str(original_id) for _, original_id, entry in images}
+            images.append((position, source, original_id, entry))
+    id_of_raw = {str(entry["id"]): str(original_id) for _, _, original_id, entry in images}
     known_ids = set(id_of_raw.values())
 
     objects: dict[str, list[tuple[int, list[float], int, bool, float]]] = defaultdict(list)
@@ -93,7 +112,8 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
         objects[image_id].append((position, bbox, category_id, crowd, area))
 
     records: list[DetectionRecord] = []
-    for source, original_id, entry in images:
+    numbers: list[int] = []
+    for number, source, original_id, entry in images:
         image_id = str(original_id)
         if image_id in dropped:
             continue
@@ -121,7 +141,10 @@ def read_coco(annotations_path: str | os.PathLike, images_dir: str | os.PathLike
             image_id=image_id, boxes=xywh_to_yxyx(boxes), class_ids=class_ids, is_crowd=crowd,
             source=source, image_path=image_path, width=width, height=height, area=areas,
             original_id=original_id))
-    return Readout(records, label_map or file_label_map, problems)
+        numbers.append(number)
+    pattern = str(path).replace("{", "{{").replace("}", "}}") + "#images[{number}]"
+    return FilePart(RecordColumns.of_image_files(records, numbers, pattern), problems, {},
+                    label_map=label_map or file_label_map)
 
 
 def write_coco(records: Sequence[DetectionRecord], label_map: LabelMap,

@@ -46,7 +46,7 @@ def decoded_size(data: bytes) -> tuple[int, int]:
     try:
         image = decode_rgb(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message).strip().splitlines()[0][:200]
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\s+name:\s*$", "", error.message.strip()).strip().splitlines()[0][:200]
         raise DataError(f"not a readable image ({reason})") from None
     return int(image.shape[0]), int(image.shape[1])
 

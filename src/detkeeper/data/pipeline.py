@@ -20,8 +20,10 @@ Crowd regions are not trained on (they are kept in the records for COCO evaluati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Sequence
+import functools
+from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,7 +32,9 @@ from detkeeper.data import augment
 from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.columns import RecordColumns, box_counts
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.record import ByteSpan, DetectionRecord
+from detkeeper.data.index import forget
+from detkeeper.data.record import ByteSpan, ChangedSinceRead, DetectionRecord
+from detkeeper.errors import DataError, wrapped_data_error
 
 _SEED_SALT = 0x5EED
 
@@ -90,10 +94,10 @@ class _RecordTensors:
             raise ValueError("the input pipeline needs at least one record")
         if isinstance(records, RecordColumns):  # a TFRecord split: every column is there already
             files, file_index, offsets, lengths = records.files, records.file_index, records.offsets, records.lengths
-            inline, image_ids = None, records.image_ids.astype(object)
+            crcs, inline, image_ids = records.crcs, None, records.image_ids.astype(object)
             counts, is_crowd, boxes, class_ids = records.box_counts, records.is_crowd, records.boxes, records.class_ids
         else:
-            files, file_index, offsets, lengths, inline = _locations(records)
+            files, file_index, offsets, lengths, crcs, inline = _locations(records)
             image_ids = [record.image_id for record in records]
             counts = box_counts(records)
             is_crowd, boxes, class_ids = (np.concatenate([getattr(record, field) for record in records])
@@ -103,6 +107,8 @@ class _RecordTensors:
         self.file_index = tf.constant(file_index, tf.int32)
         self.offsets = tf.constant(offsets, tf.int64)
         self.lengths = tf.constant(lengths, tf.int64)
+        self.crcs = tf.constant(crcs, tf.int64)
+        self.read_span = functools.partial(_read_span, label_map)
         # Bytes made in memory (tests, generated records); a dataset read from disk has none.
         self.inline = tf.constant(inline, tf.string) if inline is not None and any(inline) else None
         self.image_ids = tf.constant(image_ids, tf.string)
@@ -118,12 +124,12 @@ class _RecordTensors:
         """The encoded image of record `index`: its file, its span of a file, or its bytes."""
         file = self.file_index[index]
         path = self.files[tf.maximum(file, 0)]
-        offset, length = self.offsets[index], self.lengths[index]
+        offset, length, crc = self.offsets[index], self.lengths[index], self.crcs[index]
 
         def from_disk():
             return tf.cond(length < 0, lambda: tf.io.read_file(path),
-                           lambda: tf.ensure_shape(tf.numpy_function(_read_span, [path, offset, length], tf.string,
-                                                                     stateful=False), []))
+                           lambda: tf.ensure_shape(tf.numpy_function(self.read_span, [path, offset, length, crc],
+                                                                     tf.string, stateful=False), []))
 
         if self.inline is None:
             return from_disk()
@@ -137,25 +143,55 @@ class _RecordTensors:
                 self.image_ids[index])
 
 
-def _locations(records: Sequence[DetectionRecord]) -> tuple[list[str], list[int], list[int], list[int], list[bytes]]:
+def _locations(records: Sequence[DetectionRecord]) -> tuple[list[str], list[int], list[int], list[int], list[int],
+                                                             list[bytes]]:
     """Where each record's image is: the files, each record's file (-1: none, its bytes are inline),
-    byte offset and length there (-1: the whole file), and its inline bytes (empty when on disk)."""
+    byte offset and length there (-1: the whole file), the crc32 of a span's bytes (-1: not known),
+    and its inline bytes (empty when on disk)."""
     files: dict[str, int] = {}
-    file_index, offsets, lengths, inline = [], [], [], []
+    file_index, offsets, lengths, crcs, inline = [], [], [], [], []
     for record in records:
         span = record.image_span
         path = span.path if span is not None else record.image_path
         file_index.append(files.setdefault(str(path), len(files)) if path is not None else -1)
         offsets.append(span.offset if span is not None else 0)
         lengths.append(span.length if span is not None else -1)
+        crcs.append(-1 if span is None or span.crc32 is None else span.crc32)
         inline.append(record.encoded_image or b"")
-    return list(files), file_index, offsets, lengths, inline
+    return list(files), file_index, offsets, lengths, crcs, inline
 
 
-def _read_span(path: bytes, offset: np.int64, length: np.int64) -> bytes:
+def _read_span(label_map: LabelMap, path: bytes, offset: np.int64, length: np.int64, crc: np.int64) -> bytes:
     """A span of a file, for tf.numpy_function: TensorFlow has no op that reads part of a file
-    without reading what comes before it (FixedLengthRecordDataset skips by reading)."""
-    return ByteSpan(path.decode("utf-8"), int(offset), int(length)).read()
+    without reading what comes before it (FixedLengthRecordDataset skips by reading).
+
+    A file that now ends before the span, or holds other bytes there than when it was indexed, is a
+    DataError naming it (:func:`data_errors` raises it as itself); a rewritten one's index entries
+    are removed first, so the next start reads it again instead of trusting them."""
+    span = ByteSpan(path.decode("utf-8"), int(offset), int(length), None if crc < 0 else int(crc))
+    try:
+        return span.read()
+    except ChangedSinceRead as error:
+        forget(span.path, label_map)
+        raise DataError(f"{error}. Stopped before training on it; its dataset index entry was removed, so the "
+                        "next start reads the file again.") from None
+    except OSError as error:
+        raise DataError(f"{span.path}: cannot read the image at {span.describe()} ({error}). Stopped before training "
+                        "on it; run again to read the dataset anew.") from None
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """Around code that iterates the pipeline (Keras fit): a DataError raised while reading a record
+    (:func:`_read_span`) arrives as a TensorFlow error holding its message; it is raised as the
+    DataError it was, which names the file, instead of TensorFlow's error and traceback."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        wrapped = wrapped_data_error(error.message)
+        if wrapped is None:
+            raise
+        raise wrapped from None
 
 
 def epoch_order(num_records: int, seed: int, epoch: int) -> tf.Tensor:

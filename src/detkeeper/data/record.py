@@ -23,25 +23,36 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from detkeeper.errors import DataError
 from detkeeper.files import is_url
+
+
+class ChangedSinceRead(DataError):
+    """A file's bytes are not those it held when it was read (and indexed): nothing read from it can be trusted."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ByteSpan:
     """`length` bytes at `offset` of the file at `path`: where a TFRecord keeps a record's encoded
-    image. Readers keep this, not the bytes, so a dataset's images stay on disk until decoded."""
+    image. Readers keep this, not the bytes, so a dataset's images stay on disk until decoded.
+    `crc32` (zlib's) of the bytes as they were read first, when known: a file rewritten since with
+    its size and modification time kept (which the dataset index cannot tell from the same file
+    without reading it) is caught when the span is read, not decoded as another image."""
 
     path: str
     offset: int
     length: int
+    crc32: int | None = None
 
     def read(self) -> bytes:
-        """The bytes (an OSError when the file is gone or now ends before them)."""
+        """The bytes (an OSError when the file is gone or now ends before them; a
+        :class:`ChangedSinceRead` when they are not the bytes `crc32` was taken from)."""
         if is_url(self.path):  # gs:// and the like: what tf.io.gfile reads
             data, end = self._read_url()
         else:
@@ -52,6 +63,11 @@ class ByteSpan:
         if len(data) != self.length:
             raise OSError(f"{self.path} ends at byte {end}, before the {self.length} bytes at "
                           f"{self.offset} (the file changed since it was read)")
+        crc32 = None if self.crc32 is None else zlib.crc32(data)
+        if crc32 != self.crc32:
+            raise ChangedSinceRead(
+                f"{self.path}: bytes {self.offset}-{self.offset + self.length} are not the image they held when the "
+                f"file was read (crc32 {crc32:08x}, was {self.crc32:08x}): the file was rewritten since")
         return data
 
     def _read_url(self) -> tuple[bytes, int]:

@@ -9,6 +9,7 @@ found in the first configured split), checks the records against their images, a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import logging
@@ -47,22 +48,30 @@ class PreparedSplit:
     def num_boxes(self) -> int:
         return int(box_counts(self.records).sum())
 
+    def counts(self) -> dict:
+        """Records read and used, and the records skipped by why (a record may have several reasons)."""
+        skipped = collections.Counter(problem.kind for problem in self.report.of_scope("record"))
+        return {"read": self.num_read, "used": len(self.records), "skipped": dict(sorted(skipped.items()))}
+
 
 def read_source(source, label_map: LabelMap | None, synthetic=None, *, check_images: bool = False,
                 progress: Callable[[int], None] | None = None) -> Readout:
     """Read one configured split (`source` is a ``SourceConfig``) with the reader of its format.
-    A reader that goes through the dataset index (TFRecord) opens the images too with
-    `check_images`, and reports the records it has read to `progress`."""
+    Every reader goes through the dataset index, opens the images too with `check_images`, and
+    reports the records it has read to `progress`."""
     if source.format == "voc":
-        return read_voc(source.path, split=source.split, label_map=label_map)
+        return read_voc(source.path, split=source.split, label_map=label_map, check_images=check_images,
+                        progress=progress)
     if source.format == "coco":
-        return read_coco(source.path, images_dir=source.images, label_map=label_map)
+        return read_coco(source.path, images_dir=source.images, label_map=label_map, check_images=check_images,
+                         progress=progress)
     if source.format == "tfrecord":
         from detkeeper.data.tfrecord import read_tfrecords  # light: imports TensorFlow
         return read_tfrecords(source.path, label_map=label_map, check_images=check_images, progress=progress)
     if source.format == "synthetic":
         root = ensure_synthetic(source.path, synthetic)
-        return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"))
+        return read_voc(root, split=source.split, label_map=label_map or LabelMap.read(root / "label_map.pbtxt"),
+                        check_images=check_images, progress=progress)
     raise DataError(f"data format {source.format!r} is not one of voc, coco, tfrecord, synthetic")
 
 
@@ -124,8 +133,9 @@ class DataSources:
 
     def readout(self, split: str, progress: Callable[[int], None] | None = None) -> Readout:
         """The split as its reader gives it (read once; `progress` counts the records read)."""
+        label_map = self.label_map  # first: deriving it reads the first split, which is then not read again
         if split not in self._readouts:
-            self._readouts[split] = read_source(self.source(split), self.label_map, self.config.synthetic,
+            self._readouts[split] = read_source(self.source(split), label_map, self.config.synthetic,
                                                 check_images=self.check_images, progress=progress)
         return self._readouts[split]
 
@@ -154,6 +164,23 @@ class DataSources:
                            len(readout.records), len(report.problems), "\n".join(report.summary_lines()))
         self._prepared[split] = PreparedSplit(split, records, self.label_map, report, len(readout.records))
         return self._prepared[split]
+
+    def first_usable(self, split: str, count: int) -> list[DetectionRecord]:
+        """The first `count` records of `split` that ``data.bad_records: skip`` keeps, their images
+        opened and checked, opening only as many as that takes (an export verifies on 8 images,
+        not on the whole split): the first `count` records, then twice as many, until enough are kept."""
+        records = self.readout(split).records
+        taken = count
+        while True:
+            prefix = list(records[:taken])
+            kept = drop_bad(prefix, check_records(prefix, max_boxes=self.config.max_boxes, check_images=True))
+            if len(kept) >= count or taken >= len(records):
+                break
+            taken *= 2
+        if not kept:
+            raise DataError(f"{self.describe(split)}: no usable records ({len(records)} read); "
+                            "run `detkeeper data check` on it to see why")
+        return list(kept[:count])
 
 
 def detect_format(path: str) -> str:

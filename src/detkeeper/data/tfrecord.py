@@ -41,6 +41,7 @@ import dataclasses
 import glob
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -173,7 +174,7 @@ def read_tfrecord_file(file: str, label_map: LabelMap | None) -> FilePart:
                                         f"class {class_id}{text} is not in the label map; box left out",
                                         example.image_id, len(records), box_index))
         # The image's bytes lie verbatim in the serialized example (protobuf stores bytes as they are).
-        span = ByteSpan(file, offset + raw.find(example.encoded), len(example.encoded))
+        span = ByteSpan(file, offset + raw.find(example.encoded), len(example.encoded), zlib.crc32(example.encoded))
         records.append(DetectionRecord(
             image_id=str(example.original_id), boxes=example.boxes[keep], class_ids=class_ids[keep],
             is_crowd=example.is_crowd[keep], source=source, image_span=span,

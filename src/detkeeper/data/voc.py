@@ -1,4 +1,4 @@
-"""Pascal VOC folders, read into :class:`DetectionRecord` lists and written back.
+"""Pascal VOC folders, read into :class:`RecordColumns` and written back.
 
 Layout, as in VOCdevkit and BCCD::
 
@@ -10,19 +10,28 @@ Boxes are taken as the XML states them: no -1 shift (as the TF OD API's
 ``create_pascal_tf_record.py``) and no validation. Inverted, zero-area or outside boxes stay in
 the record so that the dataset checker reports each one with its file and index; this module only
 reports what it cannot turn into a record at all.
+
+A split is read through the dataset index (:mod:`detkeeper.data.index`) as one entry, not one per
+XML file (100k tiny entries would be slower to load than the XML files): its identity is the split
+file's and a digest of every listed XML file's path, size and modification time, so a later start
+stats the XML files (3 us each) but parses none while none changed, and any change reads the split
+again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from detkeeper.data.columns import RecordColumns
 from detkeeper.data.image_format import EXTENSIONS, sniff_format
+from detkeeper.data.index import FilePart, file_identity, files_digest, indexed_parts
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.problems import Problem
 from detkeeper.data.readout import Readout
@@ -72,36 +81,54 @@ class _NoDoctypeTreeBuilder(ET.TreeBuilder):
 
 
 # --- reading ------------------------------------------------------------------------------------
-def read_voc(root: str | os.PathLike, split: str | None = None,
-             label_map: LabelMap | None = None) -> Readout:
+def read_voc(root: str | os.PathLike, split: str | None = None, label_map: LabelMap | None = None, *,
+             check_images: bool = False, progress: Callable[[int], None] | None = None) -> Readout:
     """Read a VOC folder: every XML in Annotations (`split` None) or the ids in ``<split>.txt``.
 
     With no `label_map`, one is derived from the class names found (sorted, ids 1..K); with one,
-    objects of other classes are left out of their record and reported as ``unknown_class``.
+    objects of other classes are left out of their record and reported as ``unknown_class``. The
+    split is read through the dataset index; with `check_images` every image is opened in the same
+    pass (the readout's ``checked`` says what was found), and `progress` counts the records done.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: VOC dataset folder not found (expected {ANNOTATIONS_DIR}/, "
                         f"{IMAGES_DIR}/ and {SPLITS_DIR}/ inside it)")
     image_ids, listed_in = _image_ids(root, split)
-    annotations: list[_VocAnnotation] = []
+    listing = root / (ANNOTATIONS_DIR if split is None else f"{SPLITS_DIR}/{split}.txt")
+    xml_files = [os.path.join(root, ANNOTATIONS_DIR, f"{image_id}.xml") for image_id in image_ids]
+
+    def identity(file: Path) -> list[int | str]:
+        return [*file_identity(file), files_digest(xml_files)]
+
+    # Messages and the derived label map name the folder as the caller spells it: the spelling keys the entry.
+    (part,) = indexed_parts([listing.resolve()], lambda _: _read_split(root, image_ids, listed_in, label_map),
+                            label_map, check_images=check_images, progress=progress, identity=identity,
+                            variant=json.dumps(["voc", str(root), split]))
+    return Readout(part.records, part.label_map, part.problems, part.checked)
+
+
+def _read_split(root: Path, image_ids: list[str], listed_in: str, label_map: LabelMap | None) -> FilePart:
+    """The records of the listed XML files (as columns, each numbered by its place in the list)."""
+    annotations: list[tuple[int, _VocAnnotation]] = []
     problems: list[Problem] = []
-    for image_id in image_ids:
+    for number, image_id in enumerate(image_ids):
         source = f"{ANNOTATIONS_DIR}/{image_id}.xml"
         try:
-            annotations.append(_read_annotation(root, image_id, source, listed_in))
+            annotations.append((number, _read_annotation(root, image_id, source, listed_in)))
         except _Malformed as error:
             problems.append(Problem("malformed_annotation", source, str(error), image_id=image_id))
     if label_map is None:
-        names = sorted({obj.name for annotation in annotations for obj in annotation.objects})
+        names = sorted({obj.name for _, annotation in annotations for obj in annotation.objects})
         if not names:
             raise DataError(_no_classes_message(root, len(annotations), problems))
         label_map = LabelMap.from_names(
             names, source=f"derived from the class names in {root / ANNOTATIONS_DIR} (sorted, ids 1..K)")
-    records: list[DetectionRecord] = []
-    for annotation in annotations:
-        records.append(_to_record(annotation, label_map, len(records), problems))
-    return Readout(records=records, label_map=label_map, problems=problems)
+    records = [_to_record(annotation, label_map, position, problems)
+               for position, (_, annotation) in enumerate(annotations)]
+    columns = RecordColumns.of_image_files(records, [number for number, _ in annotations],
+                                           f"{ANNOTATIONS_DIR}/{{image_id}}.xml")
+    return FilePart(columns, problems, {}, label_map=label_map)
 
 
 def _no_classes_message(root: Path, readable: int, problems: list[Problem]) -> str:

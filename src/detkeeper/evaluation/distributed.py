@@ -32,7 +32,7 @@ class DistributedValidation:
     def __init__(self, strategy: tf.distribute.Strategy, records: Sequence[DetectionRecord], label_map: LabelMap,
                  *, image_size: int, batch_size: int, max_boxes: int, is_chief: bool,
                  backend: str = "faster_coco_eval", max_detections: int = 100, resize: Resize = Resize()) -> None:
-        self.strategy, self.records, self.label_map = strategy, list(records), label_map
+        self.strategy, self.records, self.label_map = strategy, records, label_map
         self.is_chief, self.backend, self.max_detections = is_chief, backend, max_detections
         self.steps = evaluation_steps(len(self.records), batch_size)
 

@@ -28,13 +28,15 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from detkeeper import __version__
 from detkeeper.config.schema import SPLITS, DataConfig, SourceConfig
 from detkeeper.data.augment import Resize
+from detkeeper.data import columns
+from detkeeper.data.columns import RecordColumns, all_class_ids
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
@@ -103,7 +105,7 @@ class CheckpointInfo:
 
 @dataclasses.dataclass(frozen=True)
 class _Data:
-    records: list[DetectionRecord]
+    records: Sequence[DetectionRecord]  # a list, or RecordColumns
     description: str
     name: str  # for the default output folder
     split: str | None  # the config split evaluated, None for a dataset path
@@ -226,10 +228,10 @@ def _dataset(path: str, split: str | None, model_label_map: LabelMap, max_boxes:
     return _Data(records, description, name, None, fmt, prepared.num_read, prepared.report.counts())
 
 
-def _map_classes(records: list[DetectionRecord], dataset_map: LabelMap, model_map: LabelMap,
-                 where: str) -> list[DetectionRecord]:
-    """Records with class ids of the model's label map, matched by class name."""
-    used = sorted({int(class_id) for record in records for class_id in record.class_ids})
+def _map_classes(records: Sequence[DetectionRecord], dataset_map: LabelMap, model_map: LabelMap,
+                 where: str) -> Sequence[DetectionRecord]:
+    """Records with class ids of the model's label map, matched by class name (columns stay columns)."""
+    used = np.unique(all_class_ids(records)).tolist()
     model_id = {class_id: model_map.id_of_name(dataset_map.item_of_id(class_id).name) for class_id in used}
     unknown = [dataset_map.item_of_id(class_id).name for class_id in used if model_id[class_id] is None]
     if unknown:
@@ -239,6 +241,9 @@ def _map_classes(records: list[DetectionRecord], dataset_map: LabelMap, model_ma
                         "them in the annotations (or the label map given with --label-map).")
     if all(model_id[class_id] == class_id for class_id in used):
         return records
+    if isinstance(records, RecordColumns):
+        mapped = np.array([model_id[class_id] for class_id in used], np.int64)
+        return records.with_class_ids(mapped[np.searchsorted(used, records.class_ids)])
     return [dataclasses.replace(record, class_ids=np.array([model_id[int(c)] for c in record.class_ids], np.int64))
             for record in records]
 
@@ -350,9 +355,9 @@ class _CocoResults:
                                             detections["scores"][row, :count][keep].tolist()):
                 self.rows.append((image_id, category, box, score))
 
-    def as_json(self, records: list[DetectionRecord]) -> list[dict]:
+    def as_json(self, records: Sequence[DetectionRecord]) -> list[dict]:
         """The rows with each image's original id (:data:`IMAGE_ID_CONVENTION`)."""
-        original = {record.image_id: record.original_id for record in records}
+        original = dict(zip(columns.image_ids(records), columns.original_ids(records)))
         return [{"image_id": original[image_id], "category_id": category, "bbox": box, "score": score}
                 for image_id, category, box, score in self.rows]
 

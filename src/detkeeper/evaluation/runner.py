@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from detkeeper.data import columns
 from detkeeper.data.image_format import decoded_size
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.record import DetectionRecord, denormalize_yxyx_batch
@@ -105,7 +106,7 @@ def score_batches(batches, label_map: LabelMap, ground_truth, backend: str, max_
     records' ``image_id`` strings). Every validation pass, in training, ``detkeeper evaluate`` and
     export verification, scores through here."""
     evaluator = CocoEvaluator(label_map, backend=backend, max_detections=max_detections)
-    records = {record.image_id: record for record in ground_truth} if ground_truth is not None else None
+    records = RecordsById(ground_truth) if ground_truth is not None else None
     timings: list[tuple[float, int]] = []
     for image_ids, detections, seconds, batch_truth in batches:
         timings.append((seconds, len(image_ids)))
@@ -137,6 +138,24 @@ def _batch_ground_truth(batch: dict, label_map: LabelMap, image_ids: list[str], 
     ids = np.full_like(classes, -1)
     ids[valid] = label_map.indices_to_ids(classes[valid])
     return {"image_ids": image_ids, "boxes": boxes, "classes": ids, "num_boxes": batch["num_boxes"].numpy()}
+
+
+class RecordsById(Mapping[str, DetectionRecord]):
+    """`records` looked up by image id (the last record of an id), each record made only when it is
+    looked up: a split kept as columns stays columns through a pass, not 5,000 record objects."""
+
+    def __init__(self, records: Sequence[DetectionRecord]) -> None:
+        self._records = records
+        self._position = {image_id: position for position, image_id in enumerate(columns.image_ids(records))}
+
+    def __getitem__(self, image_id: str) -> DetectionRecord:
+        return self._records[self._position[image_id]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._position)
+
+    def __len__(self) -> int:
+        return len(self._position)
 
 
 def records_ground_truth(records: Mapping[str, DetectionRecord], image_ids: Iterable[str]) -> dict:

@@ -242,12 +242,11 @@ def _verification_records(config, run: RunDirectory, split: str | None, count: i
         raise DetkeeperError(f"{run.config_path}: the run's config sets no data split, so there are no images "
                              "to verify the export on; give some with --verify-with (verify_with=)")
     data_config = dataclasses.replace(config.data, label_map=str(run.label_map_path))
-    try:
-        records = DataSources(data_config).prepare(split).records
+    try:  # the annotations of the split (from the dataset index when training read it), but only `count` images
+        return DataSources(data_config, check_images=False).first_usable(split, count)
     except DetkeeperError as error:
         raise DetkeeperError(f"cannot read the images that verify the export (data.{split} of "
                              f"{run.config_path}): {error}") from None
-    return list(records[:count])
 
 
 def _image_records(files: Sequence[str | os.PathLike], count: int) -> list[DetectionRecord]:

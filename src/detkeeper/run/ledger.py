@@ -108,13 +108,18 @@ class RetentionPolicy:
 
 @dataclasses.dataclass
 class Ledger:
-    """Kept entries, every evaluation's history and the run's status; the best is derived from them."""
+    """Kept entries, every evaluation's history and the run's status; the best is derived from them.
+
+    `data` is what the last start trained and evaluated on, per split: records ``read``, ``used``, and
+    those ``skipped`` by why (an image that does not decode, a duplicate id, ...), so a run's numbers
+    can be told from a run on the whole dataset without its log."""
 
     policy: RetentionPolicy
     entries: list[LedgerEntry] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pruned: list[str] = dataclasses.field(default_factory=list)
     status: dict[str, Any] = dataclasses.field(default_factory=lambda: {"state": "training"})
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- queries ---------------------------------------------------------------------------
     def by_name(self, name: str) -> LedgerEntry | None:
@@ -185,6 +190,7 @@ class Ledger:
             "policy": dataclasses.asdict(self.policy),
             "best": self.best_name,
             "status": self.status,
+            "data": self.data,
             "checkpoints": [entry.to_json() for entry in self.ranked()],
             "pruned": self.pruned,
             "history": [{**row, "monitor_value": json_number(row["monitor_value"]),
@@ -212,7 +218,7 @@ class Ledger:
                        for row in data.get("history", [])]
             ledger = cls(policy=policy or stored, entries=entries, history=history,
                          pruned=list(data.get("pruned", [])),
-                         status=dict(data.get("status") or {"state": "training"}))
+                         status=dict(data.get("status") or {"state": "training"}), data=dict(data.get("data") or {}))
         except FileNotFoundError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:

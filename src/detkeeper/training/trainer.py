@@ -24,7 +24,7 @@ import tensorflow as tf
 from detkeeper.config.loader import check_config, load_config
 from detkeeper.config.schema import RunConfig
 from detkeeper.data.augment import Resize
-from detkeeper.data.pipeline import Augmentation, InputShard, evaluation_dataset, training_dataset
+from detkeeper.data.pipeline import Augmentation, InputShard, data_errors, evaluation_dataset, training_dataset
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import ConfigError
 from detkeeper.evaluation.callback import CocoEvaluationCallback
@@ -100,7 +100,8 @@ def train(config: RunConfig | str | os.PathLike, overrides: Sequence[str] = (), 
     distribution = create_distribution(config.distribute)  # first: multi-worker needs it before any op
     with worker_config(config, distribution) as config:  # a worker that is not the chief: a temporary run_dir
         run = RunDirectory(config.run_dir)
-        with run.lock(), _log_to_file(run.log_file_path), mixed_precision(config.train.mixed_precision):
+        # data_errors: a shard that changed under the pipeline stops training with a DataError naming it
+        with run.lock(), _log_to_file(run.log_file_path), mixed_precision(config.train.mixed_precision), data_errors():
             return _Training(config, run, reporter or Reporter(), distribution, on_end).run()
 
 
@@ -162,6 +163,7 @@ class _Training:
             extra={"early_stopping": state}, is_chief=distribution.is_chief)
         for message in checkpointer.store.tidy():
             logger.warning(message)
+        checkpointer.ledger.data = {"train": train_split.counts(), "val": val_split.counts()}  # kept from the next save on
 
         start = checkpointer.restore(model, "latest")
         for problem in checkpointer.problems:
