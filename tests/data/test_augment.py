@@ -164,3 +164,75 @@ def test_the_tfod_api_resizers_give_the_api_s_own_model_input(tfod_oracle_dir, m
     np.testing.assert_allclose(normalise(canvas.numpy()), expected, rtol=0, atol=1e-6)
     height, width = reference["true_image_shapes"][0][:2]  # the resized content, before padding
     np.testing.assert_allclose(factors.numpy(), [height / image.shape[0], width / image.shape[1]])
+
+
+def test_vertical_flip_moves_box_to_mirror_position_and_is_its_own_inverse():
+    image = tf.random.stateless_uniform([6, 10, 3], seed=[3, 4])
+    boxes = tf.constant([[1.0, 2.0, 3.0, 5.0]])
+    flipped_image, flipped = augment.flip_vertical(image, boxes)
+    np.testing.assert_allclose(flipped.numpy(), [[3.0, 2.0, 5.0, 5.0]])
+    np.testing.assert_array_equal(flipped_image.numpy()[0], image.numpy()[5])
+    twice_image, twice_boxes = augment.flip_vertical(flipped_image, flipped)
+    np.testing.assert_array_equal(twice_image.numpy(), image.numpy())
+    np.testing.assert_allclose(twice_boxes.numpy(), boxes.numpy())
+
+
+def test_quarter_turn_is_counter_clockwise_for_pixels_and_boxes_and_four_make_none():
+    image = tf.random.stateless_uniform([6, 10, 3], seed=[5, 6])
+    boxes = tf.constant([[1.0, 2.0, 3.0, 5.0]])
+    turned_image, turned = augment.rotate90(image, boxes)
+    assert turned_image.shape == (10, 6, 3)
+    np.testing.assert_allclose(turned.numpy(), [[5.0, 1.0, 8.0, 3.0]])  # [W - x1, y0, W - x0, y1]
+    # counter-clockwise: the original's top-right pixel is the new top-left one
+    np.testing.assert_array_equal(turned_image.numpy()[0, 0], image.numpy()[0, 9])
+    for _ in range(3):
+        turned_image, turned = augment.rotate90(turned_image, turned)
+    np.testing.assert_array_equal(turned_image.numpy(), image.numpy())
+    np.testing.assert_allclose(turned.numpy(), boxes.numpy())
+
+
+def _orientation(image: np.ndarray) -> tuple:
+    """Where the scene's marker corner went: which quadrant of the output holds the red pixels."""
+    red = np.argwhere((image[..., 0] > 200) & (image[..., 1] < 50))
+    return tuple((red.mean(axis=0) > image.shape[0] / 2).tolist())
+
+
+def test_flips_and_quarter_turn_reach_all_eight_symmetries_and_keep_boxes_on_objects():
+    """An asymmetric scene (a red corner marker, white objects): over 48 seeds every symmetry of the
+    square appears, and every kept box still lies on a white object."""
+    image, boxes = _scene()
+    image = image.numpy().copy()
+    image[:12, :12] = [255.0, 0.0, 0.0]  # the marker, top-left
+    # The marker alone says the corner; whether the image was transposed shows in the white shape at [10:40, 10:50].
+    seen = set()
+    for seed in range(48):
+        out, out_boxes, keep, _ = augment.random_augment(
+            tf.constant(image), boxes, 160, seed=tf.constant([seed, 9], tf.int64), horizontal_flip=True,
+            vertical_flip=True, rotate_90=True, scale_range=(1.0, 1.0), colour_strength=0.0)
+        out = out.numpy()
+        kept = out_boxes.numpy()[keep.numpy()]
+        assert len(kept) == 3
+        first = kept[0]  # the 30x40 object next to the marker: wider than tall unless the image was transposed
+        transposed = (first[2] - first[0]) > (first[3] - first[1])
+        seen.add((_orientation(out), bool(transposed)))
+        for ymin, xmin, ymax, xmax in kept:
+            inner = out[int(np.ceil(ymin)) + 1:int(ymax) - 1, int(np.ceil(xmin)) + 1:int(xmax) - 1]
+            assert inner.size and inner.mean() > 200.0, (seed, ymin, xmin, ymax, xmax)
+    assert len(seen) == 8, seen
+
+
+def test_the_symmetries_leave_the_other_draws_as_they_were():
+    """Their coins come from a seed of their own: where both land on 'no', the output is the one
+    without them (scale, crop and colour draws unchanged), so turning them on changes nothing else."""
+    image, boxes = _scene()
+    common = dict(horizontal_flip=True, scale_range=(0.7, 1.4), colour_strength=0.3)
+    matched = 0
+    for seed in range(16):
+        seed_tensor = tf.constant([seed, 11], tf.int64)
+        without = augment.random_augment(image, boxes, 96, seed=seed_tensor, **common)
+        with_them = augment.random_augment(image, boxes, 96, seed=seed_tensor, vertical_flip=True, rotate_90=True,
+                                           **common)
+        if with_them[0].shape == without[0].shape and np.array_equal(with_them[1].numpy(), without[1].numpy()):
+            np.testing.assert_array_equal(with_them[0].numpy(), without[0].numpy())
+            matched += 1
+    assert 1 <= matched < 16  # about a quarter of the seeds leave both off; the others turn or flip

@@ -26,6 +26,10 @@ SECTIONS = {
     "train": {"batch_size": 4, "steps": STEPS, "optimizer": {"learning_rate": 0.01},
               "schedule": {"name": "constant", "warmup_steps": 5}},
     "evaluation": {"every_steps": EVERY},
+    # Every random transform on (the shapes of the 8 images allow any flip and turn): a resumed run must draw
+    # each one as the uninterrupted run did.
+    "data": {"augment": {"horizontal_flip": True, "vertical_flip": True, "rotate_90": True,
+                         "scale_jitter": [0.8, 1.2], "colour_jitter": 0.1}},
     "checkpoint": {"keep_best": KEEP_BEST, "keep_last": KEEP_LAST},
 }
 

@@ -198,6 +198,21 @@ def test_an_ssd_detkeeper_does_not_reproduce_maps_to_retinanet_on_mobilenetv2(tm
                              "eval_input_reader.shuffle", "model.ssd.post_processing.score_converter"}
 
 
+def test_the_apis_vertical_flip_and_quarter_turn_map_to_data_augment(tmp_path):
+    """random_vertical_flip and random_rotation90 (probability 1/2, the API's default) are carried
+    exactly; another probability or keypoint permutations are said not to be."""
+    steps = ("data_augmentation_options { random_vertical_flip { } }\n"
+             "  data_augmentation_options { random_rotation90 { probability: 0.3 } }\n"
+             "  data_augmentation_options {")
+    text = SSD.read_text().replace("data_augmentation_options {", steps, 1)
+    result = import_pipeline_config_text(text, tmp_path)
+    augment = result.data["data"]["augment"]
+    assert augment["vertical_flip"] is True and augment["rotate_90"] is True and augment["horizontal_flip"] is True
+    notes = notes_of(result)
+    assert not any("random_vertical_flip" in path for path in notes)
+    assert "probability 0.5" in notes["train_config.data_augmentation_options[1].random_rotation90.probability"]
+
+
 def test_centernet_maps_to_fcos_with_a_step_schedule(tmp_path):
     result = import_pipeline_config(CENTERNET, base_dir=tmp_path, out_dir=tmp_path)
     data = result.data

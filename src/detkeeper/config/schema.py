@@ -239,6 +239,14 @@ class AugmentConfig:
     """Random training-time augmentation; evaluation never augments."""
 
     horizontal_flip: bool = setting(True, help="Flip half of the training images left to right.")
+    vertical_flip: bool = setting(
+        False, help="Flip half of the training images top to bottom (the TF OD API's random_vertical_flip): for "
+                    "subjects with no up, such as cells, aerial or microscope images."
+    )
+    rotate_90: bool = setting(
+        False, help="Turn half of the training images 90 degrees counter-clockwise (the TF OD API's "
+                    "random_rotation90); with both flips on, each of the square's 8 symmetries is equally likely."
+    )
     scale_jitter: tuple[float, float] = setting(
         (0.75, 1.25), help="Random zoom range [min, max]; [1, 1] disables it."
     )

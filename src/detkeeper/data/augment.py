@@ -75,6 +75,23 @@ def flip_horizontal(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.T
     return tf.image.flip_left_right(image), flipped
 
 
+def flip_vertical(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirror the image top-bottom; a box [y0, x0, y1, x1] becomes [H - y1, x0, H - y0, x1]."""
+    height = tf.cast(tf.shape(image)[0], boxes.dtype)
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    flipped = tf.stack([height - ymax, xmin, height - ymin, xmax], axis=-1)
+    return tf.image.flip_up_down(image), flipped
+
+
+def rotate90(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rotate the image 90 degrees counter-clockwise (an H x W image becomes W x H), as the TF OD
+    API's ``random_rotation90`` does; a box [y0, x0, y1, x1] becomes [W - x1, y0, W - x0, y1]."""
+    width = tf.cast(tf.shape(image)[1], boxes.dtype)
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    rotated = tf.stack([width - xmax, ymin, width - xmin, ymax], axis=-1)
+    return tf.image.rot90(image), rotated
+
+
 def scale_and_crop(image: tf.Tensor, boxes: tf.Tensor, output_size: int, scale: tf.Tensor,
                    offset_fraction: tf.Tensor, resize: Resize = Resize()
                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -132,17 +149,26 @@ def adjust_colour(image: tf.Tensor, strength: float, seeds: tf.Tensor) -> tf.Ten
 
 def random_augment(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed: tf.Tensor,
                    horizontal_flip: bool, scale_range: tuple[float, float], colour_strength: float,
-                   resize: Resize = Resize()) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Training transform: flip, scale jitter with crop (after `resize`), colour jitter, pad to a square.
+                   resize: Resize = Resize(), vertical_flip: bool = False, rotate_90: bool = False
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Training transform: flips and a quarter turn (each with probability 1/2), scale jitter with
+    crop (after `resize`), colour jitter, pad to a square. With all three of the first, each of the
+    square's eight symmetries is equally likely (for subjects with no up, such as cells).
 
     `seed` is a stateless seed (shape [2]) unique to this example and epoch. Returns the
     ``output_size`` square image, the boxes, the mask of boxes still on the image, and the
     resize factors ``[fy, fx]``.
     """
     seeds = tf.random.experimental.stateless_split(seed, num=8)
-    if horizontal_flip:
-        flip = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
-        image, boxes = tf.cond(flip, lambda: flip_horizontal(image, boxes), lambda: (image, boxes))
+    # The vertical flip and the turn draw from the eighth seed, so the other draws stay those of a
+    # run without them.
+    symmetry_seeds = tf.random.experimental.stateless_split(seeds[7], num=2)
+    for wanted, transform, transform_seed in ((horizontal_flip, flip_horizontal, seeds[0]),
+                                              (vertical_flip, flip_vertical, symmetry_seeds[0]),
+                                              (rotate_90, rotate90, symmetry_seeds[1])):
+        if wanted:
+            chosen = tf.random.stateless_uniform([], seed=transform_seed) < 0.5
+            image, boxes = tf.cond(chosen, lambda: transform(image, boxes), lambda: (image, boxes))
     low, high = scale_range
     scale = tf.random.stateless_uniform([], seed=seeds[1], minval=low, maxval=high) if high > low else low
     offset_fraction = tf.random.stateless_uniform([2], seed=seeds[2])

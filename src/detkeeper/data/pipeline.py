@@ -46,10 +46,13 @@ class Augmentation:
     horizontal_flip: bool = True
     scale_jitter: tuple[float, float] = (0.75, 1.25)
     colour_jitter: float = 0.1
+    vertical_flip: bool = False
+    rotate_90: bool = False
 
     @classmethod
     def from_config(cls, config) -> "Augmentation":
-        return cls(bool(config.horizontal_flip), tuple(config.scale_jitter), float(config.colour_jitter))
+        return cls(bool(config.horizontal_flip), tuple(config.scale_jitter), float(config.colour_jitter),
+                   bool(config.vertical_flip), bool(config.rotate_90))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +254,9 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
         else:
             image, boxes, keep, factors = augment.random_augment(
                 image, boxes, image_size, seed=_example_seed(seed, epoch, position),
-                horizontal_flip=augmentation.horizontal_flip,
-                scale_range=augmentation.scale_jitter, colour_strength=augmentation.colour_jitter, resize=resize)
+                horizontal_flip=augmentation.horizontal_flip, vertical_flip=augmentation.vertical_flip,
+                rotate_90=augmentation.rotate_90, scale_range=augmentation.scale_jitter,
+                colour_strength=augmentation.colour_jitter, resize=resize)
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
     indices = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)

@@ -100,5 +100,5 @@ def reason_for(path: str, name: str) -> str:
 
 
 def augmentation_reason(name: str) -> str:
-    return ("detkeeper's training augmentation is a horizontal flip, scale jitter with a random crop and "
+    return ("detkeeper's training augmentation is flips, a quarter turn, scale jitter with a random crop and "
             f"colour jitter (data.augment); it has no {name}")

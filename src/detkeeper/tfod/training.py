@@ -270,12 +270,29 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
         config.note("fine_tune_checkpoint_type", "goes with fine_tune_checkpoint, which is not read")
 
 
+#: The TF OD API's flip and quarter-turn steps that data.augment has exactly (probability 1/2 each).
+_SYMMETRIES = {"random_vertical_flip": "vertical_flip", "random_rotation90": "rotate_90"}
+
+
 def _augment(steps: list[Node], config: Node, image_size: int) -> dict[str, Any]:
     track = config.tracker
     flip, ranges, colour, colour_sources, range_sources = False, [], 0.0, [], []
+    symmetries = {"vertical_flip": False, "rotate_90": False}
     for step in steps:
         name, op = step.oneof("augmentation step")
-        if name == "random_horizontal_flip":
+        if name in _SYMMETRIES:
+            key = _SYMMETRIES[name]
+            symmetries[key] = True
+            noted = [field for field in ("keypoint_flip_permutation", "keypoint_rot_permutation") if op.has(field)]
+            for field in noted:
+                op.note(field, "detkeeper trains boxes only")
+            if op.number("probability", 0.5) != 0.5:
+                noted.append("probability")
+                op.note("probability", f"detkeeper's data.augment.{key} applies with probability 0.5")
+            if not noted:
+                step.use(name)
+            track.map(step.at(name), f"data.augment.{key}", True)
+        elif name == "random_horizontal_flip":
             flip = True
             if op.has("keypoint_flip_permutation"):
                 op.note("keypoint_flip_permutation", "detkeeper trains boxes only")
@@ -304,7 +321,8 @@ def _augment(steps: list[Node], config: Node, image_size: int) -> dict[str, Any]
             step.note(name, augmentation_reason(name))
     low = max(min((low for low, _ in ranges), default=1.0), 0.05)
     high = min(max((high for _, high in ranges), default=1.0), 4.0)
-    augment = {"horizontal_flip": flip, "scale_jitter": [low, high], "colour_jitter": round(min(colour, 1.0), 3)}
+    augment = {"horizontal_flip": flip, "scale_jitter": [low, high], "colour_jitter": round(min(colour, 1.0), 3),
+               **{key: True for key, wanted in symmetries.items() if wanted}}  # off by default: said when on
     where = config.at("data_augmentation_options")
     if not flip:
         track.map(where, "data.augment.horizontal_flip", False, "no random_horizontal_flip in the pipeline")
