@@ -61,10 +61,14 @@ class SsdFpnLite(SsdMetaArch):
         self.anchors = multiscale_grid_anchors(image_size, min_level, max_level, ANCHOR_SCALE,
                                                ASPECT_RATIOS, SCALES_PER_OCTAVE)
 
+    def backbone_zoo_slots(self) -> list[ZooSlot]:
+        """The backbone's variables by their zoo keys (the API's MobileNetV2 here)."""
+        return backbone_zoo_slots(self.backbone)
+
     def zoo_checkpoint_slots(self) -> list[ZooSlot]:
         """Every variable with the key the API's ``SSDMobileNetV2FpnKerasFeatureExtractor`` and
         ``WeightSharedConvolutionalBoxPredictor`` store it under."""
-        slots = backbone_zoo_slots(self.backbone)
+        slots = self.backbone_zoo_slots()
         fpn, generator = self.fpn, f"{EXTRACTOR_PREFIX}_fpn_features_generator/"
         slots += layer_slots("neck", f"{generator}top_layers/0/", fpn.top)
         for index, (residual, conv, norm) in enumerate(zip(fpn.residual, fpn.smoothing, fpn.smoothing_norm)):
@@ -98,7 +102,7 @@ def fpn_channels(model_config) -> int:
     return max(int(DEFAULT_CHANNELS * model_config.backbone.depth_multiplier), MIN_DEPTH)
 
 
-def _levels(model_config) -> tuple[int, int]:
+def pyramid_levels(model_config) -> tuple[int, int]:
     neck = model_config.neck
     return neck.min_level or DEFAULT_MIN_LEVEL, neck.max_level or DEFAULT_MAX_LEVEL
 
@@ -114,7 +118,7 @@ def check_ssd_fpnlite_config(model_config) -> None:
     if model_config.head.block is not None:
         raise ConfigError(f"model.head.block: the SSD predictor's tower is the TF OD API's convolutions "
                           f"(model.head.separable); expected null, got {model_config.head.block!r}")
-    min_level, max_level = _levels(model_config)
+    min_level, max_level = pyramid_levels(model_config)
     if not 3 <= min_level <= 5:
         raise ConfigError(f"model.neck.min_level: FPN-lite starts at a backbone level, 3, 4 or 5; got {min_level}")
     if max_level < 5:
@@ -136,7 +140,7 @@ def ssd_mobilenet_v2_fpnlite(model_config, num_classes: int, postprocess: Postpr
     ``model.backbone.name``: ``mobilenetv2`` (the API's, which zoo checkpoints fit) or ``tiny``."""
     check_ssd_fpnlite_config(model_config)
     head = model_config.head
-    min_level, max_level = _levels(model_config)
+    min_level, max_level = pyramid_levels(model_config)
     backbone = build_ssd_backbone(model_config.backbone.name, model_config.backbone.weights,
                                   model_config.image_size, depth_multiplier=model_config.backbone.depth_multiplier)
     return SsdFpnLite(
