@@ -17,9 +17,11 @@ from __future__ import annotations
 import keras
 
 from detkeeper.errors import ConfigError
+from detkeeper.models.backbones import build_backbone, check_backbone
 from detkeeper.models.registry import Postprocess, register_model, resize_settings
 from detkeeper.models.ssd.resnet_v1 import (BACKBONE_NAME, CHANNEL_MEANS, MIN_DEPTH, MIN_IMAGE_SIZE,
                                             ZOO_BACKBONE_PREFIX, build_resnet50_v1, resnet_zoo_slots)
+from detkeeper.models.ssd.mobilenet_v2 import TINY_NAME, check_backbone_name
 from detkeeper.models.ssd.ssd import DEFAULT_HEAD_CONVS, DEFAULT_KERNEL_SIZE, SsdFpnLite, pyramid_levels
 from detkeeper.models.ssd.zoo_checkpoint import ZooSlot
 
@@ -41,14 +43,18 @@ class SsdResNetFpn(SsdFpnLite):
 def check_ssd_resnet_fpn_config(model_config) -> None:
     """What building would refuse: another backbone or weights, a side the extractor or the FPN cannot take."""
     backbone, size = model_config.backbone, model_config.image_size
-    if backbone.name != BACKBONE_NAME:
+    if backbone.name not in (BACKBONE_NAME, TINY_NAME):
         raise ConfigError(f"model.backbone.name: ssd_resnet50_v1_fpn is built on the TF OD API's ResNet-50 V1 "
-                          f"({BACKBONE_NAME!r}); got {backbone.name!r}")
-    if backbone.weights != "none":
+                          f"({BACKBONE_NAME!r}), or detkeeper's {TINY_NAME!r} backbone for tests and CPU demos; "
+                          f"got {backbone.name!r}")
+    if backbone.name == TINY_NAME:
+        check_backbone_name(TINY_NAME, backbone.depth_multiplier, backbone.weights)
+        check_backbone(TINY_NAME, backbone.weights, size)
+    elif backbone.weights != "none":
         raise ConfigError(f"model.backbone.weights: the API's ResNet-50 V1 (no conv biases, its own padding) has no "
                           f"Keras weights that fit it; expected \"none\" (a zoo checkpoint loads through "
                           f"model.init_from), got {backbone.weights!r}")
-    if size < MIN_IMAGE_SIZE or size % 32:
+    elif size < MIN_IMAGE_SIZE or size % 32:
         raise ConfigError(f"model.image_size: the SSD ResNet FPN extractor needs at least {MIN_IMAGE_SIZE} px and "
                           f"the FPN a multiple of 32; got {size}")
     head = model_config.head
@@ -72,11 +78,15 @@ def ssd_resnet50_v1_fpn(model_config, num_classes: int, postprocess: Postprocess
     256-channel FPN P3-P7 of regular convolutions, separate four-conv box and class towers of regular
     convolutions; ``model.neck`` / ``model.head`` override them as for ``ssd_mobilenet_v2_fpnlite``
     (separable, share_tower and kernel_size included), ``model.backbone.depth_multiplier`` narrows the
-    ResNet and (unless ``model.neck.channels`` is set) the FPN as the API does."""
+    ResNet and (unless ``model.neck.channels`` is set) the FPN as the API does. ``model.backbone.name``:
+    ``resnet50_v1`` (the API's, which zoo checkpoints fit) or ``tiny``."""
     check_ssd_resnet_fpn_config(model_config)
     neck, head, multiplier = model_config.neck, model_config.head, model_config.backbone.depth_multiplier
     min_level, max_level = pyramid_levels(model_config)
-    backbone = build_resnet50_v1(model_config.image_size, multiplier)
+    if model_config.backbone.name == TINY_NAME:
+        backbone = build_backbone(TINY_NAME, model_config.backbone.weights, model_config.image_size)
+    else:
+        backbone = build_resnet50_v1(model_config.image_size, multiplier)
     return SsdResNetFpn(
         backbone, num_classes, model_config.image_size,
         fpn_channels=neck.channels or max(int(DEFAULT_CHANNELS * multiplier), MIN_DEPTH),
