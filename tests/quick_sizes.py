@@ -10,7 +10,7 @@ import dataclasses
 QUICK_SIZES = {"ssd_efficientdet": {"neck": {"repeats": 1}, "head": {"convs": 1}},
                # RetinaNet's 256-wide FPN and two four-conv towers of regular convolutions: FPN-lite's cost
                # at 64 channels and one conv per tower.
-               "ssd_resnet50_v1_fpn": {"neck": {"channels": 64}, "head": {"channels": 64, "convs": 1}}}
+               "ssd_resnet_v1_fpn": {"neck": {"channels": 64}, "head": {"channels": 64, "convs": 1}}}
 
 
 def quick(config):

@@ -34,7 +34,7 @@ from detkeeper.config.validate import from_data
 from detkeeper.errors import DetkeeperError
 from detkeeper.models import build_model
 from detkeeper.models.registry import model_config_problems
-from detkeeper.models.ssd.zoo_checkpoint import VALUE_SUFFIX, restore_zoo_checkpoint
+from detkeeper.models.ssd.zoo_checkpoint import VALUE_SUFFIX, restore_zoo_checkpoint, zoo_variable_map
 from detkeeper.tfod.importer import import_pipeline_config
 
 from tfod_oracle_checks import (DETECTION_TOLERANCE, assert_detections_match, assert_serving_graph_matches,
@@ -58,14 +58,14 @@ VARIANTS = {
         "name": "ssd_mobilenet_v2", "backbone": {"name": "mobilenetv2", "weights": "none", "depth_multiplier": 0.25},
         "head": {"channels": 48, "convs": 1, "kernel_size": 3}},
     "resnet50_fpn_dm0125": {
-        "name": "ssd_resnet50_v1_fpn", "image_size": 192,
+        "name": "ssd_resnet_v1_fpn", "image_size": 192,
         "backbone": {"name": "resnet50_v1", "weights": "none", "depth_multiplier": 0.125},
         "neck": {"min_level": 3, "max_level": 7, "channels": 32}, "head": {"channels": 32, "convs": 4}},
 }
 #: Where each backbone normalises its 0..255 input, and to what tolerance its preprocessed input is
 #: the API's: 1e-6 in MobileNet's [-1, 1]; the ResNet's input keeps the 0..255 scale (means
 #: subtracted), where float32 resolves 1.5e-5, the resized photo's own rounding: 2 of those.
-INPUT_LAYERS = {"ssd_resnet50_v1_fpn": ("resnet50_v1_input_means", 3.1e-5)}
+INPUT_LAYERS = {"ssd_resnet_v1_fpn": ("resnet50_v1_input_means", 3.1e-5)}
 OUTPUT_TOLERANCE = 2e-4
 ONE_BY_ONE_OUTPUT_TOLERANCE = 5e-3  # anchors on 1 x 1 maps (module docstring; measured 3.5e-3)
 ONE_BY_ONE_DETECTION_TOLERANCE = 2e-3  # measured 1.3e-3
@@ -241,4 +241,23 @@ def test_the_importers_values_for_these_fields_are_the_familys_own():
 
     assert zoo_families.MOBILENET_MIN_DEPTH == mobilenet_v2.MIN_DEPTH == resnet_v1.MIN_DEPTH
     assert zoo_families.FPN_DEFAULT_DEPTH == ssd_resnet_fpn.DEFAULT_CHANNELS
-    assert zoo_families.RESNET_FPN_BACKBONE == resnet_v1.BACKBONE_NAME
+    resnet = next(family for family in zoo_families.ZOO_SSD_FAMILIES if family.name == "ssd_resnet_v1_fpn")
+    assert [resnet.backbone_of(f"ssd_{name}_fpn_keras") for name in resnet_v1.BACKBONE_NAMES] == list(
+        resnet_v1.BACKBONE_NAMES)
+
+
+def test_resnet152s_keys_and_shapes_are_the_apis(tmp_path):
+    """ResNet-101 and -152 differ from ResNet-50 only in their stages' lengths (and the C3 / C4 taps
+    with them): the API's ResNet-152 checkpoint (its index, ``resnet152_fpn_dm0125_index``) has
+    every key and shape of the imported config's model. Its values and outputs, and ResNet-101's,
+    were compared by hand (docs/tf-od-api.md: within float32's spread in these deep networks)."""
+    folder = FIXTURES / "resnet152_fpn_dm0125_index"
+    section = imported_model_section(folder, tmp_path)
+    assert section["backbone"] == {"name": "resnet152_v1", "weights": "none", "depth_multiplier": 0.125}
+    config, problems = from_data(ModelConfig, section)
+    assert not problems, problems
+    mapping = zoo_variable_map(build_model(config, 3))
+    stored = tf.train.list_variables(checkpoint_prefix(folder))
+    expected = {name[: -len(VALUE_SUFFIX)]: tuple(shape) for name, shape in stored if name.startswith("model/")}
+    assert {key: tuple(slot.variable.shape) for key, slot in mapping.items()} == expected
+    assert len(expected) == 973

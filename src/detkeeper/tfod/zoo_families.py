@@ -32,7 +32,6 @@ SSD_INTERPOLATED_SCALE_ASPECT_RATIO = 1.0
 SSD_KERNEL_SIZE = 1
 SSD_BATCH_NORM_DECAY, SSD_BATCH_NORM_EPSILON = 0.97, 0.001
 
-RESNET_FPN_BACKBONE = "resnet50_v1"  # models.ssd.resnet_v1.BACKBONE_NAME
 
 EFFICIENTDET_FOCAL_ALPHA, EFFICIENTDET_FOCAL_GAMMA, EFFICIENTDET_SMOOTH_L1_DELTA = 0.25, 1.5, 1.0
 EFFICIENTDET_ANCHOR_SCALE, EFFICIENTDET_ASPECT_RATIOS, EFFICIENTDET_SCALES_PER_OCTAVE = 4.0, (1.0, 2.0, 0.5), 3
@@ -175,7 +174,8 @@ ZOO_SSD_FAMILIES = (
                  Option(f"{_CONVOLUTIONAL}.num_layers_before_predictor", "head.convs", 0, 0),
                  Option(f"{_CONVOLUTIONAL}.max_depth", "head.channels", 0, 0))),
     ZooSsdFamily(  # RetinaNet: FPN-lite's layout with the API's ResNet and regular convolutions
-        "ssd_resnet50_v1_fpn", r"ssd_resnet50_v1_fpn_keras", "weight_shared_convolutional_box_predictor",
+        "ssd_resnet_v1_fpn", r"ssd_(?P<backbone>resnet(?:50|101|152)_v1)_fpn_keras",
+        "weight_shared_convolutional_box_predictor",
         "fixed_shape_resizer",
         _SSD_FIELDS + _loss(FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA)
         + _multiscale_anchors(FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE) + (
@@ -184,7 +184,6 @@ ZOO_SSD_FAMILIES = (
             (f"{_WEIGHT_SHARED}.class_prediction_bias_init", CLASS_PREDICTION_BIAS_INIT, 0.0),
         ) + _hyperparams("feature_extractor", "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON)
         + _hyperparams(_WEIGHT_SHARED, "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON),
-        backbone=RESNET_FPN_BACKBONE,
         neck=("fpn", {"min_level": "min_level", "max_level": "max_level", "additional_layer_depth": "channels"}),
         head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS,
         options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", False, False),

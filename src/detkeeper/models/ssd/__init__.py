@@ -1,5 +1,5 @@
 """TF OD API SSD families; importing it registers `ssd_mobilenet_v2_fpnlite`, `ssd_mobilenet_v2` and
-`ssd_resnet50_v1_fpn`."""
+`ssd_resnet_v1_fpn`."""
 
 from detkeeper.models.ssd.ssd import SsdFpnLite
 from detkeeper.models.ssd.ssd_mobilenet_v2 import SsdMobileNetV2
