@@ -7,7 +7,10 @@ import dataclasses
 
 #: ``model`` sections' overrides by family: EfficientDet's three BiFPN passes and three-conv towers
 #: cost about twice another family's tracing time; one pass and one conv, about the same.
-QUICK_SIZES = {"ssd_efficientdet": {"neck": {"repeats": 1}, "head": {"convs": 1}}}
+QUICK_SIZES = {"ssd_efficientdet": {"neck": {"repeats": 1}, "head": {"convs": 1}},
+               # RetinaNet's 256-wide FPN and two four-conv towers of regular convolutions: FPN-lite's cost
+               # at 64 channels and one conv per tower.
+               "ssd_resnet_v1_fpn": {"neck": {"channels": 64}, "head": {"channels": 64, "convs": 1}}}
 
 
 def quick(config):

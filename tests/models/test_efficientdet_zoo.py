@@ -146,6 +146,6 @@ def test_another_size_is_scaled_from_the_config_fields():
 def test_only_a_repeating_neck_takes_repeats():
     fpnlite = ModelConfig(name="ssd_mobilenet_v2_fpnlite", image_size=320, neck=NeckConfig(repeats=2))
     assert model_config_problems(fpnlite) == [
-        "neck.repeats: ssd_mobilenet_v2_fpnlite's neck does not repeat (only ssd_efficientdet: BiFPN "
-        "iterations); expected null, got 2"]
+        "neck.repeats: ssd_mobilenet_v2_fpnlite does not read it (the families that do: ssd_efficientdet); "
+        "expected null, got 2"]
     assert model_config_problems(dataclasses.replace(fpnlite, name="ssd_efficientdet", image_size=512)) == []

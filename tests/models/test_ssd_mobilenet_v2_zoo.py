@@ -213,7 +213,13 @@ def test_fine_tuning_to_other_classes_keeps_every_class_output_fresh(folder):
 @pytest.mark.parametrize("changes, problem", [
     ({"image_size": 32}, "image_size: the SSD MobileNetV2 extractor needs at least 33 px, got 32"),
     ({"neck": NeckConfig(channels=64)}, "neck.channels: ssd_mobilenet_v2's feature maps are the TF OD API's fixed"),
-    ({"head": HeadConfig(convs=2)}, "head.convs: ssd_mobilenet_v2's predictor is one 1x1 box and one 1x1 class"),
+    ({"head": HeadConfig(convs=2)}, "head.convs: the layers before each map's outputs are model.head.channels"),
+    ({"head": HeadConfig(share_tower=True)}, "head.share_tower: ssd_mobilenet_v2's predictor has its own layers"),
+    ({"head": HeadConfig(separable=True)}, "head.separable: ssd_mobilenet_v2's depthwise predictor"),
+    ({"backbone": BackboneConfig(name="tiny", depth_multiplier=0.5)},
+     "backbone.depth_multiplier: only the API's MobileNetV2"),
+    ({"backbone": BackboneConfig(name="mobilenetv2", weights="imagenet", depth_multiplier=0.5)},
+     "backbone.weights: the API's MobileNetV2 at depth multiplier 0.5"),
     ({"backbone": BackboneConfig(name="resnet50")}, "backbone.name: the SSD MobileNetV2 families are built on"),
 ])
 def test_the_check_refuses_what_the_fixed_layout_cannot_build(changes, problem):

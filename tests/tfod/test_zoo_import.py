@@ -53,7 +53,8 @@ def test_the_zoo_fpnlite_config_maps_onto_its_family_exactly(tmp_path):
 def test_a_field_the_family_fixes_otherwise_is_listed_with_the_familys_value(tmp_path):
     text = FPNLITE.read_text()
     for old, new in (("anchor_scale: 4.0", "anchor_scale: 3.0"), ("alpha: 0.25", "alpha: 0.5"),
-                     ("share_prediction_tower: true", "share_prediction_tower: false")):
+                     ("override_base_feature_extractor_hyperparams: true",
+                      "override_base_feature_extractor_hyperparams: false")):
         assert old in text
         text = text.replace(old, new)
     text = text.replace("weighted_smooth_l1 {\n        }", "weighted_smooth_l1 {\n          delta: 0.1\n        }")
@@ -67,8 +68,7 @@ def test_a_field_the_family_fixes_otherwise_is_listed_with_the_familys_value(tmp
     assert notes["model.ssd.anchor_generator.multiscale_anchor_generator.anchor_scale"].startswith(f"{family} 4.0")
     assert notes["model.ssd.loss.classification_loss.weighted_sigmoid_focal.alpha"].startswith(f"{family} 0.25")
     assert notes["model.ssd.loss.localization_loss.weighted_smooth_l1.delta"].startswith(f"{family} 1.0")
-    assert notes["model.ssd.box_predictor.weight_shared_convolutional_box_predictor.share_prediction_tower"
-                 ].startswith(f"{family} True")
+    assert notes["model.ssd.feature_extractor.override_base_feature_extractor_hyperparams"].startswith(f"{family} True")
     assert notes["model.ssd.normalize_loc_loss_by_codesize"] == (
         f"absent, so the API's default False; {family} True, the zoo's")
     assert "absent" in result.to_yaml()  # the YAML's header lists it with the others

@@ -45,6 +45,9 @@ class BackboneConfig:
         path=True,
         path_keywords=WEIGHTS_KEYWORDS,
     )
+    depth_multiplier: float = setting(
+        1.0, help="Width multiplier of the TF OD API's MobileNetV2 (its depth_multiplier); 1.0 elsewhere.",
+        gt=0, le=2)
 
     def validate(self) -> list[str]:
         problems = []
@@ -63,6 +66,8 @@ class NeckConfig:
     min_level: int | None = setting(None, help="Finest pyramid level (3 = stride 8).", ge=3, le=7)
     max_level: int | None = setting(None, help="Coarsest pyramid level (7 = stride 128).", ge=3, le=7)
     repeats: int | None = setting(None, help="BiFPN iterations; unset: the family's default.", ge=1)
+    separable: bool | None = setting(
+        None, help="3x3 convolutions are depthwise-separable (TF OD API FPN use_depthwise); unset: the family's.")
 
     def validate(self) -> list[str]:
         if self.min_level is not None and self.max_level is not None and self.min_level > self.max_level:
@@ -76,6 +81,13 @@ class HeadConfig:
 
     channels: int | None = setting(None, help="Channels of the head's hidden convolutions.", ge=8)
     convs: int | None = setting(None, help="Hidden 3x3 convolutions before each output.", ge=0, le=8)
+    kernel_size: int | None = setting(
+        None, help="Kernel side of the TF OD API SSD predictors' convolutions; unset: the family's default.",
+        ge=1, le=7)
+    share_tower: bool | None = setting(
+        None, help="Box and class outputs share one tower (TF OD API share_prediction_tower); unset: the family's.")
+    separable: bool | None = setting(
+        None, help="Tower and outputs are depthwise-separable (TF OD API use_depthwise); unset: the family's.")
     block: str | None = setting(
         None,
         help=(

@@ -42,12 +42,16 @@ _CHECKS: dict[str, ModelCheck] = {}
 DEFAULT_RESIZE = ("pad", "antialias")
 _RESIZES: dict[str, tuple[str, str]] = {}
 _ZOO_FAMILIES: set[str] = set()
-_NECK_REPEATS: set[str] = set()
+#: ``model`` keys only some families read, with the value that means "not used": every other family
+#: refuses another value rather than ignore it.
+FAMILY_OPTIONS = {"neck.repeats": None, "neck.separable": None, "backbone.depth_multiplier": 1.0,
+                  "head.kernel_size": None, "head.share_tower": None, "head.separable": None}
+_OPTIONS: dict[str, frozenset[str]] = {}
 
 
 def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str, str] = DEFAULT_RESIZE,
                    reads_zoo_checkpoints: bool = False,
-                   neck_repeats: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+                   options: tuple[str, ...] = ()) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make `builder(model_config, num_classes, postprocess)` available under `name`.
 
     `check(model_config)` raises the ``ConfigError`` the builder would raise for the config's names
@@ -55,9 +59,12 @@ def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str
     `resize` is the family's ``model.resize`` (mode, method) where the config leaves it unset: a TF
     OD API family resizes as its zoo configs do. `reads_zoo_checkpoints`: its models load TF OD
     API zoo checkpoints by the API's keys (:mod:`detkeeper.models.ssd.zoo_checkpoint`).
-    `neck_repeats`: its neck repeats (a BiFPN's iterations) as ``model.neck.repeats`` says; every
-    other family refuses a set ``model.neck.repeats`` rather than ignore it.
+    `options`: the keys of :data:`FAMILY_OPTIONS` the family reads (``neck.repeats``: a BiFPN's
+    iterations; ``backbone.depth_multiplier`` and the ``head`` ones: the TF OD API SSDs' fields).
     """
+    unknown = set(options) - set(FAMILY_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown family options {sorted(unknown)}; expected some of {sorted(FAMILY_OPTIONS)}")
 
     def add(builder: ModelBuilder) -> ModelBuilder:
         if name in _BUILDERS:
@@ -66,8 +73,7 @@ def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str
         _RESIZES[name] = resize
         if reads_zoo_checkpoints:
             _ZOO_FAMILIES.add(name)
-        if neck_repeats:
-            _NECK_REPEATS.add(name)
+        _OPTIONS[name] = frozenset(options)
         if check is not None:
             _CHECKS[name] = check
         return builder
@@ -113,10 +119,13 @@ def _builder_for(model_config) -> ModelBuilder:
     if model_config.name not in _BUILDERS:
         raise ConfigError(f"model.name: unknown model {model_config.name!r}; registered models: "
                           f"{', '.join(sorted(_BUILDERS))}")
-    repeats = model_config.neck.repeats
-    if repeats is not None and model_config.name not in _NECK_REPEATS:
-        raise ConfigError(f"model.neck.repeats: {model_config.name}'s neck does not repeat (only "
-                          f"{', '.join(sorted(_NECK_REPEATS))}: BiFPN iterations); expected null, got {repeats}")
+    for key, unused in FAMILY_OPTIONS.items():
+        section, field = key.split(".")
+        value = getattr(getattr(model_config, section), field)
+        if value != unused and key not in _OPTIONS.get(model_config.name, ()):
+            takers = sorted(name for name, options in _OPTIONS.items() if key in options)
+            raise ConfigError(f"model.{key}: {model_config.name} does not read it (the families that do: "
+                              f"{', '.join(takers)}); expected {'null' if unused is None else unused}, got {value!r}")
     return _BUILDERS[model_config.name]
 
 

@@ -32,6 +32,7 @@ SSD_INTERPOLATED_SCALE_ASPECT_RATIO = 1.0
 SSD_KERNEL_SIZE = 1
 SSD_BATCH_NORM_DECAY, SSD_BATCH_NORM_EPSILON = 0.97, 0.001
 
+
 EFFICIENTDET_FOCAL_ALPHA, EFFICIENTDET_FOCAL_GAMMA, EFFICIENTDET_SMOOTH_L1_DELTA = 0.25, 1.5, 1.0
 EFFICIENTDET_ANCHOR_SCALE, EFFICIENTDET_ASPECT_RATIOS, EFFICIENTDET_SCALES_PER_OCTAVE = 4.0, (1.0, 2.0, 0.5), 3
 EFFICIENTDET_BATCH_NORM_DECAY, EFFICIENTDET_BATCH_NORM_EPSILON = 0.99, 0.001
@@ -81,6 +82,17 @@ def _multiscale_anchors(scale: float, ratios: tuple[float, ...], per_octave: int
 
 
 @dataclass(frozen=True)
+class Option:
+    """A field the family follows through a ``model`` key (``section.key``): the value it computes
+    with when the key is unset (the zoo's), and the API's default where the config leaves it out."""
+
+    path: str
+    key: str
+    family: float | bool
+    default: float | bool
+
+
+@dataclass(frozen=True)
 class ZooSsdFamily:
     """A detkeeper family that reproduces a zoo SSD: what selects it, what sizes it, what it fixes.
 
@@ -88,7 +100,8 @@ class ZooSsdFamily:
     backbone, else `backbone`); `resizer`: the ``image_resizer`` it takes; `neck`: the extractor's
     message and ``{field: model.neck key}`` (None: a fixed layout); `head`: ``{predictor field:
     model.head key}``; `levels`: where the family's pyramid starts and ends when unset (the
-    multiscale anchor generator's levels are compared with the pyramid's)."""
+    multiscale anchor generator's levels are compared with the pyramid's); `options`: fields carried
+    into ``model`` keys only where they differ from the family's value."""
 
     name: str
     extractor: str
@@ -99,6 +112,7 @@ class ZooSsdFamily:
     neck: tuple[str, dict[str, str]] | None = None
     head: dict[str, str] | None = None
     levels: tuple[int, int] | None = None
+    options: tuple[Option, ...] = ()
 
     def backbone_of(self, extractor_type: str) -> str | None:
         """The ``model.backbone.name`` for `extractor_type`, or None when it is not this family's."""
@@ -111,6 +125,11 @@ class ZooSsdFamily:
 _WEIGHT_SHARED = "box_predictor.weight_shared_convolutional_box_predictor"
 _CONVOLUTIONAL = "box_predictor.convolutional_box_predictor"
 _SSD_ANCHORS = "anchor_generator.ssd_anchor_generator"
+#: The backbone floor both MobileNetV2 extractors build with (``mobilenet_v2.MIN_DEPTH``; proto default 16).
+MOBILENET_MIN_DEPTH = 16
+#: FPN-lite's ``additional_layer_depth`` where the config leaves it out (the proto's default).
+FPN_DEFAULT_DEPTH = 256
+_DEPTH_MULTIPLIER = Option("feature_extractor.depth_multiplier", "backbone.depth_multiplier", 1.0, 1.0)
 
 ZOO_SSD_FAMILIES = (
     ZooSsdFamily(
@@ -118,17 +137,17 @@ ZOO_SSD_FAMILIES = (
         "fixed_shape_resizer",
         _SSD_FIELDS + _loss(FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA)
         + _multiscale_anchors(FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE) + (
-            ("feature_extractor.use_depthwise", True, False),
-            ("feature_extractor.depth_multiplier", 1.0, 1.0),
+            ("feature_extractor.min_depth", float(MOBILENET_MIN_DEPTH), 16.0),
             ("feature_extractor.override_base_feature_extractor_hyperparams", True, False),
-            (f"{_WEIGHT_SHARED}.use_depthwise", True, False),
-            (f"{_WEIGHT_SHARED}.share_prediction_tower", True, False),
-            (f"{_WEIGHT_SHARED}.kernel_size", 3.0, 3.0),
             (f"{_WEIGHT_SHARED}.class_prediction_bias_init", CLASS_PREDICTION_BIAS_INIT, 0.0),
         ) + _hyperparams("feature_extractor", "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON)
         + _hyperparams(_WEIGHT_SHARED, "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON),
         neck=("fpn", {"min_level": "min_level", "max_level": "max_level", "additional_layer_depth": "channels"}),
-        head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS),
+        head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS,
+        options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", True, False),
+                 Option(f"{_WEIGHT_SHARED}.share_prediction_tower", "head.share_tower", True, False),
+                 Option(f"{_WEIGHT_SHARED}.use_depthwise", "head.separable", True, False),
+                 Option(f"{_WEIGHT_SHARED}.kernel_size", "head.kernel_size", 3, 3))),
     ZooSsdFamily(
         "ssd_mobilenet_v2", r"ssd_mobilenet_v2_keras", "convolutional_box_predictor", "fixed_shape_resizer",
         _SSD_FIELDS + _loss(SSD_FOCAL_ALPHA, SSD_FOCAL_GAMMA, SSD_SMOOTH_L1_DELTA) + (
@@ -141,19 +160,36 @@ ZOO_SSD_FAMILIES = (
             (f"{_SSD_ANCHORS}.base_anchor_height", 1.0, 1.0),
             (f"{_SSD_ANCHORS}.base_anchor_width", 1.0, 1.0),
             ("feature_extractor.use_depthwise", False, False),
-            ("feature_extractor.depth_multiplier", 1.0, 1.0),
+            ("feature_extractor.min_depth", float(MOBILENET_MIN_DEPTH), 16.0),
             ("feature_extractor.override_base_feature_extractor_hyperparams", True, False),
             (f"{_CONVOLUTIONAL}.min_depth", 0.0, 0.0),
-            (f"{_CONVOLUTIONAL}.max_depth", 0.0, 0.0),
-            (f"{_CONVOLUTIONAL}.num_layers_before_predictor", 0.0, 0.0),
             (f"{_CONVOLUTIONAL}.use_dropout", False, True),
-            (f"{_CONVOLUTIONAL}.kernel_size", float(SSD_KERNEL_SIZE), 1.0),
             (f"{_CONVOLUTIONAL}.box_code_size", 4.0, 4.0),
             (f"{_CONVOLUTIONAL}.apply_sigmoid_to_scores", False, False),
             (f"{_CONVOLUTIONAL}.use_depthwise", False, False),
             (f"{_CONVOLUTIONAL}.class_prediction_bias_init", CLASS_PREDICTION_BIAS_INIT, 0.0),
         ) + _hyperparams("feature_extractor", "RELU_6", SSD_BATCH_NORM_DECAY, SSD_BATCH_NORM_EPSILON)
-        + _hyperparams(_CONVOLUTIONAL, "RELU_6", SSD_BATCH_NORM_DECAY, SSD_BATCH_NORM_EPSILON)),
+        + _hyperparams(_CONVOLUTIONAL, "RELU_6", SSD_BATCH_NORM_DECAY, SSD_BATCH_NORM_EPSILON),
+        options=(_DEPTH_MULTIPLIER, Option(f"{_CONVOLUTIONAL}.kernel_size", "head.kernel_size", SSD_KERNEL_SIZE, 1),
+                 Option(f"{_CONVOLUTIONAL}.num_layers_before_predictor", "head.convs", 0, 0),
+                 Option(f"{_CONVOLUTIONAL}.max_depth", "head.channels", 0, 0))),
+    ZooSsdFamily(  # RetinaNet: FPN-lite's layout with the API's ResNet and regular convolutions
+        "ssd_resnet_v1_fpn", r"ssd_(?P<backbone>resnet(?:50|101|152)_v1)_fpn_keras",
+        "weight_shared_convolutional_box_predictor",
+        "fixed_shape_resizer",
+        _SSD_FIELDS + _loss(FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA)
+        + _multiscale_anchors(FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE) + (
+            ("feature_extractor.min_depth", float(MOBILENET_MIN_DEPTH), 16.0),
+            ("feature_extractor.override_base_feature_extractor_hyperparams", True, False),
+            (f"{_WEIGHT_SHARED}.class_prediction_bias_init", CLASS_PREDICTION_BIAS_INIT, 0.0),
+        ) + _hyperparams("feature_extractor", "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON)
+        + _hyperparams(_WEIGHT_SHARED, "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON),
+        neck=("fpn", {"min_level": "min_level", "max_level": "max_level", "additional_layer_depth": "channels"}),
+        head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS,
+        options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", False, False),
+                 Option(f"{_WEIGHT_SHARED}.share_prediction_tower", "head.share_tower", False, False),
+                 Option(f"{_WEIGHT_SHARED}.use_depthwise", "head.separable", False, False),
+                 Option(f"{_WEIGHT_SHARED}.kernel_size", "head.kernel_size", 3, 3))),
     ZooSsdFamily(
         "ssd_efficientdet", r"ssd_(?P<backbone>efficientnet-b[0-7])_bifpn_keras",
         "weight_shared_convolutional_box_predictor", "keep_aspect_ratio_resizer",

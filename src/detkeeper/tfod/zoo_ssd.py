@@ -15,13 +15,13 @@ import math
 from typing import Any
 
 from detkeeper.tfod.tracking import Node
-from detkeeper.tfod.zoo_families import ZOO_SSD_FAMILIES, Expected, ZooSsdFamily
+from detkeeper.tfod.zoo_families import (FPN_DEFAULT_DEPTH, MOBILENET_MIN_DEPTH, ZOO_SSD_FAMILIES, Expected, Option,
+                                         ZooSsdFamily)
 
 #: Fields whose value does not change what the family computes, with why.
 _NO_EFFECT = {
     "matcher.argmax_matcher.use_matmul_gather": "the same matches, gathered another way",
     "inplace_batchnorm_update": "Keras updates batch norm statistics in place either way",
-    "feature_extractor.min_depth": "a floor on channels that applies only below depth multiplier 1.0",
     "post_processing.batch_non_max_suppression.use_static_shapes": "the same detections, padded for TPUs",
     "box_predictor.convolutional_box_predictor.dropout_keep_probability": "unused: use_dropout is false",
 }
@@ -64,6 +64,12 @@ def map_zoo_ssd(ssd: Node, family: ZooSsdFamily) -> dict[str, Any]:
     predictor = ssd.child("box_predictor").child(family.predictor)
     if family.head is not None:
         model["head"] = _carried(predictor, {field: f"model.head.{key}" for field, key in family.head.items()})
+    for option in family.options:
+        _option(ssd, option, model, family.name)
+    _scale_fpn_depth(ssd, family, model)
+    if family.predictor == "convolutional_box_predictor":
+        _layers_before_predictor(predictor, model)
+    model = {key: value for key, value in model.items() if value != {}}
     if family.levels is not None:  # the anchors sit on the pyramid's levels
         neck = model.get("neck", {})
         fields += tuple((f"anchor_generator.multiscale_anchor_generator.{name}", float(neck.get(name, default)),
@@ -84,6 +90,61 @@ def map_zoo_ssd(ssd: Node, family: ZooSsdFamily) -> dict[str, Any]:
             for name, reason in _NOT_USED.items():
                 hyperparams.note(name, reason)
     return model
+
+
+def _option(ssd: Node, option: Option, model: dict[str, Any], family: str) -> None:
+    """Carry `option` into ``model`` where it differs from the family's value (absent: the API's default)."""
+    *parents, name = option.path.split(".")
+    node = ssd
+    for parent in parents:
+        node = node.child(parent) if node is not None else None
+    present = node is not None and node.has(name)
+    value = node.peek(name) if present else option.default
+    if isinstance(option.family, bool):
+        value = _same(value, True) if present else value
+    section, key = option.key.split(".")
+    if present and _same(value, option.family):
+        node.use(name)
+        ssd.tracker.map(node.at(name), "(model)", _shown(value), f"{family} computes with it")
+        return
+    if not present and _same(value, option.family):
+        return
+    model.setdefault(section, {})[key] = value
+    if present:
+        node.use(name)
+        ssd.tracker.map(node.at(name), f"model.{option.key}", value)
+    else:
+        ssd.tracker.map(f"{ssd.path}.{option.path}", f"model.{option.key}", value, "absent: the API's default")
+
+
+def _scale_fpn_depth(ssd: Node, family: ZooSsdFamily, model: dict[str, Any]) -> None:
+    """FPN-lite's width is ``max(int(additional_layer_depth * depth_multiplier), min_depth)``
+    (the proto's default depth 256 where the config leaves it out); ``model.neck.channels`` holds
+    the width itself."""
+    if family.neck is None or "additional_layer_depth" not in family.neck[1]:
+        return
+    multiplier = model.get("backbone", {}).get("depth_multiplier", 1.0)
+    neck = model.setdefault("neck", {})
+    nominal = neck.get("channels", FPN_DEFAULT_DEPTH)
+    width = max(int(nominal * multiplier), MOBILENET_MIN_DEPTH)
+    if width == neck.get("channels"):
+        return
+    neck["channels"] = width
+    source = f"{ssd.path}.feature_extractor.{family.neck[0]}.additional_layer_depth"
+    ssd.tracker.mapped = [entry for entry in ssd.tracker.mapped if entry.source != source]  # the unscaled depth
+    ssd.tracker.map(source, "model.neck.channels", width,
+                    f"{nominal} x depth_multiplier {multiplier}, at least min_depth {MOBILENET_MIN_DEPTH}, as the API")
+
+
+def _layers_before_predictor(predictor: Node, model: dict[str, Any]) -> None:
+    """The convolutional predictor builds its layers only with both ``num_layers_before_predictor``
+    and ``max_depth`` above 0: one without the other has no effect and is not carried."""
+    head = model.get("head", {})
+    if ("convs" in head) != ("channels" in head):
+        for key in ("convs", "channels"):
+            head.pop(key, None)
+        predictor.tracker.map(predictor.path, "(model)", "no layers before the predictor",
+                              "num_layers_before_predictor and max_depth: the API builds none unless both are above 0")
 
 
 def _input(ssd: Node, resizer_kind: str) -> tuple[int, dict[str, str]]:

@@ -149,7 +149,7 @@ def build_efficientdet_backbone(model_config) -> keras.Model:
 
 
 @register_model("ssd_efficientdet", check=check_ssd_efficientdet_config, resize=("pad", "tf1_bilinear"),
-                reads_zoo_checkpoints=True, neck_repeats=True)
+                reads_zoo_checkpoints=True, options=("neck.repeats",))
 def ssd_efficientdet(model_config, num_classes: int, postprocess: Postprocess) -> SsdEfficientDet:
     """The zoo's ``ssd_efficientdet_d0_512x512`` .. ``d7``: EfficientNet-B0 .. B7 (``model.backbone.name``),
     a BiFPN of ``model.neck.channels`` (64) over levels ``min_level`` .. ``max_level`` (3..7) repeated

@@ -12,6 +12,9 @@ with ``use_depthwise: true``:
 - levels above 5: a 3x3 stride-2 separable convolution, batch norm and ReLU6 on the previous
   coarsest output, starting from the top-down C5 output (``_coarse_feature_layers[i]``).
 
+With the extractor's ``use_depthwise: false`` (``separable=False``) the 3x3 convolutions are regular
+ones without bias (``create_conv_block``'s ``Conv2D``; key ``kernel``), the rest unchanged.
+
 Layers are held in lists in the checkpoint's order, so :mod:`detkeeper.models.ssd.zoo_checkpoint`
 maps ``_fpn_features_generator/residual_blocks/0/0`` to ``residual[0]`` and so on.
 """
@@ -28,13 +31,22 @@ BATCH_NORM_MOMENTUM = 0.997
 CONV_INITIALIZER_STDDEV = 0.01
 
 
-def separable_conv(channels: int, name: str, strides: int = 1, use_bias: bool = False,
+def separable_conv(channels: int, name: str, strides: int = 1, use_bias: bool = False, kernel_size: int = 3,
                    **kwargs) -> keras.layers.SeparableConv2D:
-    """A 3x3 "same" separable convolution as the API's ``create_conv_block`` makes it."""
+    """A "same" separable convolution (3x3 unless `kernel_size`) as the API's ``create_conv_block`` makes it."""
     return keras.layers.SeparableConv2D(
-        channels, 3, strides=strides, padding="same", use_bias=use_bias,
+        channels, kernel_size, strides=strides, padding="same", use_bias=use_bias,
         depthwise_initializer=keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV),
         name=name, **kwargs)
+
+
+def conv_block(channels: int, name: str, separable: bool, strides: int = 1) -> keras.layers.Layer:
+    """The API's ``create_conv_block`` convolution: 3x3 "same", no bias (batch norm follows),
+    separable or regular."""
+    if separable:
+        return separable_conv(channels, name, strides=strides)
+    return keras.layers.Conv2D(channels, 3, strides=strides, padding="same", use_bias=False, name=name,
+                               kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV))
 
 
 def batch_norm(name: str, momentum: float) -> keras.layers.BatchNormalization:
@@ -50,22 +62,22 @@ class FpnLiteFeatureMaps(keras.layers.Layer):
     """
 
     def __init__(self, channels: int = 128, min_level: int = 3, max_level: int = 7,
-                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, **kwargs) -> None:
+                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, separable: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         if not 3 <= min_level <= 5 <= max_level <= 7:
             raise ValueError(f"FPN-lite levels must satisfy 3 <= min_level <= 5 <= max_level <= 7, "
                              f"got {min_level}..{max_level}")
         self.channels, self.min_level, self.max_level = channels, min_level, max_level
-        self.batch_norm_momentum = batch_norm_momentum
+        self.batch_norm_momentum, self.separable = batch_norm_momentum, separable
         normal = keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV)
         self.top = keras.layers.Conv2D(channels, 1, kernel_initializer=normal, name="projection_top")
         finer = list(range(4, min_level - 1, -1))  # the levels below C5, coarsest first
         self.residual = [keras.layers.Conv2D(channels, 1, kernel_initializer=normal, name=f"projection_c{level}")
                          for level in finer]
-        self.smoothing = [separable_conv(channels, f"smoothing_p{level}") for level in finer]
+        self.smoothing = [conv_block(channels, f"smoothing_p{level}", separable) for level in finer]
         self.smoothing_norm = [batch_norm(f"smoothing_p{level}_batchnorm", batch_norm_momentum) for level in finer]
         coarse = range(6, max_level + 1)
-        self.coarse = [separable_conv(channels, f"bottom_up_p{level}", strides=2) for level in coarse]
+        self.coarse = [conv_block(channels, f"bottom_up_p{level}", separable, strides=2) for level in coarse]
         self.coarse_norm = [batch_norm(f"bottom_up_p{level}_batchnorm", batch_norm_momentum) for level in coarse]
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
 
@@ -86,4 +98,5 @@ class FpnLiteFeatureMaps(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "channels": self.channels, "min_level": self.min_level,
-                "max_level": self.max_level, "batch_norm_momentum": self.batch_norm_momentum}
+                "max_level": self.max_level, "batch_norm_momentum": self.batch_norm_momentum,
+                "separable": self.separable}

@@ -8,8 +8,9 @@ From ``models/feature_map_generators.py`` and ``models/ssd_mobilenet_v2_keras_fe
 - the first two maps are the backbone's taps as they are (``C4`` and ``C5`` here);
 - each further map is the previous one through a 1x1 convolution to half its depth, batch norm
   and ReLU6, then a 3x3 stride-2 ``"same"`` convolution to its depth, batch norm and ReLU6. The
-  convolutions have no bias (the config's ``conv_hyperparams`` has batch norm). Depths are
-  ``max(depth, min_depth)`` (16; depth multiplier 1.0).
+  convolutions have no bias (the config's ``conv_hyperparams`` has batch norm). Depths are the
+  API's ``get_depth_fn``: ``max(int(depth * depth_multiplier), min_depth)`` (``min_depth`` 16), the
+  1x1 one's from ``depth // 2``.
 
 Layers are held in lists in the checkpoint's order: ``feature_map_generator/convolutions/<i>/0``
 (1x1 conv), ``/1`` (its norm), ``/3`` (3x3 conv), ``/4`` (its norm) for map ``i`` = 2, 3, ...
@@ -35,16 +36,19 @@ class MultiResolutionFeatureMaps(keras.layers.Layer):
     """``{"C4", "C5", ...}`` -> ``[C4, C5, extra_0, ...]``, one extra stride-2 map per `layer_depths` entry."""
 
     def __init__(self, layer_depths: Sequence[int] = LAYER_DEPTHS, min_depth: int = MIN_DEPTH,
-                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, **kwargs) -> None:
+                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, depth_multiplier: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.layer_depths, self.min_depth = tuple(layer_depths), min_depth
-        self.batch_norm_momentum = batch_norm_momentum
-        depths = [max(depth, min_depth) for depth in self.layer_depths]
-        reduced = [max(depth // 2, min_depth) for depth in self.layer_depths]
+        self.batch_norm_momentum, self.depth_multiplier = batch_norm_momentum, depth_multiplier
+        depths = [self._depth(depth) for depth in self.layer_depths]
+        reduced = [self._depth(depth // 2) for depth in self.layer_depths]
         self.reduce = [self._conv(depth, 1, 1, f"extra_{index}_1x1") for index, depth in enumerate(reduced)]
         self.reduce_norm = [self._norm(f"extra_{index}_1x1_batchnorm") for index in range(len(depths))]
         self.downsample = [self._conv(depth, 3, 2, f"extra_{index}_3x3_s2") for index, depth in enumerate(depths)]
         self.downsample_norm = [self._norm(f"extra_{index}_3x3_s2_batchnorm") for index in range(len(depths))]
+
+    def _depth(self, depth: int) -> int:
+        return max(int(depth * self.depth_multiplier), self.min_depth)
 
     @staticmethod
     def _conv(depth: int, kernel_size: int, strides: int, name: str) -> keras.layers.Conv2D:
@@ -69,4 +73,4 @@ class MultiResolutionFeatureMaps(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layer_depths": list(self.layer_depths), "min_depth": self.min_depth,
-                "batch_norm_momentum": self.batch_norm_momentum}
+                "batch_norm_momentum": self.batch_norm_momentum, "depth_multiplier": self.depth_multiplier}

@@ -17,9 +17,11 @@ EfficientDet's configs build it otherwise, which the arguments select: separate 
 towers (``share_tower=False``: ``BoxPredictionTower`` / ``ClassPredictionTower``, each with its
 own batch norms per level), tower convolutions with a bias (``tower_bias``, the configs'
 ``force_use_bias``), swish (``activation``), no background slot (``background_class=False``,
-``add_background_class: false``).
-Not reproduced: regular convolutions (``use_depthwise: false``), feature maps of different depths
-(projection layers).
+``add_background_class: false``). The SSD ResNet FPN configs' ``use_depthwise: false`` makes the
+tower convolutions and both outputs regular ``kernel_size`` convolutions (``separable=False``; keys
+``kernel`` instead of ``depthwise_kernel`` / ``pointwise_kernel``), ``share_prediction_tower: false``
+gives separate towers as above.
+Not reproduced: feature maps of different depths (projection layers).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, batch_norm, separable_conv
+from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, CONV_INITIALIZER_STDDEV, batch_norm, separable_conv
 from detkeeper.models.ssd.zoo_checkpoint import PREDICTOR_PREFIX, ZooSlot, layer_slots
 
 #: The FPN-lite configs' ``class_prediction_bias_init``: sigmoid(-4.6) = 0.01, the focal-loss prior.
@@ -44,25 +46,33 @@ class WeightSharedBoxPredictor(keras.layers.Layer):
                  num_levels: int = 5, batch_norm_momentum: float = BATCH_NORM_MOMENTUM,
                  class_bias_init: float = CLASS_PREDICTION_BIAS_INIT, share_tower: bool = True,
                  tower_bias: bool = False, activation: str = "relu6", background_class: bool = True,
-                 **kwargs) -> None:
+                 separable: bool = True, kernel_size: int = 3, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes, self.anchors_per_location = num_classes, anchors_per_location
         self.channels, self.convs, self.num_levels = channels, convs, num_levels
         self.batch_norm_momentum, self.class_bias_init = batch_norm_momentum, class_bias_init
         self.share_tower, self.tower_bias, self.activation = share_tower, tower_bias, activation
-        self.background_class = background_class
+        self.background_class, self.separable, self.kernel_size = background_class, separable, kernel_size
         self.class_slots = num_classes + 1 if background_class else num_classes
         self.tower, self.tower_norms = self._tower("prediction_tower" if share_tower else "box_tower")
         if not share_tower:
             self.class_tower, self.class_tower_norms = self._tower("class_tower")
-        self.box_output = separable_conv(anchors_per_location * BOX_CODE_SIZE, "box_predictor", use_bias=True)
-        self.class_output = separable_conv(
+        self.box_output = self._conv(anchors_per_location * BOX_CODE_SIZE, "box_predictor", use_bias=True)
+        self.class_output = self._conv(
             anchors_per_location * self.class_slots, "class_predictor", use_bias=True,
             bias_initializer=keras.initializers.Constant(class_bias_init))
 
+    def _conv(self, channels: int, name: str, use_bias: bool, **kwargs) -> keras.layers.Layer:
+        """A "same" `kernel_size` convolution: separable (the API's ``use_depthwise: true``) or regular."""
+        if self.separable:
+            return separable_conv(channels, name, use_bias=use_bias, kernel_size=self.kernel_size, **kwargs)
+        return keras.layers.Conv2D(
+            channels, self.kernel_size, padding="same", use_bias=use_bias, name=name,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV), **kwargs)
+
     def _tower(self, name: str) -> tuple[list, list]:
-        """`convs` separable convolutions shared by the levels, and each level's batch norms."""
-        convs = [separable_conv(self.channels, f"{name}_conv{i}", use_bias=self.tower_bias) for i in range(self.convs)]
+        """`convs` convolutions shared by the levels, and each level's batch norms."""
+        convs = [self._conv(self.channels, f"{name}_conv{i}", use_bias=self.tower_bias) for i in range(self.convs)]
         norms = [[batch_norm(f"{name}_conv{i}_batchnorm_level{index}", self.batch_norm_momentum)
                   for i in range(self.convs)] for index in range(self.num_levels)]
         return convs, norms
@@ -117,4 +127,5 @@ class WeightSharedBoxPredictor(keras.layers.Layer):
                 "convs": self.convs, "num_levels": self.num_levels,
                 "batch_norm_momentum": self.batch_norm_momentum, "class_bias_init": self.class_bias_init,
                 "share_tower": self.share_tower, "tower_bias": self.tower_bias, "activation": self.activation,
-                "background_class": self.background_class}
+                "background_class": self.background_class, "separable": self.separable,
+                "kernel_size": self.kernel_size}

@@ -9,7 +9,8 @@ Outputs, decoding and loss are the SSD meta-architecture's
 (:class:`~detkeeper.models.ssd.ssd_meta_arch.SsdMetaArch`), with this config's focal loss (alpha
 0.75, gamma 2). The config's input is 300 x 300, stretched (``fixed_shape_resizer``): maps of 19,
 10, 5, 3, 2 and 1, 1917 anchors. Any side from 33 px (the extractor's own minimum) works, since
-the anchors follow the maps' sizes.
+the anchors follow the maps' sizes. ``model.backbone.depth_multiplier`` and the predictor's
+``kernel_size`` / ``num_layers_before_predictor`` / ``max_depth`` follow the config as the API builds them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from detkeeper.errors import ConfigError
 from detkeeper.models.backbones import check_backbone
 from detkeeper.models.registry import Postprocess, register_model, resize_settings
 from detkeeper.models.ssd.anchors import feature_map_sizes
-from detkeeper.models.ssd.convolutional_box_predictor import ConvolutionalBoxPredictor
+from detkeeper.models.ssd.convolutional_box_predictor import KERNEL_SIZE, ConvolutionalBoxPredictor
 from detkeeper.models.ssd.mobilenet_v2 import (ZOO_BACKBONE_PREFIX, backbone_zoo_slots, build_ssd_backbone,
                                                check_backbone_name)
 from detkeeper.models.ssd.multi_resolution_feature_maps import BATCH_NORM_MOMENTUM, MultiResolutionFeatureMaps
 from detkeeper.models.ssd.multiple_grid_anchors import multiple_grid_anchors, ssd_box_specs
 from detkeeper.models.ssd.ssd_meta_arch import SsdMetaArch
-from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, PREDICTOR_PREFIX, ZooSlot, layer_slots
+from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 #: ``shape_utils.check_min_image_dim(33, ...)`` in the extractor.
 MIN_IMAGE_SIZE = 33
@@ -46,14 +47,19 @@ class SsdMobileNetV2(SsdMetaArch):
     ZOO_BACKBONE_PREFIX = ZOO_BACKBONE_PREFIX
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int,
-                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, **kwargs) -> None:
+                 batch_norm_momentum: float = BATCH_NORM_MOMENTUM, depth_multiplier: float = 1.0,
+                 head_kernel_size: int = KERNEL_SIZE, head_convs: int = 0, head_channels: int = 0, **kwargs) -> None:
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
         self.backbone = backbone
-        self.batch_norm_momentum = batch_norm_momentum
+        self.batch_norm_momentum, self.depth_multiplier = batch_norm_momentum, depth_multiplier
+        self.head_kernel_size, self.head_convs, self.head_channels = head_kernel_size, head_convs, head_channels
         self.feature_map_generator = MultiResolutionFeatureMaps(batch_norm_momentum=batch_norm_momentum,
+                                                                depth_multiplier=depth_multiplier,
                                                                 name="feature_map_generator")
         box_specs = ssd_box_specs()
-        self.head = ConvolutionalBoxPredictor(num_classes, [len(specs) for specs in box_specs], name="head")
+        self.head = ConvolutionalBoxPredictor(num_classes, [len(specs) for specs in box_specs], head_kernel_size,
+                                              layers_before=head_convs, max_depth=head_channels,
+                                              batch_norm_momentum=batch_norm_momentum, name="head")
         sizes = feature_map_sizes(image_size, FIRST_LEVEL, FIRST_LEVEL + len(box_specs) - 1)
         self.anchors = multiple_grid_anchors(sizes, box_specs, image_size)
 
@@ -75,22 +81,20 @@ class SsdMobileNetV2(SsdMetaArch):
             for position, layer in zip(_CONVOLUTION_POSITIONS, layers):
                 slots += layer_slots(
                     "neck", f"{EXTRACTOR_PREFIX}feature_map_generator/convolutions/{index}/{position}/", layer)
-        heads = f"{PREDICTOR_PREFIX}_prediction_heads/"
-        for index, (box_output, class_output) in enumerate(zip(self.head.box_outputs, self.head.class_outputs)):
-            slots += layer_slots("head", f"{heads}box_encodings/{index}/_box_encoder_layers/0/", box_output)
-            slots += layer_slots("head", f"{heads}class_predictions_with_background/{index}/_class_predictor_layers/0/",
-                                 class_output, class_output=True)
-        return slots
+        return slots + self.head.zoo_checkpoint_slots()
 
     def get_config(self) -> dict:
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
-                "batch_norm_momentum": self.batch_norm_momentum}
+                "batch_norm_momentum": self.batch_norm_momentum, "depth_multiplier": self.depth_multiplier,
+                "head_kernel_size": self.head_kernel_size, "head_convs": self.head_convs,
+                "head_channels": self.head_channels}
 
 
 def check_ssd_mobilenet_v2_config(model_config) -> None:
     """What building would refuse: another backbone, an input below 33 px, and the neck and head
     settings the API's fixed layout has no counterpart for."""
-    check_backbone_name(model_config.backbone.name)
+    backbone = model_config.backbone
+    check_backbone_name(backbone.name, backbone.depth_multiplier, backbone.weights)
     if model_config.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"model.image_size: the SSD MobileNetV2 extractor needs at least {MIN_IMAGE_SIZE} px, "
                           f"got {model_config.image_size}")
@@ -103,25 +107,39 @@ def check_ssd_mobilenet_v2_config(model_config) -> None:
                               f"(two MobileNetV2 taps, then 512, 256, 256 and 128 deep stride-2 layers); expected "
                               f"null, got {value!r}")
     head = model_config.head
-    # convs: 0 is the config's num_layers_before_predictor, so it is what the predictor has.
-    for key, value in (("channels", head.channels), ("convs", head.convs or None), ("block", head.block)):
+    for key, value in (("block", head.block), ("share_tower", head.share_tower)):
         if value is not None:
-            raise ConfigError(f"model.head.{key}: ssd_mobilenet_v2's predictor is one 1x1 box and one 1x1 class "
-                              f"convolution per map, with no layers before them; expected null, got {value!r}")
+            raise ConfigError(f"model.head.{key}: ssd_mobilenet_v2's predictor has its own layers per map, none "
+                              f"shared; expected null, got {value!r}")
+    if head.separable:
+        raise ConfigError("model.head.separable: ssd_mobilenet_v2's depthwise predictor (the API's use_depthwise: "
+                          "true) is not reproduced; expected null or false, got True")
+    if (head.convs or 0) > 0 and head.channels is None:
+        raise ConfigError(f"model.head.convs: the layers before each map's outputs are model.head.channels wide at "
+                          f"most (the API's max_depth; with max_depth 0 it builds none); set model.head.channels, "
+                          f"got convs {head.convs} and channels null")
 
 
 @register_model("ssd_mobilenet_v2", check=check_ssd_mobilenet_v2_config, resize=("stretch", "tf1_bilinear"),
-                reads_zoo_checkpoints=True)
+                reads_zoo_checkpoints=True, options=("backbone.depth_multiplier", "head.kernel_size",
+                                                     "head.share_tower", "head.separable"))
 def ssd_mobilenet_v2(model_config, num_classes: int, postprocess: Postprocess) -> SsdMobileNetV2:
     """The zoo's ``ssd_mobilenet_v2_320x320`` (``model.image_size: 300``, as its config; any side
     from 33 px). Images are stretched to the input with TF1's bilinear resize unless
     ``model.resize`` says otherwise. ``model.backbone.name``: ``mobilenetv2`` (the API's, which zoo
-    checkpoints fit) or ``tiny``."""
+    checkpoints fit) or ``tiny``; ``model.backbone.depth_multiplier`` narrows MobileNetV2 and the extra
+    maps as the API does. ``model.head.kernel_size`` is the outputs' kernel (1), ``convs`` the 1x1
+    layers before them (0), each ``min(map depth, model.head.channels)`` wide (the API's
+    ``num_layers_before_predictor`` and ``max_depth``)."""
     check_ssd_mobilenet_v2_config(model_config)
+    head = model_config.head
     backbone = build_ssd_backbone(model_config.backbone.name, model_config.backbone.weights,
-                                  model_config.image_size, variant="ssd", size_multiple=1)
+                                  model_config.image_size, variant="ssd", size_multiple=1,
+                                  depth_multiplier=model_config.backbone.depth_multiplier)
     return SsdMobileNetV2(
-        backbone, num_classes, model_config.image_size, score_threshold=postprocess.score_threshold,
+        backbone, num_classes, model_config.image_size, depth_multiplier=model_config.backbone.depth_multiplier,
+        head_kernel_size=head.kernel_size or KERNEL_SIZE, head_convs=head.convs or 0,
+        head_channels=head.channels or 0, score_threshold=postprocess.score_threshold,
         iou_threshold=postprocess.iou_threshold, max_detections=postprocess.max_detections,
         custom_objects_module=model_config.custom_objects_module, name=model_config.name,
         **resize_settings(model_config))
