@@ -215,8 +215,13 @@ def arm(moment: str) -> None:
         raise SystemExit(f"unknown moment {moment!r}")
 
 
-if __name__ == "__main__":
+def run(moment: str, args: list[str]) -> int:
+    """Arm `moment`, then ``detkeeper ARGS``: the exit status (unless the fault kills the process)."""
     from detkeeper.cli.main import main
 
-    arm(sys.argv[1])
-    sys.exit(main(sys.argv[2:]))
+    arm(moment)
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1], sys.argv[2:]))

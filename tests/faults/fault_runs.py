@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
+import zygote
 from training_runs import write_config
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
@@ -39,10 +39,9 @@ def write_fault_config(path: Path, shapes: Path, run_dir: Path) -> Path:
 
 
 def run_driver(moment: str, *args: str, limit: int = 900) -> subprocess.CompletedProcess:
-    """``detkeeper ARGS`` in a fresh process with the fault `moment` armed (see fault_driver.py)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, str(DRIVER), moment, *args], env=env, capture_output=True,
-                          text=True, timeout=limit)
+    """``detkeeper ARGS`` in a process of its own with the fault `moment` armed (see fault_driver.py),
+    forked from a zygote that has imported TensorFlow already (zygote.py)."""
+    return zygote.run(moment, list(args), {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=limit)
 
 
 def train_reference(config: Path, run_dir: Path) -> tuple[Path, Path, dict]:
