@@ -14,19 +14,11 @@ from detkeeper.run.sources import is_detkeeper_model
 from detkeeper.tfod.mapping import EVALUATE_EVERY
 from detkeeper.tfod.tracking import Node
 from detkeeper.tfod.zoo_families import ZOO_SSD_FAMILY_NAMES
-from detkeeper.tfod.reasons import augmentation_reason
+from detkeeper.tfod.augmentation import map_augmentation
 
 DEFAULT_STEPS = 2000  # detkeeper's train.steps default, for a pipeline that trains forever
 MAX_BOUNDARIES = 1000
 _OPTIMIZERS = ("momentum_optimizer", "adam_optimizer", "rms_prop_optimizer")
-_CROPS = ("ssd_random_crop", "random_crop_image", "random_crop_pad_image", "ssd_random_crop_pad",
-          "ssd_random_crop_fixed_aspect_ratio", "ssd_random_crop_pad_fixed_aspect_ratio",
-          "random_crop_to_aspect_ratio")
-CROP_ZOOM = [1.0, 2.0]
-# Strength of detkeeper's colour jitter (brightness +-s/2, contrast and saturation 1+-s, hue +-s/10)
-# that reaches each TF OD API colour step at its proto defaults or given values.
-_COLOUR = ("random_adjust_brightness", "random_adjust_contrast", "random_adjust_saturation",
-           "random_adjust_hue", "random_distort_color")
 # fine_tune_checkpoint_type -> model.init_from.include, as the API's SSDMetaArch.restore_from_objects
 # restores: classification the backbone, detection the whole feature extractor (backbone and FPN),
 # full everything (here: the head where its shapes fit).
@@ -65,7 +57,7 @@ def map_train(config: Node, model: dict[str, Any]) -> tuple[dict[str, Any], dict
     track.map(config.at("gradient_clipping_by_norm"), "train.optimizer.clipnorm", train["optimizer"]["clipnorm"],
               "global norm, as model_lib_v2 clips" if clip > 0 else "no clipping, as the pipeline")
     _fine_tune(config, model)
-    augment = _augment(config.children("data_augmentation_options"), config, model["image_size"])
+    augment = map_augmentation(config.children("data_augmentation_options"), config, model["image_size"])
     max_boxes = config.integer("max_number_of_boxes")
     if max_boxes is not None:
         track.map(config.at("max_number_of_boxes"), "data.max_boxes", max_boxes)
@@ -268,80 +260,6 @@ def _fine_tune(config: Node, model: dict[str, Any]) -> None:
         config.note("fine_tune_checkpoint", why + "; the detector's trained neck and heads are not carried. "
                                                   "To fine-tune from a detkeeper run set model.init_from.path")
         config.note("fine_tune_checkpoint_type", "goes with fine_tune_checkpoint, which is not read")
-
-
-#: The TF OD API's flip and quarter-turn steps that data.augment has exactly (probability 1/2 each).
-_SYMMETRIES = {"random_vertical_flip": "vertical_flip", "random_rotation90": "rotate_90"}
-
-
-def _augment(steps: list[Node], config: Node, image_size: int) -> dict[str, Any]:
-    track = config.tracker
-    flip, ranges, colour, colour_sources, range_sources = False, [], 0.0, [], []
-    symmetries = {"vertical_flip": False, "rotate_90": False}
-    for step in steps:
-        name, op = step.oneof("augmentation step")
-        if name in _SYMMETRIES:
-            key = _SYMMETRIES[name]
-            symmetries[key] = True
-            noted = [field for field in ("keypoint_flip_permutation", "keypoint_rot_permutation") if op.has(field)]
-            for field in noted:
-                op.note(field, "detkeeper trains boxes only")
-            if op.number("probability", 0.5) != 0.5:
-                noted.append("probability")
-                op.note("probability", f"detkeeper's data.augment.{key} applies with probability 0.5")
-            if not noted:
-                step.use(name)
-            track.map(step.at(name), f"data.augment.{key}", True)
-        elif name == "random_horizontal_flip":
-            flip = True
-            if op.has("keypoint_flip_permutation"):
-                op.note("keypoint_flip_permutation", "detkeeper trains boxes only")
-            else:
-                step.use(name)
-            track.map(step.at(name), "data.augment.horizontal_flip", True)
-        elif name in ("random_scale_crop_and_pad_to_square", "random_image_scale"):
-            low_name, high_name, low, high = (("scale_min", "scale_max", 0.1, 2.0) if name.endswith("square")
-                                              else ("min_scale_ratio", "max_scale_ratio", 0.5, 2.0))
-            ranges.append((op.number(low_name, low), op.number(high_name, high)))
-            range_sources.append(step.at(name))
-            if op.peek("output_size") == image_size:
-                op.use("output_size")
-            else:
-                op.note("output_size", f"detkeeper crops and pads to model.image_size ({image_size})")
-        elif name in _CROPS:
-            ranges.append(tuple(CROP_ZOOM))
-            range_sources.append(step.at(name))
-            step.note(name, f"approximated by data.augment.scale_jitter {CROP_ZOOM}: a zoom of up to 2x with a "
-                            "random window; detkeeper's crop keeps no object-coverage, aspect-ratio or area limits")
-        elif name in _COLOUR:
-            colour = max(colour, _colour_strength(name, op))
-            colour_sources.append(step.at(name))
-            step.use(name)
-        else:
-            step.note(name, augmentation_reason(name))
-    low = max(min((low for low, _ in ranges), default=1.0), 0.05)
-    high = min(max((high for _, high in ranges), default=1.0), 4.0)
-    augment = {"horizontal_flip": flip, "scale_jitter": [low, high], "colour_jitter": round(min(colour, 1.0), 3),
-               **{key: True for key, wanted in symmetries.items() if wanted}}  # off by default: said when on
-    where = config.at("data_augmentation_options")
-    if not flip:
-        track.map(where, "data.augment.horizontal_flip", False, "no random_horizontal_flip in the pipeline")
-    track.map(" + ".join(range_sources) or where, "data.augment.scale_jitter", augment["scale_jitter"],
-              "the union of the zoom ranges" if range_sources else "no scale or crop step in the pipeline")
-    track.map(" + ".join(colour_sources) or where, "data.augment.colour_jitter", augment["colour_jitter"],
-              "approximation: one strength for brightness, contrast, saturation and hue, the strongest step's"
-              if colour_sources else "no colour step in the pipeline")
-    return augment
-
-
-def _colour_strength(name: str, op: Node) -> float:
-    if name == "random_adjust_brightness":
-        return 2 * op.number("max_delta", 0.2)
-    if name == "random_adjust_hue":
-        return 10 * op.number("max_delta", 0.02)
-    if name in ("random_adjust_contrast", "random_adjust_saturation"):
-        return max(1 - op.number("min_delta", 0.8), op.number("max_delta", 1.25) - 1)
-    return 0.5  # random_distort_color: saturation and contrast 0.5..1.5
 
 
 def map_inputs(top: Node, num_classes: int | None) -> dict[str, Any]:
