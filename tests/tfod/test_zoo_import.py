@@ -119,10 +119,11 @@ def test_the_importers_values_are_the_familys_own():
     assert not family.BACKGROUND_CLASS  # add_background_class: false
 
 
-#: The oracle's zoo configs. Their export is not repeated here (about 25 s each): the FPN-lite
-#: folder's export is verified against the API exporter in tests/tfod/test_model_folder.py, and every
-#: family's serving graph in tests/models.
+#: The oracle's zoo configs. The FPN-lite run is not exported here: the FPN-lite folder's export is
+#: verified against the API exporter in tests/tfod/test_model_folder.py (every family's serving graph
+#: is compared with the API exporter's in tests/models).
 ORACLE_CONFIGS = ("ssd_mobilenet_v2_fpnlite_320", "ssd_mobilenet_v2_320", "ssd_efficientdet_d0_512")
+EXPORTED_HERE = ("ssd_mobilenet_v2_320", "ssd_efficientdet_d0_512")
 
 
 def _workspace_pipeline(oracle: Path, folder: Path) -> Path:
@@ -144,8 +145,10 @@ def _workspace_pipeline(oracle: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("folder", ORACLE_CONFIGS)
 def test_the_imported_zoo_config_fine_tunes_from_the_zoo_checkpoint(folder, tfod_workspace, tfod_oracle_dir, tmp_path):
     """The acceptance: each zoo config of the oracle, its checkpoint as fine_tune_checkpoint (type
-    detection), imports onto its family and the YAML trains 2 steps from it. At 64 px: no variable
-    depends on the input size, so the checkpoint fits."""
+    detection), imports onto its family, the YAML trains 2 steps from it and the run exports (a
+    verified SavedModel with the TF OD API's serving outputs). At 64 px: no variable depends on the
+    input size, so the checkpoint fits."""
+    from detkeeper.export.exporter import export_model
     from detkeeper.training.trainer import train
 
     pipeline = _workspace_pipeline(tfod_oracle_dir / folder, tmp_path)
@@ -164,3 +167,7 @@ def test_the_imported_zoo_config_fine_tunes_from_the_zoo_checkpoint(folder, tfod
     restored = json.loads((outcome.run_dir / "init_from.json").read_text())
     parts = {(variable["part"], variable["status"]) for variable in restored["variables"]}
     assert parts == {("backbone", "restored"), ("neck", "restored"), ("head", "not_included")}
+    if folder in EXPORTED_HERE:
+        exported = export_model(outcome.run_dir, verify_images=2)
+        assert exported.verification.passed
+        assert exported.metadata["model"]["name"] == config.model.name
