@@ -131,10 +131,12 @@ MOBILENET_MIN_DEPTH = 16
 FPN_DEFAULT_DEPTH = 256
 _DEPTH_MULTIPLIER = Option("feature_extractor.depth_multiplier", "backbone.depth_multiplier", 1.0, 1.0)
 
-ZOO_SSD_FAMILIES = (
-    ZooSsdFamily(
-        "ssd_mobilenet_v2_fpnlite", r"ssd_mobilenet_v2_fpn_keras", "weight_shared_convolutional_box_predictor",
-        "fixed_shape_resizer",
+def _fpn_family(name: str, extractor: str, *, separable: bool) -> ZooSsdFamily:
+    """FPN-lite's layout (the weight-shared predictor over P3-P7): SSD MobileNetV2 FPN-lite with
+    depthwise convolutions and one shared tower, SSD ResNet V1 FPN (RetinaNet) with regular
+    convolutions and separate towers; `separable` is each one's default for those three fields."""
+    return ZooSsdFamily(
+        name, extractor, "weight_shared_convolutional_box_predictor", "fixed_shape_resizer",
         _SSD_FIELDS + _loss(FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA)
         + _multiscale_anchors(FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE) + (
             ("feature_extractor.min_depth", float(MOBILENET_MIN_DEPTH), 16.0),
@@ -144,10 +146,14 @@ ZOO_SSD_FAMILIES = (
         + _hyperparams(_WEIGHT_SHARED, "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON),
         neck=("fpn", {"min_level": "min_level", "max_level": "max_level", "additional_layer_depth": "channels"}),
         head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS,
-        options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", True, False),
-                 Option(f"{_WEIGHT_SHARED}.share_prediction_tower", "head.share_tower", True, False),
-                 Option(f"{_WEIGHT_SHARED}.use_depthwise", "head.separable", True, False),
-                 Option(f"{_WEIGHT_SHARED}.kernel_size", "head.kernel_size", 3, 3))),
+        options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", separable, False),
+                 Option(f"{_WEIGHT_SHARED}.share_prediction_tower", "head.share_tower", separable, False),
+                 Option(f"{_WEIGHT_SHARED}.use_depthwise", "head.separable", separable, False),
+                 Option(f"{_WEIGHT_SHARED}.kernel_size", "head.kernel_size", 3, 3)))
+
+
+ZOO_SSD_FAMILIES = (
+    _fpn_family("ssd_mobilenet_v2_fpnlite", r"ssd_mobilenet_v2_fpn_keras", separable=True),
     ZooSsdFamily(
         "ssd_mobilenet_v2", r"ssd_mobilenet_v2_keras", "convolutional_box_predictor", "fixed_shape_resizer",
         _SSD_FIELDS + _loss(SSD_FOCAL_ALPHA, SSD_FOCAL_GAMMA, SSD_SMOOTH_L1_DELTA) + (
@@ -173,23 +179,8 @@ ZOO_SSD_FAMILIES = (
         options=(_DEPTH_MULTIPLIER, Option(f"{_CONVOLUTIONAL}.kernel_size", "head.kernel_size", SSD_KERNEL_SIZE, 1),
                  Option(f"{_CONVOLUTIONAL}.num_layers_before_predictor", "head.convs", 0, 0),
                  Option(f"{_CONVOLUTIONAL}.max_depth", "head.channels", 0, 0))),
-    ZooSsdFamily(  # RetinaNet: FPN-lite's layout with the API's ResNet and regular convolutions
-        "ssd_resnet_v1_fpn", r"ssd_(?P<backbone>resnet(?:50|101|152)_v1)_fpn_keras",
-        "weight_shared_convolutional_box_predictor",
-        "fixed_shape_resizer",
-        _SSD_FIELDS + _loss(FPNLITE_FOCAL_ALPHA, FPNLITE_FOCAL_GAMMA, FPNLITE_SMOOTH_L1_DELTA)
-        + _multiscale_anchors(FPNLITE_ANCHOR_SCALE, FPNLITE_ASPECT_RATIOS, FPNLITE_SCALES_PER_OCTAVE) + (
-            ("feature_extractor.min_depth", float(MOBILENET_MIN_DEPTH), 16.0),
-            ("feature_extractor.override_base_feature_extractor_hyperparams", True, False),
-            (f"{_WEIGHT_SHARED}.class_prediction_bias_init", CLASS_PREDICTION_BIAS_INIT, 0.0),
-        ) + _hyperparams("feature_extractor", "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON)
-        + _hyperparams(_WEIGHT_SHARED, "RELU_6", FPNLITE_BATCH_NORM_DECAY, FPNLITE_BATCH_NORM_EPSILON),
-        neck=("fpn", {"min_level": "min_level", "max_level": "max_level", "additional_layer_depth": "channels"}),
-        head={"depth": "channels", "num_layers_before_predictor": "convs"}, levels=FPNLITE_LEVELS,
-        options=(_DEPTH_MULTIPLIER, Option("feature_extractor.use_depthwise", "neck.separable", False, False),
-                 Option(f"{_WEIGHT_SHARED}.share_prediction_tower", "head.share_tower", False, False),
-                 Option(f"{_WEIGHT_SHARED}.use_depthwise", "head.separable", False, False),
-                 Option(f"{_WEIGHT_SHARED}.kernel_size", "head.kernel_size", 3, 3))),
+    # RetinaNet: FPN-lite's layout with the API's ResNet and regular convolutions
+    _fpn_family("ssd_resnet_v1_fpn", r"ssd_(?P<backbone>resnet(?:50|101|152)_v1)_fpn_keras", separable=False),
     ZooSsdFamily(
         "ssd_efficientdet", r"ssd_(?P<backbone>efficientnet-b[0-7])_bifpn_keras",
         "weight_shared_convolutional_box_predictor", "keep_aspect_ratio_resizer",
