@@ -87,7 +87,7 @@ def generate_data(out: Path, sizes: list[int]) -> dict:
 
     def clean(split: str, label_map=None):
         readout = read_voc(BCCD, split=split, label_map=label_map)
-        return drop_bad(readout.records, check_records(readout.records)), readout.label_map
+        return list(drop_bad(readout.records, check_records(readout.records))), readout.label_map  # records, not columns
 
     train, label_map = clean("train")
     val, _ = clean("val", label_map)
