@@ -16,6 +16,10 @@ A batch is a dict:
 * ``image_sizes``: int32 ``[B, 2]``, original ``(height, width)``.
 
 Crowd regions are not trained on (they are kept in the records for COCO evaluation).
+
+The functions given to ``map`` are traced as written, without AutoGraph (``do_not_convert``):
+they have no Python control flow on tensors, and converting them cost about a second of CPU at
+every start. Keras 3 converts none of a model's code either.
 """
 
 from __future__ import annotations
@@ -240,12 +244,14 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
     first_example = start_step * batch_size
     start_epoch, skip_in_epoch = divmod(first_example, count)
 
+    @tf.autograph.experimental.do_not_convert
     def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
         order = epoch_order(count, seed, epoch)
         positions = tf.range(count, dtype=tf.int64)
         epochs = tf.fill([count], epoch)
         return tf.data.Dataset.from_tensor_slices((epochs, positions, tf.cast(order, tf.int64)))
 
+    @tf.autograph.experimental.do_not_convert
     def load(epoch, position, index):
         image, boxes, classes, image_id = tensors.example(index)
         original_size = tf.shape(image)[:2]
@@ -265,7 +271,8 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
     if shard is not None:
         first, end = shard.slice_of(batch_size)
         indices = (indices.batch(batch_size, drop_remainder=True)
-                   .map(lambda epochs, positions, order: (epochs[first:end], positions[first:end], order[first:end]))
+                   .map(tf.autograph.experimental.do_not_convert(
+                       lambda epochs, positions, order: (epochs[first:end], positions[first:end], order[first:end])))
                    .unbatch())
         batch_size = shard.replica_batch_size
     dataset = (indices
@@ -281,6 +288,7 @@ def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, 
     """One pass over `records` in order, resized for the model, no augmentation; last batch may be short."""
     tensors = _RecordTensors(records, label_map)
 
+    @tf.autograph.experimental.do_not_convert
     def load(index):
         image, boxes, classes, image_id = tensors.example(index)
         original_size = tf.shape(image)[:2]
@@ -312,6 +320,7 @@ def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: La
     total = evaluation_steps(tensors.count, batch_size) * batch_size
     first, end = shard.slice_of(batch_size)
 
+    @tf.autograph.experimental.do_not_convert
     def load(index):
         real = index < tensors.count
         image, boxes, classes, image_id = tensors.example(tf.where(real, index, 0))
@@ -323,7 +332,7 @@ def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: La
 
     dataset = (tf.data.Dataset.range(total)
                .batch(batch_size)
-               .map(lambda indices: indices[first:end])
+               .map(tf.autograph.experimental.do_not_convert(lambda indices: indices[first:end]))
                .unbatch()
                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .batch(shard.replica_batch_size, drop_remainder=True)

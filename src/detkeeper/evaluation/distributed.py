@@ -70,7 +70,7 @@ class DistributedValidation:
             detections = model.detect(batch["images"], content_windows(batch["image_scales"], batch["image_sizes"]))
             return {**detections, **{key: batch[key] for key in ("record_index", "image_scales", "image_sizes")}}
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(iterator):
             per_replica = strategy.run(detect, args=(next(iterator),))
             return {key: strategy.gather(per_replica[key], axis=0) for key in _GATHERED}
@@ -90,7 +90,7 @@ class DistributedValidation:
                                                   gathered["image_sizes"][real]), seconds, None)
 
 
-@tf.function
+@tf.function(autograph=False)
 def _broadcast_from_replica_0(strategy: tf.distribute.Strategy, values: tf.Tensor) -> tf.Tensor:
     """`values` of global replica 0 (on the chief) on every worker: an all-reduce of zeros elsewhere."""
     def contribution():

@@ -39,11 +39,12 @@ class ValidationPass:
 
 
 def compiled_detect(model) -> Detect:
-    """``model.detect`` as one graph (about 10x eager on CPU), retraced only for new batch sizes."""
+    """``model.detect`` as one graph (about 10x eager on CPU), retraced only for new batch sizes;
+    traced as written, without AutoGraph, as Keras 3 traces a model (see detkeeper.data.pipeline)."""
     def detect(images, windows):
         return model.detect(images, windows)
 
-    return tf.function(detect, reduce_retracing=True)
+    return tf.function(detect, reduce_retracing=True, autograph=False)
 
 
 def run_validation(detect: Detect, dataset: tf.data.Dataset, label_map: LabelMap, *,

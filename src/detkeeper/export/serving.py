@@ -102,7 +102,7 @@ class DetectionModule(tf.Module):
                        for name, path in (asset_paths or {}).items()}
         # One traced function for the model, decoding and NMS that every image signature calls: the
         # detector is traced, saved and loaded once instead of once per signature.
-        self.detect_canvases = tf.function(self._detect, input_signature=[
+        self.detect_canvases = tf.function(self._detect, autograph=False, input_signature=[
             tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32),
             tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 2], tf.float32)])
 
@@ -164,20 +164,21 @@ class DetectionModule(tf.Module):
         return self.detect_canvases(canvases, factors, sizes)
 
     # -- the endpoints -------------------------------------------------------------------------
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")],
+                 autograph=False)
     def __call__(self, input_tensor):
         return self._detect_images(input_tensor)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")], autograph=False)
     def detect_encoded_images(self, input_tensor):
         return self._detect_encoded(input_tensor)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")], autograph=False)
     def detect_tf_examples(self, input_tensor):
         features = tf.io.parse_example(input_tensor, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
         return self._detect_encoded(features["image/encoded"])
 
-    @tf.function(input_signature=[])
+    @tf.function(input_signature=[], autograph=False)
     def metadata(self):
         return {"metadata": self.metadata_text, "label_map": self.label_map_text}
 

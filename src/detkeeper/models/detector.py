@@ -23,6 +23,7 @@ from detkeeper.models.custom import tower_layer
 from detkeeper.models.registry import resize_settings
 
 
+@tf.autograph.experimental.do_not_convert  # mapped over the pipeline: nothing to convert
 def fit_inputs(batch: dict) -> tuple[tf.Tensor, dict]:
     """Pipeline batch -> ``(images, {"boxes", "classes"})`` as ``fit`` and ``compute_loss`` take it."""
     return batch["images"], {"boxes": batch["boxes"], "classes": batch["classes"]}

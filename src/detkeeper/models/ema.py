@@ -85,7 +85,7 @@ class WeightAverage(tf.Module):
         """Move the averages towards the model's current weights; `step` = updates done so far."""
         self._update(tf.convert_to_tensor(step, tf.int64))
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)], autograph=False)
     def _update(self, step: tf.Tensor) -> None:
         decay = self.decay_at(step)
         averaged = set(self._averaged.values)

@@ -56,7 +56,7 @@ def fit_distributed(model: keras.Model, dataset: tf.distribute.DistributedDatase
 def _train_function(model: keras.Model):
     strategy = model.distribute_strategy
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(iterator):
         outputs = strategy.run(model.train_step, args=(next(iterator),))
         return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)

@@ -137,7 +137,7 @@ class Distribution:
                                                  tf.float64), [-1]) for variable in variables], axis=0)
             return tf.where(first, flat, tf.zeros_like(flat))
 
-        @tf.function
+        @tf.function(autograph=False)
         def gather():
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(contribution), axis=None)
 
