@@ -39,7 +39,7 @@ class FCOSHead(keras.layers.Layer):
     location at a ``2 * stride`` box (ReLU would start them at zero size, with dead gradients); the
     stride and the learnable per-level scale let one shared conv serve every level's object sizes.
     Rows come out level-major (finest first), then row, then column, the order of
-    :func:`detkeeper.models.fcos.fcos.locations`. Centerness is predicted from the box tower
+    :func:`detkeeper.models.fcos.assign.locations`. Centerness is predicted from the box tower
     (Tian et al.'s later placement, better than the paper's class branch).
     """
 
