@@ -7,6 +7,7 @@ predicts per location. :func:`assign_targets` gives each location at most one gr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -15,6 +16,9 @@ from detkeeper.models import boxes
 #: A level's objects have a largest side distance between ``SIZE_RANGE_LOW * stride`` and
 #: ``SIZE_RANGE_HIGH * stride``: the paper's P3 [0, 64], P4 [64, 128] ... P7 [512, inf].
 SIZE_RANGE_LOW, SIZE_RANGE_HIGH = 4.0, 8.0
+#: ATSS's candidates per gt and level, and its one anchor per location of side ``8 * stride``: the
+#: paper's values for FCOS (it found the results insensitive to k from 7 to 17).
+ATSS_TOP_K, ATSS_ANCHOR_SCALE = 9, 8.0
 
 
 def locations(image_size: int, min_level: int, max_level: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -40,6 +44,12 @@ def locations(image_size: int, min_level: int, max_level: int) -> tuple[tf.Tenso
         high = math.inf if index == len(strides) - 1 else SIZE_RANGE_HIGH * stride
         ranges.append(tf.tile(tf.constant([[low, high]], tf.float32), [count, 1]))
     return tf.concat(centers, 0), tf.concat(location_strides, 0), tf.concat(ranges, 0)
+
+
+def level_counts(image_size: int, min_level: int, max_level: int) -> list[int]:
+    """Locations per level, in :func:`locations`' order (ATSS picks its candidates level by level)."""
+    strides = [2 ** level for level in range(min_level, max_level + 1)]
+    return [height * width for height, width in boxes.level_shapes(image_size, strides)]
 
 
 def side_distances(centers: tf.Tensor, box_corners: tf.Tensor) -> tf.Tensor:
@@ -81,9 +91,7 @@ def assign_targets(centers: tf.Tensor, strides: tf.Tensor, size_ranges: tf.Tenso
     Returns ``labels [B, A]`` int32 (the class if positive, else -1), ``matched_boxes [B, A, 4]``
     (the assigned gt; padding for negatives) and ``centerness [B, A]`` (its target; 0 for negatives).
     """
-    # One extra padded gt keeps argmin well-defined when a batch has M = 0 boxes.
-    gt_boxes = tf.pad(tf.convert_to_tensor(gt_boxes, tf.float32), [[0, 0], [0, 1], [0, 0]], constant_values=-1.0)
-    gt_classes = tf.pad(tf.cast(gt_classes, tf.int32), [[0, 0], [0, 1]], constant_values=-1)
+    gt_boxes, gt_classes = _with_padded_gt(gt_boxes, gt_classes)
     points = centers[None, :, None, :]  # [1, A, 1, 2]
     gt = gt_boxes[:, None, :, :]  # [B, 1, M, 4]
     distances = side_distances(points, gt)  # [B, A, M, 4]
@@ -100,7 +108,60 @@ def assign_targets(centers: tf.Tensor, strides: tf.Tensor, size_ranges: tf.Tenso
 
     areas = tf.where(candidate, boxes.area(gt), math.inf)  # [B, A, M]
     gt_index = tf.argmin(areas, axis=-1, output_type=tf.int32)
-    positive = tf.reduce_any(candidate, axis=-1)
+    return _targets(centers, gt_boxes, gt_classes, gt_index, tf.reduce_any(candidate, axis=-1))
+
+
+def assign_targets_atss(centers: tf.Tensor, strides: tf.Tensor, counts: Sequence[int], gt_boxes: tf.Tensor,
+                        gt_classes: tf.Tensor, top_k: int = ATSS_TOP_K,
+                        anchor_scale: float = ATSS_ANCHOR_SCALE) -> dict[str, tf.Tensor]:
+    """ATSS (Zhang et al. 2020): :func:`assign_targets`' contract, with each gt's IoU threshold
+    set by its own candidates instead of fixed size ranges and center regions.
+
+    Each location stands for one square anchor of side ``anchor_scale * stride`` at its center.
+    Per real gt and per level (`counts`: the levels' location counts, in order) the `top_k`
+    locations nearest the gt's center are its candidates (nearer lower index first on a tie); the
+    gt's threshold is the mean plus the sample standard deviation (n - 1, as the reference
+    implementations' ``torch.std``) of its candidates' IoUs. A candidate is positive when its IoU
+    reaches the threshold and it lies strictly inside the gt. A high mean says the candidates fit
+    well, so the bar rises; a high deviation says one level fits much better than the others, and
+    the bar keeps only that level's: no level needs a hand-set size range. A location positive for
+    several gts takes the one of highest IoU (the lower index on a tie), as mmdetection's
+    ``ATSSAssigner``.
+    """
+    gt_boxes, gt_classes = _with_padded_gt(gt_boxes, gt_classes)
+    half = 0.5 * anchor_scale * strides[:, None]
+    anchors = tf.concat([centers - half, centers + half], axis=-1)  # [A, 4]
+    overlaps = boxes.iou(gt_boxes, anchors[None])  # [B, M, A]
+    cy, cx, _, _ = boxes.center_size(gt_boxes)
+    squared_distances = tf.square(cy[..., None] - centers[:, 0]) + tf.square(cx[..., None] - centers[:, 1])
+
+    candidates, candidate_overlaps, start = [], [], 0
+    for count in counts:
+        level = slice(start, start + count)
+        _, nearest = tf.math.top_k(-squared_distances[..., level], min(top_k, count))  # [B, M, k]
+        candidates.append(tf.reduce_any(tf.one_hot(nearest, count, True, False, dtype=tf.bool), axis=-2))
+        candidate_overlaps.append(tf.gather(overlaps[..., level], nearest, batch_dims=2))
+        start += count
+    candidate_overlaps = tf.concat(candidate_overlaps, axis=-1)  # [B, M, K]
+    mean = tf.reduce_mean(candidate_overlaps, axis=-1, keepdims=True)
+    variance = tf.reduce_sum(tf.square(candidate_overlaps - mean), axis=-1, keepdims=True) / max(
+        candidate_overlaps.shape[-1] - 1, 1)
+    inside = tf.reduce_min(side_distances(centers, gt_boxes[:, :, None, :]), axis=-1) > 0.0  # [B, M, A]
+    positive = (tf.concat(candidates, axis=-1) & (overlaps >= mean + tf.sqrt(variance)) & inside
+                & (gt_classes >= 0)[:, :, None])
+
+    gt_index = tf.argmax(tf.where(positive, overlaps, -1.0), axis=1, output_type=tf.int32)  # [B, A]
+    return _targets(centers, gt_boxes, gt_classes, gt_index, tf.reduce_any(positive, axis=1))
+
+
+def _with_padded_gt(gt_boxes, gt_classes) -> tuple[tf.Tensor, tf.Tensor]:
+    """One extra padded gt: keeps argmin / argmax over the gts well-defined when a batch has M = 0 boxes."""
+    gt_boxes = tf.pad(tf.convert_to_tensor(gt_boxes, tf.float32), [[0, 0], [0, 1], [0, 0]], constant_values=-1.0)
+    return gt_boxes, tf.pad(tf.cast(gt_classes, tf.int32), [[0, 0], [0, 1]], constant_values=-1)
+
+
+def _targets(centers, gt_boxes, gt_classes, gt_index, positive) -> dict[str, tf.Tensor]:
+    """The assigners' common result from each location's chosen gt ``[B, A]`` and whether it is positive."""
     matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
     labels = tf.where(positive, tf.gather(gt_classes, gt_index, batch_dims=1), -1)
     targets = tf.where(positive, centerness(side_distances(centers[None], matched_boxes)), 0.0)
