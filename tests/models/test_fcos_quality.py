@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from detkeeper.models import losses
 from detkeeper.models.fcos.assign import (assign_targets, assign_targets_atss, centerness, level_counts, locations,
                                           side_distances)
 
@@ -150,3 +151,19 @@ def test_atss_matches_a_numpy_implementation_of_the_paper_on_random_crowded_imag
         distances = side_distances(centers.numpy()[positive], gt_boxes[b][expected[positive]].astype(np.float32))
         np.testing.assert_allclose(got["centerness"][b][positive], centerness(distances).numpy(), rtol=1e-6)
     assert total > 100  # crowded: many positives, many locations claimed by several boxes
+
+
+def test_quality_focal_loss_matches_its_formula():
+    rng = np.random.default_rng(0)
+    targets = rng.choice([0.0, 0.3, 0.9, 1.0], size=[64]).astype(np.float32)
+    logits = rng.normal(0.0, 3.0, [64]).astype(np.float32)
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    cross_entropy = -(targets * np.log(p) + (1.0 - targets) * np.log(1.0 - p))
+    got = losses.quality_focal_loss(tf.constant(targets), tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, cross_entropy * np.abs(targets - p) ** 2, rtol=1e-4, atol=1e-7)
+    # It is sigmoid cross-entropy scaled by |target - p| ** beta; beta = 0 leaves the cross-entropy.
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+    np.testing.assert_allclose(got, (bce * tf.abs(targets - tf.sigmoid(logits)) ** 2).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(losses.quality_focal_loss(targets, logits, beta=0.0).numpy(), bce.numpy(), rtol=1e-6)
+    # A perfect soft prediction costs nothing, unlike plain cross-entropy against a soft target.
+    assert losses.quality_focal_loss(tf.constant([0.3]), tf.constant([np.log(0.3 / 0.7)], tf.float32)).numpy()[0] < 1e-12
