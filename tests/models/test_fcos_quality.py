@@ -2,13 +2,20 @@
 ``classification_loss``), against hand-worked cases and numpy re-implementations from the papers;
 that the defaults are the plain FCOS; and that the options train, save and restore."""
 
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from detkeeper.models import losses
-from detkeeper.models.fcos.assign import (assign_targets, assign_targets_atss, centerness, level_counts, locations,
-                                          side_distances)
+from detkeeper.config.schema import ModelConfig
+from detkeeper.config.validate import from_data
+from detkeeper.errors import ConfigError
+from detkeeper.models import boxes, build_model, losses
+from detkeeper.models.archive import load_keras_archive, save_keras_archive
+from detkeeper.models.fcos.assign import (assign_targets, assign_targets_atss, centerness, distances_to_boxes,
+                                          level_counts, locations, side_distances)
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
 #: One pyramid level of four 8 px cells in a row: centers x = 4, 12, 20, 28 at y = 4.
@@ -167,3 +174,132 @@ def test_quality_focal_loss_matches_its_formula():
     np.testing.assert_allclose(losses.quality_focal_loss(targets, logits, beta=0.0).numpy(), bce.numpy(), rtol=1e-6)
     # A perfect soft prediction costs nothing, unlike plain cross-entropy against a soft target.
     assert losses.quality_focal_loss(tf.constant([0.3]), tf.constant([np.log(0.3 / 0.7)], tf.float32)).numpy()[0] < 1e-12
+
+
+IMAGE_SIZE = 64
+
+
+def _config(**head):
+    """A model config as the YAML loader builds it, so the keys are the documented ones."""
+    data = {"name": "fcos_tiny", "image_size": IMAGE_SIZE, "backbone": {"name": "tiny", "weights": "none"},
+            "head": head}
+    config, problems = from_data(ModelConfig, data)
+    assert not problems, problems
+    return config
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Two 64 px images, one with three objects (one padding row) and one with two."""
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.uniform(0, 255, [2, IMAGE_SIZE, IMAGE_SIZE, 3]), tf.float32)
+    gt_boxes = tf.constant([[[4.0, 6.0, 30.0, 28.0], [20.0, 24.0, 60.0, 62.0], [40.0, 2.0, 56.0, 20.0], PAD],
+                            [[10.0, 10.0, 50.0, 40.0], [30.0, 36.0, 44.0, 50.0], PAD, PAD]])
+    gt_classes = tf.constant([[0, 1, 2, -1], [2, 0, -1, -1]])
+    return images, {"boxes": gt_boxes, "classes": gt_classes}
+
+
+def test_defaults_are_the_plain_fcos_bit_for_bit(batch):
+    images, targets = batch
+    keras.utils.set_random_seed(0)
+    model = build_model(_config(), 3)
+    assert (model.assigner, model.classification_loss) == ("fcos", "focal")
+    outputs = model(images, training=False)
+    assert set(outputs) == {"class_logits", "box_distances", "centerness_logits"}
+    total = model.compute_loss(y=targets, y_pred=outputs)
+
+    # The loss FCOS computed before the options existed, from its parts.
+    assigned = assign_targets(model.centers, model.location_strides, model.size_ranges, targets["boxes"],
+                              targets["classes"], 1.5)
+    positive = tf.cast(assigned["labels"] >= 0, tf.float32)
+    num_positive = tf.maximum(tf.reduce_sum(positive), 1.0)
+    one_hot = tf.one_hot(tf.maximum(assigned["labels"], 0), 3) * positive[..., None]
+    class_loss = tf.reduce_sum(losses.sigmoid_focal_loss(one_hot, outputs["class_logits"])) / num_positive
+    weights = assigned["centerness"] * positive
+    predicted = distances_to_boxes(model.centers[None], outputs["box_distances"])
+    box_loss = tf.math.divide_no_nan(
+        tf.reduce_sum((1.0 - boxes.giou(predicted, assigned["matched_boxes"])) * weights), tf.reduce_sum(weights))
+    centerness_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=assigned["centerness"],
+                                                              logits=outputs["centerness_logits"])
+    centerness_loss = tf.reduce_sum(centerness_loss * positive) / num_positive
+    assert float(num_positive) > 10
+    np.testing.assert_array_equal(total.numpy(), (class_loss + 1.0 * box_loss + centerness_loss).numpy())
+
+    candidates, scores = model.decode_boxes_and_scores(outputs)
+    np.testing.assert_array_equal(scores.numpy(), tf.sqrt(tf.sigmoid(outputs["class_logits"]) * tf.sigmoid(
+        outputs["centerness_logits"])[..., None]).numpy())
+
+
+def test_quality_focal_loss_targets_the_predicted_boxes_iou_without_a_centerness_branch(batch, monkeypatch):
+    images, targets = batch
+    keras.utils.set_random_seed(0)
+    model = build_model(_config(classification_loss="quality_focal"), 3)
+    outputs = model(images, training=False)
+    assert set(outputs) == {"class_logits", "box_distances"}
+    assert not [v.path for v in model.weights if "centerness" in v.path]
+    assert model.LOSS_TERMS == ("class_loss", "box_loss") and list(model.loss_trackers) == list(model.LOSS_TERMS)
+
+    # Where the logits are 0 (p = 1/2) the loss is known per location: positives at their class
+    # target IoU(predicted box, gt), everything else 0.
+    logits = tf.zeros_like(outputs["class_logits"])
+    model.compute_loss(y=targets, y_pred={**outputs, "class_logits": logits})
+    assigned = {key: value.numpy() for key, value in model.assign(targets["boxes"], targets["classes"]).items()}
+    positive = assigned["labels"] >= 0
+    predicted = distances_to_boxes(model.centers[None], outputs["box_distances"]).numpy()
+    iou = np.array([_numpy_iou(box[None].astype(np.float64), gt.astype(np.float64))[0]
+                    for box, gt in zip(predicted[positive], assigned["matched_boxes"][positive])])
+    soft = np.zeros(logits.shape)
+    soft[positive, assigned["labels"][positive]] = iou
+    per_element = np.log(2.0) * np.abs(soft - 0.5) ** 2  # BCE at p = 1/2 is log 2 whatever the target
+    np.testing.assert_allclose(model.loss_trackers["class_loss"].result().numpy(),
+                               per_element.sum() / positive.sum(), rtol=1e-5)
+
+    # The IoU target is a constant: with the box loss off, no gradient reaches the boxes.
+    monkeypatch.setattr(model, "box_loss_weight", 0.0)
+    box_distances = tf.Variable(outputs["box_distances"])
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(y=targets, y_pred={**outputs, "box_distances": box_distances})
+    np.testing.assert_array_equal(tape.gradient(loss, box_distances).numpy(), 0.0)
+
+    _, scores = model.decode_boxes_and_scores(outputs)
+    np.testing.assert_array_equal(scores.numpy(), tf.sigmoid(outputs["class_logits"]).numpy())
+
+
+def test_both_options_train_save_and_restore(batch, tmp_path):
+    images, targets = batch
+    config = _config(assigner="atss", classification_loss="quality_focal")
+    keras.utils.set_random_seed(0)
+    model = build_model(config, 3)
+    assert {key: model.get_config()[key] for key in ("assigner", "classification_loss")} == {
+        "assigner": "atss", "classification_loss": "quality_focal"}
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model(images[:1])
+    model.optimizer.build(model.trainable_variables)
+    history = [model.train_on_batch(images, targets, return_dict=True) for _ in range(3)]
+    assert all(np.isfinite(logs["loss"]) and np.isfinite(logs["class_loss"]) for logs in history), history
+    assert set(history[-1]) >= {"loss", "class_loss", "box_loss"} and "centerness_loss" not in history[-1]
+
+    expected = model(images, training=False)
+    checkpoint = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    keras.utils.set_random_seed(1)
+    restored = build_model(config, 3)
+    restored(images[:1])
+    tf.train.Checkpoint(model=restored).read(checkpoint).expect_partial().assert_existing_objects_matched()
+    loaded = load_keras_archive(save_keras_archive(model, tmp_path / "model.keras"))
+    assert (loaded.assigner, loaded.classification_loss) == ("atss", "quality_focal")
+    with pytest.raises(ValueError, match="FCOS assigner: expected one of fcos, atss, got 'simota'"):
+        type(model).from_config({**model.get_config(), "assigner": "simota"})
+    for other in (restored, loaded):
+        got = other(images, training=False)
+        assert set(got) == set(expected)
+        for key in expected:
+            np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+
+
+def test_the_options_are_checked_and_refused_by_families_that_do_not_read_them():
+    _, problems = from_data(ModelConfig, {"name": "fcos_tiny", "head": {"assigner": "simota"}})
+    assert [p.key for p in problems] == [("head", "assigner")]
+    for key, value in (("assigner", "atss"), ("classification_loss", "quality_focal")):
+        config = dataclasses.replace(_config(**{key: value}), name="retinanet_tiny")
+        with pytest.raises(ConfigError, match=f"model.head.{key}: retinanet_tiny does not read it.*fcos, fcos_tiny"):
+            build_model(config, 3)
