@@ -225,7 +225,7 @@ def test_defaults_are_the_plain_fcos_bit_for_bit(batch):
     assert float(num_positive) > 10
     np.testing.assert_array_equal(total.numpy(), (class_loss + 1.0 * box_loss + centerness_loss).numpy())
 
-    candidates, scores = model.decode_boxes_and_scores(outputs)
+    _, scores = model.decode_boxes_and_scores(outputs)
     np.testing.assert_array_equal(scores.numpy(), tf.sqrt(tf.sigmoid(outputs["class_logits"]) * tf.sigmoid(
         outputs["centerness_logits"])[..., None]).numpy())
 
@@ -265,6 +265,12 @@ def test_quality_focal_loss_targets_the_predicted_boxes_iou_without_a_centerness
     np.testing.assert_array_equal(scores.numpy(), tf.sigmoid(outputs["class_logits"]).numpy())
 
 
+def _outputs(model, images):
+    """Raw head outputs and detections (every candidate: an untrained model scores low)."""
+    model.score_threshold = 0.0
+    return {**model(images, training=False), **model.detect(images)}
+
+
 def test_both_options_train_save_and_restore(batch, tmp_path):
     images, targets = batch
     config = _config(assigner="atss", classification_loss="quality_focal")
@@ -272,6 +278,10 @@ def test_both_options_train_save_and_restore(batch, tmp_path):
     model = build_model(config, 3)
     assert {key: model.get_config()[key] for key in ("assigner", "classification_loss")} == {
         "assigner": "atss", "classification_loss": "quality_focal"}
+    atss = assign_targets_atss(model.centers, model.location_strides, model.level_counts, targets["boxes"],
+                               targets["classes"])
+    np.testing.assert_array_equal(model.assign(targets["boxes"], targets["classes"])["labels"].numpy(),
+                                  atss["labels"].numpy())
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model(images[:1])
     model.optimizer.build(model.trainable_variables)
@@ -279,7 +289,7 @@ def test_both_options_train_save_and_restore(batch, tmp_path):
     assert all(np.isfinite(logs["loss"]) and np.isfinite(logs["class_loss"]) for logs in history), history
     assert set(history[-1]) >= {"loss", "class_loss", "box_loss"} and "centerness_loss" not in history[-1]
 
-    expected = model(images, training=False)
+    expected = _outputs(model, images)
     checkpoint = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
     keras.utils.set_random_seed(1)
     restored = build_model(config, 3)
@@ -290,7 +300,7 @@ def test_both_options_train_save_and_restore(batch, tmp_path):
     with pytest.raises(ValueError, match="FCOS assigner: expected one of fcos, atss, got 'simota'"):
         type(model).from_config({**model.get_config(), "assigner": "simota"})
     for other in (restored, loaded):
-        got = other(images, training=False)
+        got = _outputs(other, images)
         assert set(got) == set(expected)
         for key in expected:
             np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)

@@ -1,7 +1,8 @@
-"""Where FCOS's training targets come from: the locations, their distances to boxes, the assigner.
+"""Where FCOS's training targets come from: the locations, their distances to boxes, the assigners.
 
 A location is a feature-map cell of one pyramid level, at its center in input pixels; the head
-predicts per location. :func:`assign_targets` gives each location at most one ground-truth box.
+predicts per location. :func:`assign_targets` (the paper's) and :func:`assign_targets_atss` give
+each location at most one ground-truth box.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def assign_targets_atss(centers: tf.Tensor, strides: tf.Tensor, counts: Sequence
 
     Each location stands for one square anchor of side ``anchor_scale * stride`` at its center.
     Per real gt and per level (`counts`: the levels' location counts, in order) the `top_k`
-    locations nearest the gt's center are its candidates (nearer lower index first on a tie); the
+    locations nearest the gt's center are its candidates (the lower index first on a tie); the
     gt's threshold is the mean plus the sample standard deviation (n - 1, as the reference
     implementations' ``torch.std``) of its candidates' IoUs. A candidate is positive when its IoU
     reaches the threshold and it lies strictly inside the gt. A high mean says the candidates fit

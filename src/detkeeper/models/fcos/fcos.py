@@ -47,12 +47,12 @@ class FCOS(Detector):
                                    ("classification_loss", classification_loss, CLASSIFICATION_LOSSES)):
             if value not in known:
                 raise ValueError(f"FCOS {name}: expected one of {', '.join(known)}, got {value!r}")
-        self.assigner, self.classification_loss = assigner, classification_loss
-        self.uses_centerness = classification_loss == "focal"
-        if not self.uses_centerness:
+        if classification_loss != "focal":
             # Set before Detector.__init__, which makes one loss tracker per term.
             self.LOSS_TERMS = ("class_loss", "box_loss")
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.assigner, self.classification_loss = assigner, classification_loss
+        self.uses_centerness = classification_loss == "focal"
         self.backbone = backbone
         self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
         self.head_block = head_block
@@ -98,8 +98,8 @@ class FCOS(Detector):
         if self.uses_centerness:
             class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits)) / num_positive
         else:
-            quality = tf.stop_gradient(boxes.matched_iou(predicted, targets["matched_boxes"]))
-            class_loss = tf.reduce_sum(quality_focal_loss(class_targets * quality[..., None], class_logits)) / num_positive
+            quality = tf.stop_gradient(boxes.matched_iou(predicted, targets["matched_boxes"]))[..., None]
+            class_loss = tf.reduce_sum(quality_focal_loss(class_targets * quality, class_logits)) / num_positive
 
         box_weights = targets["centerness"] * positive
         box_loss = tf.math.divide_no_nan(
