@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.models import build_model
-from detkeeper.models.fcos.fcos import assign_targets, centerness, distances_to_boxes, locations, side_distances
+from detkeeper.models.fcos.assign import assign_targets, centerness, distances_to_boxes, locations, side_distances
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
 

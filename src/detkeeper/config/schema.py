@@ -75,6 +75,10 @@ class NeckConfig:
         return []
 
 
+FcosAssigner = Literal["fcos", "atss"]
+FcosClassificationLoss = Literal["focal", "quality_focal"]
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """The prediction head shared across pyramid levels; unset values take the model's default."""
@@ -88,6 +92,25 @@ class HeadConfig:
         None, help="Box and class outputs share one tower (TF OD API share_prediction_tower); unset: the family's.")
     separable: bool | None = setting(
         None, help="Tower and outputs are depthwise-separable (TF OD API use_depthwise); unset: the family's.")
+    assigner: FcosAssigner | None = setting(
+        None,
+        help=(
+            "FCOS only: which locations train on which box. fcos: inside the box's center region, at "
+            "the pyramid level its size range suits (the paper's); atss: per box, the 9 locations "
+            "nearest its center on each level, kept where they lie inside it and their IoU with it "
+            "(as square anchors of 8 strides) reaches the mean + std of those (Zhang et al. 2020); "
+            "unset: fcos."
+        ),
+    )
+    classification_loss: FcosClassificationLoss | None = setting(
+        None,
+        help=(
+            "FCOS only: focal: focal loss on 0/1 class targets, plus a centerness branch that "
+            "ranks detections with the class score; quality_focal: quality focal loss whose target is "
+            "the predicted box's IoU with its object (Li et al. 2020), the class score alone ranks "
+            "detections and the head has no centerness branch; unset: focal."
+        ),
+    )
     block: str | None = setting(
         None,
         help=(

@@ -30,14 +30,21 @@ def iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     Pairs with zero union (zero-area or padded boxes on both sides) give 0 instead of NaN, so
     padding can go through matching and losses without masking first.
     """
-    b1 = boxes1[..., :, None, :]
-    b2 = boxes2[..., None, :, :]
-    top_left = tf.maximum(b1[..., :2], b2[..., :2])
-    bottom_right = tf.minimum(b1[..., 2:], b2[..., 2:])
+    return matched_iou(boxes1[..., :, None, :], boxes2[..., None, :, :])
+
+
+def matched_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Elementwise IoU, ``[..., 4] x [..., 4] -> [...]`` (shapes broadcast); 0 for zero union."""
+    intersection, union = _intersection_and_union(boxes1, boxes2)
+    return tf.math.divide_no_nan(intersection, union)
+
+
+def _intersection_and_union(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    top_left = tf.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = tf.minimum(boxes1[..., 2:], boxes2[..., 2:])
     size = tf.maximum(bottom_right - top_left, 0.0)
     intersection = size[..., 0] * size[..., 1]
-    union = area(b1) + area(b2) - intersection
-    return tf.math.divide_no_nan(intersection, union)
+    return intersection, area(boxes1) + area(boxes2) - intersection
 
 
 def giou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
@@ -46,11 +53,7 @@ def giou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     Unlike IoU it still has a gradient for disjoint boxes (it falls as the enclosing box grows),
     which is why ``1 - giou`` works as a regression loss (Rezatofighi et al., 2019).
     """
-    top_left = tf.maximum(boxes1[..., :2], boxes2[..., :2])
-    bottom_right = tf.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    size = tf.maximum(bottom_right - top_left, 0.0)
-    intersection = size[..., 0] * size[..., 1]
-    union = area(boxes1) + area(boxes2) - intersection
+    intersection, union = _intersection_and_union(boxes1, boxes2)
     enclosing = area(tf.concat([tf.minimum(boxes1[..., :2], boxes2[..., :2]),
                                 tf.maximum(boxes1[..., 2:], boxes2[..., 2:])], axis=-1))
     return (tf.math.divide_no_nan(intersection, union)

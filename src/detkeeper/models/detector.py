@@ -235,9 +235,10 @@ def check_pyramid_config(model_config) -> None:
 
 
 def build_pyramid_detector(detector_class: type, model_config, num_classes: int, postprocess,
-                           defaults: PyramidDefaults) -> Detector:
+                           defaults: PyramidDefaults, **options) -> Detector:
     """Backbone from ``model.backbone``, then `detector_class` with config values over `defaults`
-    (`detector_class` takes ``head_block``, the registered layer of ``model.head.block``)."""
+    (`detector_class` takes ``head_block``, the registered layer of ``model.head.block``) and the
+    family's own `options`."""
     neck, head = model_config.neck, model_config.head
     backbone = build_backbone(model_config.backbone.name, model_config.backbone.weights, model_config.image_size)
     return detector_class(
@@ -248,5 +249,5 @@ def build_pyramid_detector(detector_class: type, model_config, num_classes: int,
         score_threshold=postprocess.score_threshold, iou_threshold=postprocess.iou_threshold,
         max_detections=postprocess.max_detections, head_block=head.block,
         custom_objects_module=model_config.custom_objects_module, name=model_config.name,
-        **resize_settings(model_config))
+        **resize_settings(model_config), **options)
 

@@ -15,6 +15,14 @@ def sigmoid_focal_loss(targets: tf.Tensor, logits: tf.Tensor, alpha: float = 0.2
     return alpha_t * tf.pow(1.0 - p_t, gamma) * cross_entropy
 
 
+def quality_focal_loss(targets: tf.Tensor, logits: tf.Tensor, beta: float = 2.0) -> tf.Tensor:
+    """Quality focal loss (Li et al. 2020, Generalized Focal Loss) per element: sigmoid cross-entropy
+    against a soft target in [0, 1] (a positive's IoU with its box, 0 elsewhere), scaled by
+    ``|target - p| ** beta``; the focal loss's easy-example down-weighting for continuous targets."""
+    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+    return tf.pow(tf.abs(targets - tf.sigmoid(logits)), beta) * cross_entropy
+
+
 def huber_loss(targets: tf.Tensor, predictions: tf.Tensor, delta: float = 1.0) -> tf.Tensor:
     """Smooth-L1 / Huber per element, the TF OD API's box regression loss."""
     error = tf.abs(targets - predictions)

@@ -45,7 +45,8 @@ _ZOO_FAMILIES: set[str] = set()
 #: ``model`` keys only some families read, with the value that means "not used": every other family
 #: refuses another value rather than ignore it.
 FAMILY_OPTIONS = {"neck.repeats": None, "neck.separable": None, "backbone.depth_multiplier": 1.0,
-                  "head.kernel_size": None, "head.share_tower": None, "head.separable": None}
+                  "head.kernel_size": None, "head.share_tower": None, "head.separable": None,
+                  "head.assigner": None, "head.classification_loss": None}
 _OPTIONS: dict[str, frozenset[str]] = {}
 
 
@@ -60,7 +61,8 @@ def register_model(name: str, check: ModelCheck | None = None, resize: tuple[str
     OD API family resizes as its zoo configs do. `reads_zoo_checkpoints`: its models load TF OD
     API zoo checkpoints by the API's keys (:mod:`detkeeper.models.ssd.zoo_checkpoint`).
     `options`: the keys of :data:`FAMILY_OPTIONS` the family reads (``neck.repeats``: a BiFPN's
-    iterations; ``backbone.depth_multiplier`` and the ``head`` ones: the TF OD API SSDs' fields).
+    iterations; ``backbone.depth_multiplier`` and the ``head`` ones: the TF OD API SSDs' fields, but
+    ``head.assigner`` and ``head.classification_loss``: FCOS's training options).
     """
     unknown = set(options) - set(FAMILY_OPTIONS)
     if unknown:

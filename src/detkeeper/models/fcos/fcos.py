@@ -2,131 +2,57 @@
 
 Every feature-map cell ("location") predicts class scores, the four distances from itself to the
 sides of its object and a centerness that down-weights off-center predictions at inference.
-Targets are assigned inside ``compute_loss`` by :func:`assign_targets`: a location is positive for
-a ground-truth box when it lies in the box's center region (center sampling) and the box's size
-suits the location's pyramid level.
+Targets are assigned inside ``compute_loss`` by :func:`detkeeper.models.fcos.assign.assign_targets`:
+a location is positive for a ground-truth box when it lies in the box's center region (center
+sampling) and the box's size suits the location's pyramid level. Two options from later work, both
+off by default: ``assigner="atss"`` picks the positives by each box's own IoU statistics
+(:func:`detkeeper.models.fcos.assign.assign_targets_atss`), and
+``classification_loss="quality_focal"`` trains the class score to predict the box's IoU, which then
+ranks detections alone (no centerness branch).
 """
 
 from __future__ import annotations
 
-import math
+from typing import get_args
 
 import keras
 import tensorflow as tf
 
+from detkeeper.config.schema import FcosAssigner, FcosClassificationLoss
 from detkeeper.models import boxes, losses
 from detkeeper.models.detector import Detector, PyramidDefaults, build_pyramid_detector, check_pyramid_config
+from detkeeper.models.fcos.assign import (assign_targets, assign_targets_atss, distances_to_boxes, level_counts,
+                                          locations)
 from detkeeper.models.fcos.head import FCOSHead
 from detkeeper.models.fpn import FeaturePyramid
-from detkeeper.models.losses import sigmoid_focal_loss
+from detkeeper.models.losses import quality_focal_loss, sigmoid_focal_loss
 from detkeeper.models.registry import Postprocess, register_model
 
-#: A level's objects have a largest side distance between ``SIZE_RANGE_LOW * stride`` and
-#: ``SIZE_RANGE_HIGH * stride``: the paper's P3 [0, 64], P4 [64, 128] ... P7 [512, inf].
-SIZE_RANGE_LOW, SIZE_RANGE_HIGH = 4.0, 8.0
-
-
-def locations(image_size: int, min_level: int, max_level: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Every location of a square ``image_size`` input: centers, strides and size ranges.
-
-    Returns ``centers [A, 2]`` ``(y, x)`` at cell centers ``((i + 0.5) s, (j + 0.5) s)``,
-    ``strides [A]`` and ``size_ranges [A, 2]`` (the regression sizes a level handles), ordered
-    level-major, then row, then column: a head output ``[B, H, W, D]`` reshaped to ``[B, H*W, D]``
-    lines up with its level. The paper's ranges have boundaries at ``8 * stride`` between levels;
-    here the first level used starts at 0 and the last used ends at infinity, so a pyramid with
-    fewer levels (P3-P6, or P4-P7) still covers every object size.
-    """
-    strides = [2 ** level for level in range(min_level, max_level + 1)]
-    centers, location_strides, ranges = [], [], []
-    for index, (stride, (height, width)) in enumerate(zip(strides, boxes.level_shapes(image_size, strides))):
-        y = (tf.range(height, dtype=tf.float32) + 0.5) * stride
-        x = (tf.range(width, dtype=tf.float32) + 0.5) * stride
-        y, x = tf.meshgrid(y, x, indexing="ij")
-        centers.append(tf.reshape(tf.stack([y, x], axis=-1), [-1, 2]))
-        count = height * width
-        location_strides.append(tf.fill([count], float(stride)))
-        low = 0.0 if index == 0 else SIZE_RANGE_LOW * stride
-        high = math.inf if index == len(strides) - 1 else SIZE_RANGE_HIGH * stride
-        ranges.append(tf.tile(tf.constant([[low, high]], tf.float32), [count, 1]))
-    return tf.concat(centers, 0), tf.concat(location_strides, 0), tf.concat(ranges, 0)
-
-
-def side_distances(centers: tf.Tensor, box_corners: tf.Tensor) -> tf.Tensor:
-    """``(l, t, r, b)`` from points ``[..., 2]`` (y, x) to the sides of boxes ``[..., 4]`` (shapes
-    broadcast); all four are positive exactly when the point is inside the box."""
-    y, x = centers[..., 0], centers[..., 1]
-    ymin, xmin, ymax, xmax = tf.unstack(box_corners, axis=-1)
-    return tf.stack([x - xmin, y - ymin, xmax - x, ymax - y], axis=-1)
-
-
-def distances_to_boxes(centers: tf.Tensor, distances: tf.Tensor) -> tf.Tensor:
-    """Inverse of :func:`side_distances`: locations ``[..., 2]`` and ``(l, t, r, b)`` -> yxyx corners."""
-    y, x = centers[..., 0], centers[..., 1]
-    left, top, right, bottom = tf.unstack(distances, axis=-1)
-    return tf.stack([y - top, x - left, y + bottom, x + right], axis=-1)
-
-
-def centerness(distances: tf.Tensor) -> tf.Tensor:
-    """FCOS centerness ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``: 1 at the box center,
-    falling to 0 at its sides; 0 (not NaN) for degenerate distances."""
-    left, top, right, bottom = tf.unstack(tf.maximum(distances, 0.0), axis=-1)
-    horizontal = tf.math.divide_no_nan(tf.minimum(left, right), tf.maximum(left, right))
-    vertical = tf.math.divide_no_nan(tf.minimum(top, bottom), tf.maximum(top, bottom))
-    return tf.sqrt(horizontal * vertical)
-
-
-def assign_targets(centers: tf.Tensor, strides: tf.Tensor, size_ranges: tf.Tensor, gt_boxes: tf.Tensor,
-                   gt_classes: tf.Tensor, center_sampling_radius: float = 1.5) -> dict[str, tf.Tensor]:
-    """Assign each location (from :func:`locations`) to at most one gt of ``[B, M, 4]`` / ``[B, M]``.
-
-    A location is a candidate for a real gt (class >= 0) when it lies strictly inside the box and,
-    with ``center_sampling_radius > 0``, also inside the box's center region of half-side
-    ``radius * stride`` (clipped to the box), and when its largest side distance falls in its
-    level's size range (both ends inclusive, as in the reference implementation). Center sampling
-    drops the locations near a box's border, which see mostly background, and gives a small box at
-    least the cells around its center. Among several candidates the gt of smallest area wins (the
-    lower index on a tie).
-
-    Returns ``labels [B, A]`` int32 (the class if positive, else -1), ``matched_boxes [B, A, 4]``
-    (the assigned gt; padding for negatives) and ``centerness [B, A]`` (its target; 0 for negatives).
-    """
-    # One extra padded gt keeps argmin well-defined when a batch has M = 0 boxes.
-    gt_boxes = tf.pad(tf.convert_to_tensor(gt_boxes, tf.float32), [[0, 0], [0, 1], [0, 0]], constant_values=-1.0)
-    gt_classes = tf.pad(tf.cast(gt_classes, tf.int32), [[0, 0], [0, 1]], constant_values=-1)
-    points = centers[None, :, None, :]  # [1, A, 1, 2]
-    gt = gt_boxes[:, None, :, :]  # [B, 1, M, 4]
-    distances = side_distances(points, gt)  # [B, A, M, 4]
-    candidate = tf.reduce_min(distances, axis=-1) > 0.0
-    if center_sampling_radius > 0:
-        cy, cx, _, _ = boxes.center_size(gt)
-        radius = center_sampling_radius * strides[None, :, None]  # [1, A, 1]
-        region = tf.stack([tf.maximum(cy - radius, gt[..., 0]), tf.maximum(cx - radius, gt[..., 1]),
-                           tf.minimum(cy + radius, gt[..., 2]), tf.minimum(cx + radius, gt[..., 3])], axis=-1)
-        candidate &= tf.reduce_min(side_distances(points, region), axis=-1) > 0.0
-    largest = tf.reduce_max(distances, axis=-1)
-    candidate &= (largest >= size_ranges[None, :, None, 0]) & (largest <= size_ranges[None, :, None, 1])
-    candidate &= (gt_classes >= 0)[:, None, :]
-
-    areas = tf.where(candidate, boxes.area(gt), math.inf)  # [B, A, M]
-    gt_index = tf.argmin(areas, axis=-1, output_type=tf.int32)
-    positive = tf.reduce_any(candidate, axis=-1)
-    matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
-    labels = tf.where(positive, tf.gather(gt_classes, gt_index, batch_dims=1), -1)
-    targets = tf.where(positive, centerness(side_distances(centers[None], matched_boxes)), 0.0)
-    return {"labels": labels, "matched_boxes": matched_boxes, "centerness": targets}
+#: The values of ``model.head.assigner`` and ``model.head.classification_loss``.
+ASSIGNERS, CLASSIFICATION_LOSSES = get_args(FcosAssigner), get_args(FcosClassificationLoss)
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
 class FCOS(Detector):
-    """Anchor-free single-stage detector: per-location classes, side distances and centerness."""
+    """Anchor-free single-stage detector: per-location classes, side distances and centerness
+    (no centerness with ``classification_loss="quality_focal"``)."""
 
     LOSS_TERMS = ("class_loss", "box_loss", "centerness_loss")
 
     def __init__(self, backbone: keras.Model, num_classes: int, image_size: int, fpn_channels: int = 64,
                  head_channels: int = 64, head_convs: int = 2, min_level: int = 3, max_level: int = 6,
                  center_sampling_radius: float = 1.5, box_loss_weight: float = 1.0, head_block: str | None = None,
-                 **kwargs) -> None:
+                 assigner: str = "fcos", classification_loss: str = "focal", **kwargs) -> None:
+        for name, value, known in (("assigner", assigner, ASSIGNERS),
+                                   ("classification_loss", classification_loss, CLASSIFICATION_LOSSES)):
+            if value not in known:
+                raise ValueError(f"FCOS {name}: expected one of {', '.join(known)}, got {value!r}")
+        if classification_loss != "focal":
+            # Set before Detector.__init__, which makes one loss tracker per term.
+            self.LOSS_TERMS = ("class_loss", "box_loss")
         super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.assigner, self.classification_loss = assigner, classification_loss
+        self.uses_centerness = classification_loss == "focal"
         self.backbone = backbone
         self.fpn_channels, self.head_channels, self.head_convs = fpn_channels, head_channels, head_convs
         self.head_block = head_block
@@ -134,50 +60,73 @@ class FCOS(Detector):
         self.center_sampling_radius = float(center_sampling_radius)
         self.box_loss_weight = float(box_loss_weight)
         self.fpn = FeaturePyramid(fpn_channels, min_level, max_level, name="fpn")
-        self.head = FCOSHead(num_classes, head_channels, head_convs, min_level, max_level, head_block, name="head")
+        self.head = FCOSHead(num_classes, head_channels, head_convs, min_level, max_level, head_block,
+                             centerness=self.uses_centerness, name="head")
         self.centers, self.location_strides, self.size_ranges = locations(image_size, min_level, max_level)
+        self.level_counts = level_counts(image_size, min_level, max_level)
 
     def call(self, images, training=False):
         features = self.backbone(images, training=training)
-        class_logits, box_distances, centerness_logits = self.head(self.fpn(features))
-        return {"class_logits": class_logits, "box_distances": box_distances,
-                "centerness_logits": centerness_logits}
+        class_logits, box_distances, *centerness_logits = self.head(self.fpn(features))
+        outputs = {"class_logits": class_logits, "box_distances": box_distances}
+        return {**outputs, "centerness_logits": centerness_logits[0]} if self.uses_centerness else outputs
+
+    def assign(self, gt_boxes: tf.Tensor, gt_classes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Every location's targets for padded gts ``[B, M, 4]`` / ``[B, M]``, by the configured assigner."""
+        if self.assigner == "atss":
+            return assign_targets_atss(self.centers, self.location_strides, self.level_counts, gt_boxes, gt_classes)
+        return assign_targets(self.centers, self.location_strides, self.size_ranges, gt_boxes, gt_classes,
+                              self.center_sampling_radius)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Focal loss over all locations and BCE on centerness, both per positive; GIoU on the
         positives' boxes weighted by their centerness target (the FCOS reference implementation's
-        choice: boxes near the object center, which inference keeps, get the most weight)."""
+        choice: boxes near the object center, which inference keeps, get the most weight).
+
+        With quality focal loss a positive's class target is its predicted box's IoU with its gt
+        (a constant to the loss: GFL stops its gradient too), and there is no centerness loss. The
+        box loss keeps the centerness-target weights, which come from the assignment, not the branch."""
         class_logits = tf.cast(y_pred["class_logits"], tf.float32)
         box_distances = tf.cast(y_pred["box_distances"], tf.float32)
-        centerness_logits = tf.cast(y_pred["centerness_logits"], tf.float32)
-        targets = assign_targets(self.centers, self.location_strides, self.size_ranges, y["boxes"], y["classes"],
-                                 self.center_sampling_radius)
+        targets = self.assign(y["boxes"], y["classes"])
         labels = targets["labels"]
         positive = tf.cast(labels >= 0, tf.float32)
         num_positive = tf.maximum(losses.replica_sum(tf.reduce_sum(positive)), 1.0)  # of the global batch
+        predicted = distances_to_boxes(self.centers[None], box_distances)
 
         class_targets = tf.one_hot(tf.maximum(labels, 0), self.num_classes) * positive[..., None]
-        class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits)) / num_positive
+        if self.uses_centerness:
+            class_loss = tf.reduce_sum(sigmoid_focal_loss(class_targets, class_logits)) / num_positive
+        else:
+            quality = tf.stop_gradient(boxes.matched_iou(predicted, targets["matched_boxes"]))[..., None]
+            class_loss = tf.reduce_sum(quality_focal_loss(class_targets * quality, class_logits)) / num_positive
 
         box_weights = targets["centerness"] * positive
-        predicted = distances_to_boxes(self.centers[None], box_distances)
         box_loss = tf.math.divide_no_nan(
             tf.reduce_sum((1.0 - boxes.giou(predicted, targets["matched_boxes"])) * box_weights),
             losses.replica_sum(tf.reduce_sum(box_weights)))
+        terms = {"class_loss": class_loss, "box_loss": box_loss}
+        total = class_loss + self.box_loss_weight * box_loss
 
-        centerness_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets["centerness"],
-                                                                  logits=centerness_logits)
-        centerness_loss = tf.reduce_sum(centerness_loss * positive) / num_positive
+        if self.uses_centerness:
+            centerness_logits = tf.cast(y_pred["centerness_logits"], tf.float32)
+            centerness_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets["centerness"],
+                                                                      logits=centerness_logits)
+            terms["centerness_loss"] = tf.reduce_sum(centerness_loss * positive) / num_positive
+            total += terms["centerness_loss"]
 
-        self.track_losses(class_loss=class_loss, box_loss=box_loss, centerness_loss=centerness_loss)
-        return self.with_regularization(class_loss + self.box_loss_weight * box_loss + centerness_loss)
+        self.track_losses(**terms)
+        return self.with_regularization(total)
 
     def decode_boxes_and_scores(self, outputs):
         """Boxes clipped to the image; scores ``sqrt(p_class * p_centerness)`` as FCOS inference ranks
-        them, so off-center locations' boxes lose NMS to the central ones."""
+        them, so off-center locations' boxes lose NMS to the central ones; with quality focal loss
+        ``p_class`` alone, which was trained to be the box's IoU."""
         distances = tf.cast(outputs["box_distances"], tf.float32)
         decoded = tf.clip_by_value(distances_to_boxes(self.centers[None], distances), 0.0, float(self.image_size))
         class_probabilities = tf.sigmoid(tf.cast(outputs["class_logits"], tf.float32))
+        if not self.uses_centerness:
+            return decoded, class_probabilities
         centerness_probabilities = tf.sigmoid(tf.cast(outputs["centerness_logits"], tf.float32))
         return decoded, tf.sqrt(class_probabilities * centerness_probabilities[..., None])
 
@@ -186,19 +135,32 @@ class FCOS(Detector):
                 "fpn_channels": self.fpn_channels, "head_channels": self.head_channels,
                 "head_convs": self.head_convs, "min_level": self.min_level, "max_level": self.max_level,
                 "center_sampling_radius": self.center_sampling_radius, "box_loss_weight": self.box_loss_weight,
-                "head_block": self.head_block}
+                "head_block": self.head_block, "assigner": self.assigner,
+                "classification_loss": self.classification_loss}
 
 
+#: The ``model`` keys of :data:`detkeeper.models.registry.FAMILY_OPTIONS` the FCOS family reads.
+FCOS_OPTIONS = ("head.assigner", "head.classification_loss")
 
-@register_model("fcos_tiny", check=check_pyramid_config)
+
+def _options(model_config) -> dict[str, str]:
+    """``model.head.assigner`` / ``classification_loss`` as FCOS arguments where set (FCOS's defaults
+    otherwise: the paper's assigner and focal loss)."""
+    options = {"assigner": model_config.head.assigner, "classification_loss": model_config.head.classification_loss}
+    return {name: value for name, value in options.items() if value is not None}
+
+
+@register_model("fcos_tiny", check=check_pyramid_config, options=FCOS_OPTIONS)
 def fcos_tiny(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """Small and fast: 64-channel pyramid P3-P6 and two-conv towers; for the tests and the demo."""
     return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,
-                                  PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6))
+                                  PyramidDefaults(channels=64, head_convs=2, min_level=3, max_level=6),
+                                  **_options(model_config))
 
 
-@register_model("fcos", check=check_pyramid_config)
+@register_model("fcos", check=check_pyramid_config, options=FCOS_OPTIONS)
 def fcos(model_config, num_classes: int, postprocess: Postprocess) -> FCOS:
     """The paper's shape at a width that trains on one GPU: 128-channel pyramid P3-P7, four-conv towers."""
     return build_pyramid_detector(FCOS, model_config, num_classes, postprocess,
-                                  PyramidDefaults(channels=128, head_convs=4, min_level=3, max_level=7))
+                                  PyramidDefaults(channels=128, head_convs=4, min_level=3, max_level=7),
+                                  **_options(model_config))

@@ -31,22 +31,25 @@ def _tower(channels: int, convs: int, prefix: str, block: str | None = None) -> 
 
 
 class FCOSHead(keras.layers.Layer):
-    """Per level ``[B, H, W, F]`` -> class logits ``[B, H*W, C]``, box distances ``[B, H*W, 4]`` and
-    centerness logits ``[B, H*W]``.
+    """Per level ``[B, H, W, F]`` -> class logits ``[B, H*W, C]``, box distances ``[B, H*W, 4]`` and,
+    with `centerness`, centerness logits ``[B, H*W]``.
 
     Distances are ``(l, t, r, b)`` from the location to the box sides in input pixels:
     ``exp(scale_level * x) * stride``. The exponential keeps them positive and starts every
     location at a ``2 * stride`` box (ReLU would start them at zero size, with dead gradients); the
     stride and the learnable per-level scale let one shared conv serve every level's object sizes.
     Rows come out level-major (finest first), then row, then column, the order of
-    :func:`detkeeper.models.fcos.fcos.locations`. Centerness is predicted from the box tower
-    (Tian et al.'s later placement, better than the paper's class branch).
+    :func:`detkeeper.models.fcos.assign.locations`. Centerness is predicted from the box tower
+    (Tian et al.'s later placement, better than the paper's class branch). Without `centerness`
+    (quality focal loss, whose class score already ranks by box quality) the head has no centerness
+    conv at all, so no weights sit unused and untrained in checkpoints and exports.
     """
 
     def __init__(self, num_classes: int, channels: int, convs: int, min_level: int, max_level: int,
-                 block: str | None = None, **kwargs) -> None:
+                 block: str | None = None, centerness: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes, self.channels, self.convs, self.block = num_classes, channels, convs, block
+        self.centerness = centerness
         self.min_level, self.max_level = min_level, max_level
         normal = keras.initializers.RandomNormal(stddev=0.01)
         self.class_tower = _tower(channels, convs, "class", block)
@@ -56,8 +59,9 @@ class FCOSHead(keras.layers.Layer):
                                                 bias_initializer=keras.initializers.Constant(prior_bias),
                                                 name="class_output")
         self.box_output = keras.layers.Conv2D(4, 3, padding="same", kernel_initializer=normal, name="box_output")
-        self.centerness_output = keras.layers.Conv2D(1, 3, padding="same", kernel_initializer=normal,
-                                                     name="centerness_output")
+        if centerness:
+            self.centerness_output = keras.layers.Conv2D(1, 3, padding="same", kernel_initializer=normal,
+                                                         name="centerness_output")
 
     def build(self, input_shape: list) -> None:
         # Created here rather than in __init__ so their paths sit under the model's, like the convs'.
@@ -74,11 +78,12 @@ class FCOSHead(keras.layers.Layer):
             distances = ops.exp(ops.minimum(log_distances, DECODE_CLIP)) * float(2 ** level)
             class_logits.append(ops.reshape(self.class_output(classes), [batch, -1, self.num_classes]))
             box_distances.append(ops.reshape(distances, [batch, -1, 4]))
-            centerness_logits.append(ops.reshape(self.centerness_output(regression), [batch, -1]))
-        return (ops.concatenate(class_logits, axis=1), ops.concatenate(box_distances, axis=1),
-                ops.concatenate(centerness_logits, axis=1))
+            if self.centerness:
+                centerness_logits.append(ops.reshape(self.centerness_output(regression), [batch, -1]))
+        outputs = (ops.concatenate(class_logits, axis=1), ops.concatenate(box_distances, axis=1))
+        return (*outputs, ops.concatenate(centerness_logits, axis=1)) if self.centerness else outputs
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,
                 "convs": self.convs, "min_level": self.min_level, "max_level": self.max_level,
-                "block": self.block}
+                "block": self.block, "centerness": self.centerness}
