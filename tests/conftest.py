@@ -9,6 +9,7 @@ workers here.
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from detkeeper.data.synthetic import generate_shapes_dataset
 
 import worker_groups  # noqa: I001  (tests/ modules)
+import zygote
 from fault_tally import TALLY
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -35,6 +37,24 @@ def detkeeper_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("detkeeper-cache")
     os.environ["DETKEEPER_CACHE"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forked_verification_processes():
+    """Export verification's fresh process (detkeeper/export/standalone_check.py, ``python -I``) for
+    the exports made inside the test processes, forked from a zygote that imported TensorFlow alone
+    (zygote.py): the same process without its 4 CPU seconds of importing TensorFlow. Exports made by
+    `detkeeper` subprocesses (the fault suite, the README's commands, distributed runs) still start
+    it fresh, so that path is tested too."""
+    from detkeeper.export import verify
+
+    def run(argv, *, env, timeout, **options):
+        assert argv[1:2] == ["-I"] and options == {"capture_output": True, "text": True}, (argv, options)
+        return zygote.run("tensorflow", argv[2:], env, timeout)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(verify, "subprocess", types.SimpleNamespace(run=run))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,9 @@ def test_slow_tests_and_groups_are_handed_out_first(pytester):
     assert order[0] == "test_long"
     assert order[1:5] == ["test_export_a", "test_export_b", "test_report_a", "test_report_b"]
     assert order[5:] == [f"test_plain_{i}" for i in range(8)]
+
+
+def test_a_test_without_fixtures_of_its_own_joins_no_group(request):
+    """An autouse session fixture under tests/ that is not in PER_WORKER_FIXTURES would join every test
+    into one group, and so run the whole suite in one worker (it happened with the verification zygote)."""
+    assert worker_groups.shared_fixture_keys(request.node) == set()

@@ -15,7 +15,7 @@ import pytest
 
 #: Session fixtures cheap enough to build once per worker: their users need not share a worker.
 PER_WORKER_FIXTURES = frozenset({"shapes_dataset", "bccd_root", "coco_fake100_dir", "tfod_oracle_dir", "faults",
-                                 "detkeeper_cache"})
+                                 "detkeeper_cache", "forked_verification_processes"})
 TESTS = Path(__file__).resolve().parent
 
 

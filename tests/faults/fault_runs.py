@@ -40,8 +40,9 @@ def write_fault_config(path: Path, shapes: Path, run_dir: Path) -> Path:
 
 def run_driver(moment: str, *args: str, limit: int = 900) -> subprocess.CompletedProcess:
     """``detkeeper ARGS`` in a process of its own with the fault `moment` armed (see fault_driver.py),
-    forked from a zygote that has imported TensorFlow already (zygote.py)."""
-    return zygote.run(moment, list(args), {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=limit)
+    forked from a zygote that has imported TensorFlow and detkeeper already (tests/zygote.py)."""
+    return zygote.run("detkeeper", [str(DRIVER), moment, *args], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                      timeout=limit)
 
 
 def train_reference(config: Path, run_dir: Path) -> tuple[Path, Path, dict]:

@@ -1,7 +1,7 @@
 """Each built-in detector family learns: a small member overfits 8 shapes images to mAP@0.5 >= 0.9.
 
 The run goes through ``detkeeper train`` end to end (pipeline, ``fit``, COCO evaluation, best-k
-checkpoints) on 8 training images evaluated on themselves, without augmentation, batch 8.
+checkpoints) on 8 training images evaluated on themselves, without augmentation, batch 8 (hub_retinanet: 4).
 
 - retinanet_tiny and fcos_tiny, 128 px, Adam 3e-3 (constant after 20 warmup steps): over seeds
   0-2, val mAP50 0.94-1.0 by step 80 and 0.98-1.0 by step 120 (fcos_tiny: 1.0 from step 60-80);
@@ -13,13 +13,14 @@ checkpoints) on 8 training images evaluated on themselves, without augmentation,
   heads (keras-hub's heads are 256 wide: a step takes a third less time than with two convs, 1.66 s
   against 2.46 s on 2 cores shared with another job; keras-hub's P3-P7 four-conv default took 1.9 s
   at 256 px in benchmarks/train_step.py), Adam 1e-3 (at 3e-3 mAP50 fell from 0.33 to 0.15 between
-  steps 25 and 50). Seeds 0-2, one conv: mAP50 0.82-0.89 at step 30, 0.93-0.96 at step 40,
-  0.94-0.96 at step 50 and 0.955-0.963 at step 60 (evaluated every 10 steps; two convs: 0.86-0.90 at
-  step 30 and 0.963 at step 60; no conv: 0.48-0.94 at step 60). Step 40 is not a plateau: CI's
-  machine reached 0.883 there on 2026-12-04 where this one reaches 0.927-0.936 (seeds 0-1,
-  2026-12-05; both 0.963 at step 60), so the test trains 60 steps, to the plateau, and evaluates
-  once, at the end (a 5-step warmup is worse: 0.89-0.91 at step 50).
-  About 95 s on 2 idle cores. Not at 128 px:
+  steps 25 and 50). Batch 8, seeds 0-2, one conv: mAP50 0.82-0.89 at step 30, 0.93-0.96 at step
+  40, 0.94-0.96 at step 50 and 0.955-0.963 at step 60 (two convs: 0.86-0.90 at step 30 and 0.963 at
+  step 60; no conv: 0.48-0.94 at step 60). Step 40 is not a plateau: CI's machine reached 0.883
+  there on 2026-12-04 where this one reaches 0.927-0.936. Batch 4 reaches the same plateau in
+  fewer image-steps (seeds 0-2, 2026-12-05: 0.90-0.94 at step 60, 0.957-0.963 at step 80,
+  0.95-0.963 at step 90), and a whole process training 80 steps of batch 4 took 79 CPU s where 60
+  steps of batch 8 took 110 (seed 0, both 0.963), so the test trains 90 steps of batch 4 and
+  evaluates once, at the end (a 5-step warmup is worse). Not at 128 px:
   keras-hub's label encoder makes an anchor positive only at IoU >= 0.5 and forces no match, so
   shapes much smaller than its 32 px P3 anchors get no positive anchor at all. At 128 px (shapes
   10-58 px) training loss fell to 1e-5 while mAP50 stayed at 0.65 (AR small 0.43); at 256 px only
@@ -39,11 +40,11 @@ from detkeeper.training.trainer import train
 SPLIT = "overfit8"
 TARGET_MAP50 = 0.9
 
-#: Per model: image size, steps, evaluation interval, learning rate and model-section extras.
+#: Per model: image size, batch size, steps, evaluation interval, learning rate and model-section extras.
 SETTINGS = {
-    "retinanet_tiny": dict(image_size=128, steps=80, every=40, learning_rate=0.003, model={}),
-    "fcos_tiny": dict(image_size=128, steps=80, every=40, learning_rate=0.003, model={}),
-    "hub_retinanet": dict(image_size=256, steps=60, every=60, learning_rate=0.001,
+    "retinanet_tiny": dict(image_size=128, batch_size=8, steps=80, every=40, learning_rate=0.003, model={}),
+    "fcos_tiny": dict(image_size=128, batch_size=8, steps=80, every=40, learning_rate=0.003, model={}),
+    "hub_retinanet": dict(image_size=256, batch_size=4, steps=90, every=90, learning_rate=0.001,
                           model={"neck": {"min_level": 3, "max_level": 5}, "head": {"convs": 1}}),
 }
 
@@ -68,7 +69,7 @@ def _config(name: str, shapes: Path, run_dir: Path) -> dict:
                   "backbone": {"name": "tiny", "weights": "none"}, **settings["model"]},
         "data": {"train": source, "val": dict(source), "test": None, "max_boxes": 10,
                  "augment": {"horizontal_flip": False, "scale_jitter": [1, 1], "colour_jitter": 0}},
-        "train": {"batch_size": 8, "steps": settings["steps"], "seed": 0,
+        "train": {"batch_size": settings["batch_size"], "steps": settings["steps"], "seed": 0,
                   "optimizer": {"name": "adam", "learning_rate": settings["learning_rate"], "clipnorm": 10.0},
                   "schedule": {"name": "constant", "warmup_steps": 20}},
         "evaluation": {"every_steps": settings["every"], "monitor": "val_mAP50"},
