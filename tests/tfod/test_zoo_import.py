@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tensorflow.core.protobuf import saved_model_pb2
 
 from detkeeper.config import load_config
 from detkeeper.tfod.importer import import_pipeline_config, write_imported_config
@@ -171,3 +172,6 @@ def test_the_imported_zoo_config_fine_tunes_from_the_zoo_checkpoint(folder, tfod
         exported = export_model(outcome.run_dir, verify_images=2)
         assert exported.verification.passed
         assert exported.metadata["model"]["name"] == config.model.name
+        # No custom-gradient functions (EfficientDet's swish had 354 of its 392): an inference export.
+        saved = saved_model_pb2.SavedModel.FromString((exported.saved_model_dir / "saved_model.pb").read_bytes())
+        assert not saved.meta_graphs[0].graph_def.library.registered_gradients
