@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from detkeeper.data.synthetic import generate_shapes_dataset
+# One inter-op thread per TensorFlow process (subprocesses inherit it): `make test` runs one xdist
+# worker per core, and a pool per worker as wide as the machine oversubscribes the cores. 4-7% less
+# CPU and wall time on tests/models/test_detectors.py + tests/training/test_trainer.py
+# (benchmarks/RESULTS.md). Set before anything imports TensorFlow; a user's own setting wins.
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-import worker_groups  # noqa: I001  (tests/ modules)
-import zygote
-from fault_tally import TALLY
+from detkeeper.data.synthetic import generate_shapes_dataset  # noqa: E402
+
+import worker_groups  # noqa: E402, I001  (tests/ modules)
+import zygote  # noqa: E402
+from fault_tally import TALLY  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
