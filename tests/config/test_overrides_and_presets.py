@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detkeeper.config import list_presets, load_config
+from detkeeper.config import list_presets, load_config, preset_summary
 from detkeeper.errors import ConfigError
 
 
@@ -81,6 +81,18 @@ def test_presets_are_listed_and_each_loads(in_tmp_cwd: Path) -> None:
     model_only = load_config("resnet50_fpn_640")
     assert model_only.data.train is None
     assert model_only.model.backbone.name == "resnet50"
+
+
+def test_the_presets_command_says_what_each_preset_is_for(capsys) -> None:
+    from detkeeper.cli.main import main
+
+    assert main(["config", "presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list_presets()
+    summaries = {name: preset_summary(name) for name in list_presets()}
+    assert summaries["bccd"].endswith("for small real datasets on a CPU")  # the first clause only
+    assert all(summary and not summary.startswith(name) for name, summary in summaries.items())
+    assert all(line.endswith(summaries[line.split()[0]]) for line in lines)
 
 
 def test_file_starting_from_a_preset_merges_deeply(in_tmp_cwd: Path, write_config) -> None:

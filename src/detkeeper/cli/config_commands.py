@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detkeeper.config import config_to_yaml, list_presets, load_config
+from detkeeper.config import config_to_yaml, list_presets, load_config, preset_summary
 from detkeeper.config.reference import render_reference
 from detkeeper.errors import ConfigError, DetkeeperError
 from detkeeper.files import atomic_write_text
@@ -51,7 +51,7 @@ def register(commands, common) -> None:
                       help="override, e.g. train.optimizer.learning_rate=0.001 (repeatable)")
     show.set_defaults(handler=run_show, uses_tensorflow=False)
     presets = sub.add_parser("presets", parents=[common], formatter_class=fmt, epilog=SHOW_EXAMPLES,
-                             help="list the named presets", description="List the presets shipped with detkeeper.")
+                             help="list the named presets", description="List the presets shipped with detkeeper, each with what it is for.")
     presets.set_defaults(handler=run_presets, uses_tensorflow=False)
     reference = sub.add_parser("reference", parents=[common], formatter_class=fmt, epilog=REFERENCE_EXAMPLES,
                                help="print the config reference (every key, type, default, meaning) as Markdown",
@@ -83,8 +83,10 @@ def run_show(args) -> int:
 
 
 def run_presets(args) -> int:
-    for name in list_presets():
-        print(name)
+    names = list_presets()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:{width}s}  {preset_summary(name)}")
     return 0
 
 

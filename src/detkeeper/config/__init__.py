@@ -9,6 +9,7 @@ from detkeeper.config.loader import (
     config_to_yaml,
     list_presets,
     load_config,
+    preset_summary,
     save_config,
 )
 from detkeeper.config.schema import (

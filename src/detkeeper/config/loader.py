@@ -54,6 +54,15 @@ def list_presets() -> list[str]:
     )
 
 
+def preset_summary(name: str) -> str:
+    """What preset `name` is for: the first clause of its header comment (``# name: a small ...;``),
+    which every preset file opens with."""
+    text = resources.files("detkeeper.config").joinpath("presets", name + _PRESET_SUFFIX).read_text("utf-8")
+    header = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
+    header = header.removeprefix(f"{name}:").strip()
+    return re.split(r"[;.](?:\s|$)", header, maxsplit=1)[0]
+
+
 ConfigCheck = Callable[[RunConfig], Sequence[Problem]]
 """A check from a layer above config (the model registry, the monitors): its problems are
 reported like the schema's, with the file each key came from."""
