@@ -31,14 +31,15 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "bccd" / "BCCD"
 SYMMETRIES = ["data.augment.vertical_flip=true", "data.augment.rotate_90=true"]
 ATSS = ["model.head.assigner=atss"]
 QFL = ["model.head.classification_loss=quality_focal"]
-# The first is the baseline; "all" is every new piece, and each "all - X" leaves one out; EMA
-# weights (evaluated and kept in place of the raw ones) on the baseline.
+# The first is the baseline; "all" is every new piece, and each "all - X" leaves one out; the
+# flips and turns alone, and EMA weights (evaluated and kept in place of the raw ones), on the baseline.
 CANDIDATES = {
     "bccd": [],
     "all": [*SYMMETRIES, *ATSS, *QFL],
     "all - symmetries": [*ATSS, *QFL],
     "all - atss": [*SYMMETRIES, *QFL],
     "all - qfl": [*SYMMETRIES, *ATSS],
+    "bccd + symmetries": SYMMETRIES,
     "bccd + ema": ["train.ema_decay=0.998"],
 }
 
