@@ -51,7 +51,8 @@ def register(commands, common) -> None:
                       help="override, e.g. train.optimizer.learning_rate=0.001 (repeatable)")
     show.set_defaults(handler=run_show, uses_tensorflow=False)
     presets = sub.add_parser("presets", parents=[common], formatter_class=fmt, epilog=SHOW_EXAMPLES,
-                             help="list the named presets", description="List the presets shipped with detkeeper, each with what it is for.")
+                             help="list the named presets",
+                             description="List the presets shipped with detkeeper, each with what it is for.")
     presets.set_defaults(handler=run_presets, uses_tensorflow=False)
     reference = sub.add_parser("reference", parents=[common], formatter_class=fmt, epilog=REFERENCE_EXAMPLES,
                                help="print the config reference (every key, type, default, meaning) as Markdown",
