@@ -16,8 +16,9 @@ Method (no test-split work counts against the budget, and no test result picks a
      run directory (timing the steps after the first `CALIBRATION_SKIP`, which trace and warm up)
      and one validation pass, then sets `train.steps` (the cosine schedule's length) to 90% of what
      fits in the time left (`SPEED_MARGIN`), validation every `evaluation.every_steps` steps and a
-     new start-up included, rounded down to whole evaluation intervals. A slower machine gets a shorter schedule that still decays, not a schedule cut
-     before its end (`--steps` fixes it instead).
+     new start-up included, rounded down to whole evaluation intervals. A slower machine gets a
+     shorter schedule that still decays, not a schedule cut before its end (`--steps` fixes it
+     instead).
   3. Training evaluates on the val split every `evaluation.every_steps` steps and saves a
      checkpoint each time; validation and saving count against the budget, as in any real run.
      All checkpoints are kept (`checkpoint.keep_last` raised), so any moment can be looked at
