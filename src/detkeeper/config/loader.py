@@ -54,10 +54,14 @@ def list_presets() -> list[str]:
     )
 
 
+def _preset_text(name: str) -> str:
+    return resources.files("detkeeper.config").joinpath("presets", name + _PRESET_SUFFIX).read_text("utf-8")
+
+
 def preset_summary(name: str) -> str:
     """What preset `name` is for: the first clause of its header comment (``# name: a small ...;``),
     which every preset file opens with."""
-    text = resources.files("detkeeper.config").joinpath("presets", name + _PRESET_SUFFIX).read_text("utf-8")
+    text = _preset_text(name)
     header = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
     header = header.removeprefix(f"{name}:").strip()
     return re.split(r"[;.](?:\s|$)", header, maxsplit=1)[0]
@@ -140,8 +144,7 @@ def _source_layers(source: str, chain: tuple[str, ...]) -> list[_Layer]:
         raise ConfigError(f"{source}: expected a YAML config file, found a directory")
     elif source in list_presets():
         origin = _Origin(label=f"preset {source!r}", base_dir=os.getcwd())
-        preset = resources.files("detkeeper.config").joinpath("presets", source + _PRESET_SUFFIX)
-        text = preset.read_text(encoding="utf-8")
+        text = _preset_text(source)
     else:
         raise ConfigError(
             f"{source}: no such config file, and no preset of that name; "
