@@ -16,6 +16,7 @@ from detkeeper.run.layout import RunDirectory
 from detkeeper.training.callbacks import TrainingDiverged
 from detkeeper.training.trainer import train
 
+from test_tensorboard import logged_pictures
 from training_runs import write_config
 
 
@@ -74,7 +75,9 @@ def test_training_writes_tensorboard_and_a_log(reference_run):
     _, result = reference_run
     run = RunDirectory(result.run_dir)
     assert list((run.logs_path / "train").glob("events.out.tfevents.*"))
-    assert list((run.logs_path / "validation").glob("events.out.tfevents.*"))
+    # Every evaluation's pictures: the 4 sample images, each drawn only when that pass scored it.
+    pictures = logged_pictures(run.logs_path)
+    assert sorted(pictures) == [20, 40, 60, 80, 100, 120] and {len(images) for images in pictures.values()} == {4}
     log = run.log_file_path.read_text()
     assert "step 120  val_mAP" in log and "training finished at step 120" in log
 

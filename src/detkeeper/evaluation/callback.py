@@ -34,13 +34,17 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     `distributed` (:class:`detkeeper.evaluation.distributed.DistributedValidation`, under a
     tf.distribute strategy) every replica detects its share, the chief scores and the stats it
     computed are broadcast, so every worker's logs hold the same values; `dataset` is then unused.
+    The detections of the images `keep_detections_of` names (record ``image_id``s) are kept from
+    each pass in ``kept_detections`` (original pixels, label-map ids), for pictures of them
+    (TensorBoard's) that need no detector run of their own; only the chief keeps any.
     """
 
     def __init__(self, dataset, label_map: LabelMap, *, ground_truth: Sequence[DetectionRecord] | None = None,
                  every_epochs: int = 1, prefix: str = "val_", backend: str = "faster_coco_eval",
                  max_detections: int = 100, weight_average=None,
                  monitors: Mapping[str, Monitor] | None = None,
-                 on_progress: Callable[[int], None] | None = None, distributed=None) -> None:
+                 on_progress: Callable[[int], None] | None = None, distributed=None,
+                 keep_detections_of: Sequence[str] = ()) -> None:
         super().__init__()
         if every_epochs < 1:
             raise ValueError(f"every_epochs must be >= 1, got {every_epochs}")
@@ -53,12 +57,15 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.distributed = distributed
         self.last: ValidationPass | None = None  # None on a worker that is not the chief
         self.seconds: list[float] = []  # wall time of each validation pass, for the training benchmark
+        self.kept_detections: dict[str, dict] = {}  # image_id -> its detections in the last pass
+        self._keep = frozenset(keep_detections_of)
         self._detect = None
 
     def evaluate(self) -> ValidationPass | None:
         """One validation pass now (EMA weights when configured); also kept as ``self.last``.
         Distributed, only the chief gets the result (None elsewhere)."""
         started = time.perf_counter()
+        self.kept_detections = {}
         if self._detect is None and self.distributed is None:
             self._detect = compiled_detect(self.model)
         if self.weight_average is not None:
@@ -70,11 +77,17 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         return self.last
 
     def _run(self) -> ValidationPass | None:
+        on_batch = self._keep_detections if self._keep else None
         if self.distributed is not None:
-            return self.distributed.run(self.model, self.on_progress)
+            return self.distributed.run(self.model, self.on_progress, on_batch)
         return run_validation(self._detect, self.dataset, self.label_map, ground_truth=self.ground_truth,
                               backend=self.backend, max_detections=self.max_detections,
-                              progress=self.on_progress)
+                              progress=self.on_progress, on_batch=on_batch)
+
+    def _keep_detections(self, image_ids: list[str], detections: dict) -> None:
+        for row, image_id in enumerate(image_ids):
+            if image_id in self._keep:
+                self.kept_detections[image_id] = {key: value[row] for key, value in detections.items()}
 
     def stats(self, validation: ValidationPass) -> dict[str, float]:
         """Stats without prefix, custom monitors included."""

@@ -44,9 +44,10 @@ class DistributedValidation:
         self.dataset = strategy.distribute_datasets_from_function(dataset)
         self._step = None
 
-    def run(self, model, progress: Callable[[int], None] | None = None) -> ValidationPass | None:
+    def run(self, model, progress: Callable[[int], None] | None = None,
+            on_batch: Callable[[list[str], dict], None] | None = None) -> ValidationPass | None:
         """Every worker must call this at the same moment; the chief gets the COCO result, the
-        others None (they only detect their share)."""
+        others None (they only detect their share). `on_batch` as in :func:`score_batches`, on the chief."""
         if self._step is None:
             self._step = self._step_function(model)
         batches = self._batches()
@@ -55,7 +56,7 @@ class DistributedValidation:
                 pass  # the gathers are collective: every worker runs every step
             return None
         return score_batches(batches, self.label_map, self.records, self.backend, self.max_detections,
-                             progress, None)
+                             progress, on_batch)
 
     def broadcast(self, stats: Mapping[str, float] | None, names: Sequence[str]) -> dict[str, float]:
         """The chief's `stats` (by `names`, in this order) on every worker."""

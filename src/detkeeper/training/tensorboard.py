@@ -7,15 +7,14 @@ evaluation interval, so this writer uses the optimizer's step for everything.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from typing import Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from detkeeper.data.label_map import LabelMap
-from detkeeper.models.boxes import content_windows
 from detkeeper.run.layout import TRAIN_LOGS_DIR, VALIDATION_LOGS_DIR
 from detkeeper.visualize import draw_boxes
 
@@ -23,18 +22,20 @@ from detkeeper.visualize import draw_boxes
 class TensorBoardLogger(keras.callbacks.Callback):
     """Writes ``<log_dir>/train`` (losses, learning rate) and ``<log_dir>/validation`` (stats, images).
 
-    `sample_batch` (a few validation images from the evaluation dataset) is drawn with the
-    model's detections at each evaluation; with `weight_average` the averaged weights draw them.
+    `sample_batch` (a few validation images from the evaluation dataset) is drawn at each evaluation
+    with the detections `detections()` returns for them (``{image_id: detections}`` in original
+    pixels and label-map ids: :attr:`CocoEvaluationCallback.kept_detections`, the pass that was just
+    scored, EMA weights included), so the pictures show what was scored and cost no detector run.
     """
 
     def __init__(self, log_dir: str | Path, *, every_steps: int = 20, learning_rate=None,
                  sample_batch: dict | None = None, label_map: LabelMap | None = None,
-                 weight_average=None, monitor_prefix: str = "val_") -> None:
+                 detections: Callable[[], Mapping[str, dict]] | None = None, monitor_prefix: str = "val_") -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
         self.every_steps, self.learning_rate = every_steps, learning_rate
-        self.sample_batch, self.label_map = sample_batch, label_map
-        self.weight_average, self.prefix = weight_average, monitor_prefix
+        self.sample_batch, self.label_map, self.detections = sample_batch, label_map, detections
+        self.prefix = monitor_prefix
         self._train_writer = self._validation_writer = None
 
     def on_train_begin(self, logs=None) -> None:
@@ -69,22 +70,28 @@ class TensorBoardLogger(keras.callbacks.Callback):
         with self._validation_writer.as_default(step=step):
             for name, value in stats.items():
                 tf.summary.scalar(name, float(value))
-            if self.sample_batch is not None and self.label_map is not None:
-                pictures = self._pictures()
+            pictures = self._pictures()
+            if pictures is not None:
                 tf.summary.image("predictions", pictures, max_outputs=len(pictures))
         self._validation_writer.flush()
 
-    def _pictures(self) -> np.ndarray:
-        swap = self.weight_average.swapped_in(self.model) if self.weight_average else contextlib.nullcontext()
-        with swap:
-            detections = self.model.detect(self.sample_batch["images"], content_windows(
-                self.sample_batch["image_scales"], self.sample_batch["image_sizes"]))
+    def _pictures(self) -> np.ndarray | None:
+        """The sample images with their scored detections above 0.3 (what a user would call a
+        detection, not every candidate), boxes mapped back into the model's input; None when this
+        process scored none of them (a worker that is not the chief)."""
+        if self.sample_batch is None or self.label_map is None or self.detections is None:
+            return None
+        kept, batch = self.detections(), self.sample_batch
         pictures = []
-        for image, boxes, scores, classes, count in zip(
-                self.sample_batch["images"].numpy(), detections["boxes"].numpy(), detections["scores"].numpy(),
-                detections["classes"].numpy(), detections["num_detections"].numpy()):
-            keep = scores[:count] >= 0.3  # what a user would call a detection, not every candidate
-            ids = self.label_map.indices_to_ids(classes[:count][keep])
-            pictures.append(np.asarray(draw_boxes(image, boxes[:count][keep], ids, self.label_map,
-                                                  scores=scores[:count][keep])))
-        return np.stack(pictures).astype(np.uint8)
+        for image, image_id, factors in zip(batch["images"].numpy(), batch["image_ids"].numpy(),
+                                            batch["image_scales"].numpy()):
+            found = kept.get(image_id.decode("utf-8"))
+            if found is None:
+                continue
+            count = int(found["num_detections"])
+            scores = found["scores"][:count]
+            keep = scores >= 0.3
+            boxes = found["boxes"][:count][keep] * np.tile(factors, 2)  # original pixels -> the model input's
+            pictures.append(np.asarray(draw_boxes(image, boxes, found["classes"][:count][keep], self.label_map,
+                                                  scores=scores[keep])))
+        return np.stack(pictures).astype(np.uint8) if pictures else None

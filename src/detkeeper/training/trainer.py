@@ -302,7 +302,8 @@ class _Training:
         self.evaluation = CocoEvaluationCallback(
             val_data, label_map, ground_truth=val_records, weight_average=weight_average,
             max_detections=config.evaluation.max_detections, monitors=monitors,
-            on_progress=self.reporter.evaluated_images, distributed=distributed_validation)
+            on_progress=self.reporter.evaluated_images, distributed=distributed_validation,
+            keep_detections_of=[value.decode("utf-8") for value in self.sample_batch["image_ids"].numpy()])
         callbacks = [
             StopOnNonFiniteLoss(lambda: f"Kept checkpoints are intact; best: {_describe(checkpointer.ledger.best)}."),
             *([EmaCallback(weight_average)] if weight_average is not None else []),
@@ -314,7 +315,8 @@ class _Training:
             checkpointer,
             _EvaluationLine(config.evaluation.monitor, checkpointer, early_stopping),
             TensorBoardLogger(self.rundir.logs_path, learning_rate=lambda: learning_rate_at(model.optimizer),
-                              sample_batch=self.sample_batch, label_map=label_map, weight_average=weight_average),
+                              sample_batch=self.sample_batch, label_map=label_map,
+                              detections=lambda: self.evaluation.kept_detections),
         ]
         started = time.perf_counter()
         try:
