@@ -138,6 +138,8 @@ def run_export_chains(first: list[str], overwrite: list[str], reference_dir: Pat
         assert (staging / "saved_model" / "saved_model.pb").is_file(), kind
         if kind == "export-publish":
             assert (staging / "verification.json").is_file()
+        if kind == "export-verify":  # its images are in the staging folder, which the rerun clears, not in /tmp
+            assert len(list(staging.glob("verification-images-*"))) == 1, kind
         if position:
             faults.recovered()
     finished = run_driver("none", *command)

@@ -133,7 +133,7 @@ def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = No
         started = time.perf_counter()
         verification = verify_saved_model(staged.saved_model, model, label_map, records,
                                           max_boxes=config.data.max_boxes, metadata_json=metadata_json,
-                                          keras_path=staged.keras)
+                                          keras_path=staged.keras, scratch_dir=staging)
         seconds["verify"] = time.perf_counter() - started
         report = {**verification.to_json_dict(), "verified_at": _now()}
         if not verification.passed:

@@ -75,13 +75,17 @@ class Verification:
 
 def verify_saved_model(saved_model_dir: str | os.PathLike, model, label_map: LabelMap,
                        records: Sequence[DetectionRecord], *, max_boxes: int, metadata_json: str,
-                       keras_path: str | os.PathLike | None = None) -> Verification:
+                       keras_path: str | os.PathLike | None = None,
+                       scratch_dir: str | os.PathLike | None = None) -> Verification:
     """Compare the SavedModel at `saved_model_dir` (and the ``.keras`` archive at `keras_path`)
     with the in-memory `model` (whose thresholds are the export's) on `records` (their boxes give
-    the mAP check; records without boxes still compare detections)."""
+    the mAP check; records without boxes still compare detections). The fresh process reads the
+    images from a folder made in `scratch_dir` (the system's temporary folder when None) and
+    removed after: the exporter's staging folder, so a process killed meanwhile leaves them where
+    the next export clears them, not in /tmp."""
     started = time.perf_counter()
     reference, sizes, canvases = _reference_detections(model, label_map, records, max_boxes)
-    with tempfile.TemporaryDirectory(prefix="detkeeper-verify-") as folder:
+    with tempfile.TemporaryDirectory(prefix="verification-images-", dir=scratch_dir) as folder:
         for position, record in enumerate(records):
             Path(folder, f"{position:04d}").write_bytes(record.read_encoded())
         answered = _run_standalone(saved_model_dir, folder)
