@@ -255,3 +255,23 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
     # With EMA (as this run has) the averages replace them: the val_mAP equality above covers that.
     assert any(not np.array_equal(np.asarray(w), a.numpy()) for w, a in zip(raw.weights, average.averages))
+
+
+def _changed_shard(*args, **kwargs):
+    """What a pass meets when a shard changed under it: the DataError, raised inside tf.data."""
+    import tensorflow as tf
+
+    def read(_):
+        raise DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held")
+
+    next(iter(tf.data.Dataset.range(1).map(lambda index: tf.numpy_function(read, [index], tf.int64))))
+
+
+def test_a_shard_that_changed_under_the_pass_is_the_data_error_naming_it(run, monkeypatch, tmp_path):
+    """From Python as from the command line: the DataError, not TensorFlow's error carrying it."""
+    from detkeeper.evaluation import evaluate as evaluate_module
+
+    run_dir, _, _ = run
+    monkeypatch.setattr(evaluate_module, "run_validation", _changed_shard)
+    with pytest.raises(DataError, match=r"^/data/val.record-00000-of-00001: bytes 10-90 are not the image"):
+        evaluate(run_dir, out_dir=tmp_path / "out")

@@ -19,7 +19,7 @@ from PIL import Image
 from detkeeper.cli.main import main
 from detkeeper.data import augment
 from detkeeper.data.label_map import LabelMap
-from detkeeper.errors import DetkeeperError
+from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.evaluation.runner import original_detections
 from detkeeper.export.serving import DetectionModule, ServingSettings
 from detkeeper.run.restore import restore_run_checkpoint
@@ -192,6 +192,23 @@ def test_bad_thresholds_are_user_errors(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "IoU threshold: expected 0 < value <= 1, got 0.0" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_shard_that_changed_under_verification_is_the_data_error_and_nothing_is_published(
+        trained_run, tmp_path, monkeypatch):
+    """From Python as from the command line: the DataError naming the shard, not TensorFlow's error."""
+    from detkeeper.export import exporter
+
+    def changed_shard(*args, **kwargs):
+        def read(_):
+            raise DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held")
+
+        next(iter(tf.data.Dataset.range(1).map(lambda index: tf.numpy_function(read, [index], tf.int64))))
+
+    monkeypatch.setattr(exporter, "verify_saved_model", changed_shard)
+    with pytest.raises(DataError, match=r"^/data/val.record-00000-of-00001: bytes 10-90 are not the image"):
+        exporter.export_model(trained_run, out=tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []  # nothing published, the staging folder removed
 
 
 def test_exporting_a_missing_run_is_a_clear_error(tmp_path):

@@ -38,7 +38,7 @@ from detkeeper.data.augment import Resize
 from detkeeper.data import columns
 from detkeeper.data.columns import RecordColumns, all_class_ids
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.pipeline import evaluation_dataset
+from detkeeper.data.pipeline import data_errors, evaluation_dataset
 from detkeeper.data.record import DetectionRecord, yxyx_to_xywh
 from detkeeper.data.sources import DataSources, detect_format
 from detkeeper.errors import DataError, DetkeeperError
@@ -272,6 +272,7 @@ class PreparedEvaluation:
             return export_evaluation_dir(self.predictor.source, self.data.name)
         return evaluation_dir(self.rundir, self.checkpoint.name, self.data.name)
 
+    @data_errors()  # a shard that changed under the pass: the DataError naming it, not TensorFlow's error
     def run(self, out_dir: str | os.PathLike | None = None, backend: str = "faster_coco_eval",
             progress: Callable[[int], None] | None = None) -> EvaluationReport:
 

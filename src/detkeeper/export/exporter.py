@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from detkeeper import __version__
 from detkeeper.data.augment import Resize
+from detkeeper.data.pipeline import data_errors
 from detkeeper.data.record import DetectionRecord
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError, RunFailed
@@ -78,6 +79,7 @@ class ExportResult:
     tflite: object | None = None  # detkeeper.export.tflite.TFLiteReport, with tflite=True
 
 
+@data_errors()  # a shard that changed under verification: the DataError naming it, not TensorFlow's error
 def export_model(source: str | os.PathLike, *, checkpoint: str | int | None = None,
                  out: str | os.PathLike | None = None, score_threshold: float | None = None,
                  iou_threshold: float | None = None, max_detections: int | None = None,
