@@ -21,6 +21,8 @@ from detkeeper.data.voc import read_voc
 from detkeeper.errors import DataError, DetkeeperError
 from detkeeper.evaluation.evaluate import evaluate
 
+from inside_tf_data import raise_inside_tf_data
+
 
 @pytest.fixture(scope="module")
 def run(shapes_dataset, tmp_path_factory):
@@ -259,12 +261,7 @@ def test_model_only_restore_equals_restoring_everything_training_saved(run):
 
 def _changed_shard(*args, **kwargs):
     """What a pass meets when a shard changed under it: the DataError, raised inside tf.data."""
-    import tensorflow as tf
-
-    def read(_):
-        raise DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held")
-
-    next(iter(tf.data.Dataset.range(1).map(lambda index: tf.numpy_function(read, [index], tf.int64))))
+    raise_inside_tf_data(DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held"))
 
 
 def test_a_shard_that_changed_under_the_pass_is_the_data_error_naming_it(run, monkeypatch, tmp_path):

@@ -25,6 +25,8 @@ from detkeeper.export.serving import DetectionModule, ServingSettings
 from detkeeper.run.restore import restore_run_checkpoint
 from detkeeper.run.layout import RunDirectory
 
+from inside_tf_data import raise_inside_tf_data
+
 # Runs in a fresh interpreter (-I: no PYTHONPATH, no user site) with detkeeper made unimportable.
 STANDALONE = textwrap.dedent('''
     import importlib.abc, json, sys
@@ -200,10 +202,7 @@ def test_a_shard_that_changed_under_verification_is_the_data_error_and_nothing_i
     from detkeeper.export import exporter
 
     def changed_shard(*args, **kwargs):
-        def read(_):
-            raise DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held")
-
-        next(iter(tf.data.Dataset.range(1).map(lambda index: tf.numpy_function(read, [index], tf.int64))))
+        raise_inside_tf_data(DataError("/data/val.record-00000-of-00001: bytes 10-90 are not the image they held"))
 
     monkeypatch.setattr(exporter, "verify_saved_model", changed_shard)
     with pytest.raises(DataError, match=r"^/data/val.record-00000-of-00001: bytes 10-90 are not the image"):
