@@ -16,7 +16,8 @@ def _ramp(height, width, start):
     return np.repeat(values, 3, axis=-1)
 
 
-def test_combine_places_each_window_against_the_centre_and_moves_clips_and_drops_boxes_by_hand():
+@pytest.mark.parametrize("pad", [PAD, (0.0, 0.0, 0.0)])
+def test_combine_places_each_window_against_the_centre_and_moves_clips_and_drops_boxes_by_hand(pad):
     size, centre = 20, [8, 12]  # quadrants: top-left 8x12, top-right 8x8, bottom-left 12x12, bottom-right 12x8
     contents = [_ramp(10, 16, 1000), np.full([6, 6, 3], 20.0, np.float32), _ramp(20, 20, 5000),
                 np.full([12, 8, 3], 40.0, np.float32)]
@@ -40,7 +41,7 @@ def test_combine_places_each_window_against_the_centre_and_moves_clips_and_drops
     keeps = [[True] * 5, [True, True], [True] * 3, [True, False]]
     canvas, out_boxes, keep = mosaic.combine(
         [tf.constant(c) for c in contents], [tf.constant(b, tf.float32) for b in boxes],
-        [tf.constant(k) for k in keeps], size, tf.constant(centre), fractions, PAD)
+        [tf.constant(k) for k in keeps], size, tf.constant(centre), fractions, pad)
 
     np.testing.assert_array_equal(out_boxes.numpy(), [
         [1, 2, 5, 6], [0, 8, 3, 12], [7, 0, 8, 1], [7, 2, 8, 6], [1, 0, 1, 3],
@@ -49,7 +50,7 @@ def test_combine_places_each_window_against_the_centre_and_moves_clips_and_drops
         [8, 12, 20, 20], [9, 13, 10, 14]])
     assert keep.numpy().tolist() == [True, True, False, True, False, True, True, False, True, True, True, False]
 
-    expected = np.broadcast_to(np.float32(PAD), [size, size, 3]).copy()
+    expected = np.broadcast_to(np.float32(pad), [size, size, 3]).copy()
     expected[0:8, 0:12] = contents[0][1:9, 2:14]
     expected[2:8, 12:18] = 20.0
     expected[8:20, 0:12] = contents[2][2:14, 0:12]

@@ -81,31 +81,31 @@ def combine(contents: list[tf.Tensor], boxes: list[tf.Tensor], keeps: list[tf.Te
     centre = tf.cast(centre, tf.int32)
     cy, cx = centre[0], centre[1]
     offset_fractions = tf.cast(offset_fractions, tf.float32)
-    canvas = tf.zeros([output_size, output_size, 3], tf.float32)
-    covered = tf.zeros([output_size, output_size, 1], tf.float32)
-    moved_boxes, kept = [], []
+    pad = tf.constant(pad_value, tf.float32)
+    quadrants, moved_boxes, kept = [], [], []
     for tile, (height, width) in enumerate(quadrant_sizes(output_size, centre)):
         content = contents[tile]
         shape = tf.shape(content)[:2]
         piece = tf.stack([tf.minimum(height, shape[0]), tf.minimum(width, shape[1])])
         offset = tf.cast(tf.floor(tf.cast(shape - piece, tf.float32) * offset_fractions[tile]), tf.int32)
-        # Against the centre: the top quadrants' windows end at cy, the left ones' at cx.
-        top = cy - piece[0] if tile < 2 else cy
-        left = cx - piece[1] if tile % 2 == 0 else cx
-        paddings = [[top, output_size - top - piece[0]], [left, output_size - left - piece[1]], [0, 0]]
-        window = tf.slice(content, [offset[0], offset[1], 0], [piece[0], piece[1], 3])
-        canvas += tf.pad(tf.cast(window, tf.float32), paddings)
-        covered += tf.pad(tf.ones_like(window[..., :1], tf.float32), paddings)
+        window = tf.cast(tf.slice(content, [offset[0], offset[1], 0], [piece[0], piece[1], 3]), tf.float32)
+        # Against the centre: the top quadrants' windows at their bottom, the left ones' at their right.
+        top = height - piece[0] if tile < 2 else 0
+        left = width - piece[1] if tile % 2 == 0 else 0
+        paddings = [[top, height - top - piece[0]], [left, width - left - piece[1]], [0, 0]]
+        quadrant = tf.pad(window, paddings)
+        if any(pad_value):
+            quadrant = tf.where(tf.pad(tf.ones_like(window[..., :1]), paddings) > 0, quadrant, pad)
+        quadrants.append(quadrant)
 
-        tile_boxes = tf.cast(boxes[tile], tf.float32)
-        corner = tf.cast(tf.stack([top, left]), tf.float32)
-        moved = tile_boxes + tf.tile(corner - tf.cast(offset, tf.float32), [2])
+        corner = tf.cast(tf.stack([top + (0 if tile < 2 else cy), left + (0 if tile % 2 == 0 else cx)]), tf.float32)
+        moved = tf.cast(boxes[tile], tf.float32) + tf.tile(corner - tf.cast(offset, tf.float32), [2])
         clipped = tf.clip_by_value(moved, tf.tile(corner, [2]), tf.tile(corner + tf.cast(piece, tf.float32), [2]))
         visible = ((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
                    & (_area(clipped) >= MIN_VISIBLE * _area(moved)))
         moved_boxes.append(clipped)
         kept.append(keeps[tile] & visible)
-    canvas = tf.where(covered > 0, canvas, tf.constant(pad_value, tf.float32))
+    canvas = tf.concat([tf.concat(quadrants[:2], axis=1), tf.concat(quadrants[2:], axis=1)], axis=0)
     return tf.ensure_shape(canvas, [output_size, output_size, 3]), tf.concat(moved_boxes, 0), tf.concat(kept, 0)
 
 
