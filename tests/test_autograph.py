@@ -44,7 +44,8 @@ def test_no_detkeeper_function_is_converted_by_autograph(shapes_dataset, convert
     records, label_map = list(readout.records)[:4], readout.label_map
     shapes = dict(image_size=IMAGE_SIZE, batch_size=2, max_boxes=10)
     next(iter(training_dataset(records, label_map, **shapes, seed=0, augmentation=Augmentation(
-        horizontal_flip=True, vertical_flip=True, rotate_90=True, scale_jitter=(0.8, 1.2), colour_jitter=0.1),
+        horizontal_flip=True, vertical_flip=True, rotate_90=True, scale_jitter=(0.8, 1.2), colour_jitter=0.1,
+        mosaic=0.5),
         shard=InputShard(index=1, count=2, replica_batch_size=1))))
     batch = next(iter(evaluation_dataset(records, label_map, **shapes)))
     next(iter(sharded_evaluation_dataset(records, label_map, **shapes, shard=InputShard(index=0, count=2, replica_batch_size=1))))

@@ -8,6 +8,7 @@ from typing import Any, get_args, get_type_hints
 import pytest
 
 from detkeeper.config import RunConfig, SourceConfig, TrainConfig
+from detkeeper.config.schema import AugmentConfig
 from detkeeper.config.validate import from_data
 
 
@@ -81,3 +82,18 @@ def test_missing_required_key() -> None:
     _, problems = from_data(SourceConfig, {"format": "voc"})
     assert [p.key for p in problems] == [("path",)]
     assert "required" in problems[0].message
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "often"])
+def test_mosaic_is_a_probability(value) -> None:
+    config, problems = from_data(AugmentConfig, {"mosaic": value})
+    assert config is None
+    [problem] = [f"{'.'.join(map(str, p.key))}: {p.message}" for p in problems]
+    assert problem.startswith("mosaic: ") and "a number >= 0 and <= 1" in problem, problem
+
+
+def test_mosaic_is_off_by_default_and_takes_zero_to_one() -> None:
+    assert AugmentConfig().mosaic == 0.0
+    for value in (0, 0.5, 1):
+        config, problems = from_data(AugmentConfig, {"mosaic": value})
+        assert problems == [] and config.mosaic == float(value)

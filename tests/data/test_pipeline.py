@@ -20,17 +20,33 @@ def _png(height, width, value):
     return buffer.getvalue()
 
 
-@pytest.fixture
-def records(tmp_path):
+def _records(folder):
     made = []
     for i in range(10):
         height, width = 40 + 4 * i, 60 - 2 * i
-        path = tmp_path / f"img{i}.png"
+        path = folder / f"img{i}.png"
         path.write_bytes(_png(height, width, 10 * i))
         made.append(DetectionRecord(
             image_id=f"img{i}", boxes=[[2, 3, 20, 30], [5, 5, 15, 25]], class_ids=[1, 2],
             is_crowd=[False, i == 0], source=str(path), image_path=path, width=width, height=height))
     return made
+
+
+@pytest.fixture
+def records(tmp_path):
+    return _records(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_records(tmp_path_factory):
+    """The same records, shared by the mosaic tests: a mosaic pipeline takes about 1.5 s to trace."""
+    return _records(tmp_path_factory.mktemp("records"))
+
+
+@pytest.fixture(scope="module")
+def mosaic_stream(module_records):
+    """The first 10 batches of the uninterrupted run with mosaic 1.0 (4 epochs of the 10 records)."""
+    return _batches(_train(module_records, augmentation=MOSAIC), 10)
 
 
 def _batches(dataset, count):
@@ -43,6 +59,9 @@ def _assert_batches_equal(first, second):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+MOSAIC = Augmentation(colour_jitter=0.2, mosaic=1.0)
 
 
 def _train(records, seed=1, start_step=0, augmentation=Augmentation(colour_jitter=0.2)):
@@ -65,6 +84,85 @@ def test_resume_at_a_step_sees_the_batches_of_the_uninterrupted_run(records, sta
     full = _batches(_train(records), start_step + 3)
     resumed = _batches(_train(records, start_step=start_step), 3)
     _assert_batches_equal(full[start_step:], resumed)
+
+
+@pytest.mark.parametrize("start_step", [1, 7])  # within the first epoch, and in the third
+def test_resume_with_mosaic_sees_the_batches_of_the_uninterrupted_run(module_records, mosaic_stream, start_step):
+    resumed = _batches(_train(module_records, start_step=start_step, augmentation=MOSAIC), 3)
+    _assert_batches_equal(mosaic_stream[start_step:start_step + 3], resumed)
+
+
+def test_without_mosaic_each_example_is_its_record_through_random_augment_with_its_seed(records):
+    """mosaic 0 (the default) leaves the examples as they were: record ``order[p]`` through
+    augment.random_augment with the seed of (seed, epoch, p), nothing else drawn."""
+    import tensorflow as tf
+
+    from detkeeper.data import augment, pipeline
+    from detkeeper.data.image_format import decode_rgb
+
+    setting = Augmentation(colour_jitter=0.2, mosaic=0.0)
+    batches = _batches(_train(records, augmentation=setting), 3)  # 12 examples: past the first epoch of 10
+    for position in range(12):
+        epoch, within = divmod(position, len(records))
+        record = records[int(epoch_order(len(records), 1, epoch)[within])]
+        image = tf.cast(decode_rgb(tf.io.read_file(str(record.image_path))), tf.float32)
+        boxes = tf.constant(record.boxes[~record.is_crowd], tf.float32)
+        seed = pipeline._example_seed(1, tf.constant(epoch, tf.int64), tf.constant(within, tf.int64))
+        expected, expected_boxes, keep, _ = augment.random_augment(
+            image, boxes, 32, seed=seed, horizontal_flip=True, scale_range=(0.75, 1.25), colour_strength=0.2)
+        got = {key: value[position % 4] for key, value in batches[position // 4].items()}
+        assert got["image_ids"].decode() == record.image_id
+        np.testing.assert_array_equal(got["images"], expected.numpy())
+        np.testing.assert_array_equal(got["boxes"][:got["num_boxes"]], expected_boxes.numpy()[keep.numpy()])
+
+
+def test_examples_not_chosen_for_a_mosaic_are_the_examples_without_it(records):
+    """With 0 < mosaic < 1 an example is either a mosaic or exactly the example a run without mosaic
+    has there: the mosaic's draws come from a stream of their own."""
+    import tensorflow as tf
+
+    from detkeeper.data import mosaic, pipeline
+
+    half = _batches(_train(records, augmentation=Augmentation(colour_jitter=0.2, mosaic=0.5)), 5)
+    none = _batches(_train(records, augmentation=Augmentation(colour_jitter=0.2)), 5)
+    chosen = []
+    for position in range(20):
+        epoch, within = divmod(position, len(records))
+        seed = pipeline._example_seed(1, tf.constant(epoch, tf.int64), tf.constant(within, tf.int64))
+        chosen.append(bool(mosaic.chosen(seed, 0.5)))
+        got, without = (batches[position // 4] for batches in (half, none))
+        same = all(np.array_equal(got[key][position % 4], without[key][position % 4]) for key in got)
+        assert same != chosen[-1], position
+        assert got["image_ids"][position % 4] == without["image_ids"][position % 4]  # the order is the same
+    assert 0 < sum(chosen) < 20
+
+
+def test_mosaic_examples_carry_boxes_of_four_images_within_max_boxes(mosaic_stream):
+    """Each record has one or two trained boxes; a mosaic of four carries more (up to max_boxes, 5 here),
+    every box on the canvas, the classes beside them; its id, scales and size are its own record's."""
+    counts = np.concatenate([batch["num_boxes"] for batch in mosaic_stream])
+    assert counts.max() > 2 and counts.max() <= 5
+    for batch in mosaic_stream:
+        assert batch["images"].shape == (4, 32, 32, 3)
+        for boxes, classes, count, image_id, size in zip(batch["boxes"], batch["classes"], batch["num_boxes"],
+                                                         batch["image_ids"], batch["image_sizes"]):
+            assert np.all(classes[count:] == -1) and np.all(boxes[count:] == -1) and np.all(classes[:count] >= 0)
+            assert np.all(boxes[:count, 2:] > boxes[:count, :2])
+            assert np.all(boxes[:count] >= 0) and np.all(boxes[:count] <= 32)
+            index = int(image_id.decode()[3:])
+            assert tuple(size) == (40 + 4 * index, 60 - 2 * index)
+
+
+def test_sharded_pipelines_with_mosaic_make_the_batches_of_one(module_records, mosaic_stream):
+    """Under tf.distribute each pipeline makes its slice of every global batch; a mosaic's partners and
+    draws come from the example's seed, so the slices put together are one pipeline's batches."""
+    from detkeeper.data.pipeline import InputShard
+
+    shards = [_batches(training_dataset(module_records, LABELS, image_size=32, batch_size=4, max_boxes=5,
+                                        augmentation=MOSAIC, seed=1, shard=InputShard(index, 2, 2)), 3)
+              for index in range(2)]
+    joined = [{key: np.concatenate([first[key], second[key]]) for key in first} for first, second in zip(*shards)]
+    _assert_batches_equal(mosaic_stream[:3], joined)
 
 
 def test_every_epoch_visits_every_record_once(records):

@@ -291,6 +291,15 @@ class AugmentConfig:
         ge=0,
         le=1,
     )
+    mosaic: float = setting(
+        0.0,
+        help="Probability that a training example is a mosaic of 4 images (YOLO's): its own and 3 random others, "
+             "each augmented as above, a window of each in one quadrant of the canvas split at a random centre in "
+             "its middle half; boxes less than a quarter visible are dropped. Up to 4x the boxes of one image: "
+             "data.max_boxes truncates. 0 disables it.",
+        ge=0,
+        le=1,
+    )
 
     def validate(self) -> list[str]:
         low, high = self.scale_jitter

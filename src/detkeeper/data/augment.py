@@ -159,6 +159,19 @@ def random_augment(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed
     ``output_size`` square image, the boxes, the mask of boxes still on the image, and the
     resize factors ``[fy, fx]``.
     """
+    image, boxes, keep, factors = random_content(
+        image, boxes, output_size, seed=seed, horizontal_flip=horizontal_flip, scale_range=scale_range,
+        colour_strength=colour_strength, resize=resize, vertical_flip=vertical_flip, rotate_90=rotate_90)
+    return pad_to_square(image, output_size, resize.pad_value), boxes, keep, factors
+
+
+def random_content(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed: tf.Tensor,
+                   horizontal_flip: bool, scale_range: tuple[float, float], colour_strength: float,
+                   resize: Resize = Resize(), vertical_flip: bool = False, rotate_90: bool = False
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`random_augment` before its padding: the content (at most ``output_size`` on each
+    side), the boxes in its frame, the mask of boxes still on it and the factors ``[fy, fx]``.
+    The mosaic (:mod:`detkeeper.data.mosaic`) cuts its tiles from this."""
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     # The vertical flip and the turn draw from the eighth seed, so the other draws stay those of a
     # run without them.
@@ -175,7 +188,7 @@ def random_augment(image: tf.Tensor, boxes: tf.Tensor, output_size: int, *, seed
     image, boxes, keep, factors = scale_and_crop(image, boxes, output_size, scale, offset_fraction, resize)
     if colour_strength > 0:
         image = adjust_colour(image, colour_strength, seeds[3:7])
-    return pad_to_square(image, output_size, resize.pad_value), boxes, keep, factors
+    return image, boxes, keep, factors
 
 
 def resize_for_model(image: tf.Tensor, boxes: tf.Tensor, output_size: int, resize: Resize = Resize()

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: records -> decoded, augmented, resized, padded batches.
 
 Determinism is by construction: the order of epoch ``e`` is a permutation drawn statelessly from
-``(seed, e)``, and every example's augmentation is drawn from ``(seed, e, position in epoch)``.
+``(seed, e)``, and every example's augmentation is drawn from ``(seed, e, position in epoch)``
+(a mosaic's partner records too: :mod:`detkeeper.data.mosaic`).
 So batch ``k`` of a run is a pure function of ``(records, seed, k)``: a run resumed at step ``k``
 (:func:`training_dataset` with ``start_step=k``) sees exactly the batches the uninterrupted run
 would have, and decoding in parallel threads changes nothing.
@@ -32,7 +33,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from detkeeper.data import augment
+from detkeeper.data import augment, mosaic
 from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.columns import RecordColumns, box_counts
 from detkeeper.data.label_map import LabelMap
@@ -52,11 +53,12 @@ class Augmentation:
     colour_jitter: float = 0.1
     vertical_flip: bool = False
     rotate_90: bool = False
+    mosaic: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "Augmentation":
         return cls(bool(config.horizontal_flip), tuple(config.scale_jitter), float(config.colour_jitter),
-                   bool(config.vertical_flip), bool(config.rotate_90))
+                   bool(config.vertical_flip), bool(config.rotate_90), float(config.mosaic))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,15 +256,31 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
     @tf.autograph.experimental.do_not_convert
     def load(epoch, position, index):
         image, boxes, classes, image_id = tensors.example(index)
-        original_size = tf.shape(image)[:2]
+        original_size = tf.shape(image)[:2]  # of the example's own image, for a mosaic too
         if augmentation is None:
             image, boxes, keep, factors = augment.resize_for_model(image, boxes, image_size, resize)
+            return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
+        example_seed = _example_seed(seed, epoch, position)
+        settings = dict(horizontal_flip=augmentation.horizontal_flip, vertical_flip=augmentation.vertical_flip,
+                        rotate_90=augmentation.rotate_90, scale_range=augmentation.scale_jitter,
+                        colour_strength=augmentation.colour_jitter, resize=resize)
+
+        def single():
+            augmented, moved, keep, factors = augment.random_augment(image, boxes, image_size, seed=example_seed,
+                                                                     **settings)
+            return augmented, moved, classes, keep, factors
+
+        def four():  # decodes three more images
+            return mosaic.random_mosaic((image, boxes, classes), lambda i: tensors.example(i)[:3], count, image_size,
+                                        seed=example_seed, pad_value=resize.pad_value,
+                                        transform=functools.partial(augment.random_content, output_size=image_size,
+                                                                    **settings))
+
+        if augmentation.mosaic > 0:  # a Python float: without mosaic the graph is the one before it
+            image, boxes, classes, keep, factors = tf.cond(mosaic.chosen(example_seed, augmentation.mosaic),
+                                                           four, single)
         else:
-            image, boxes, keep, factors = augment.random_augment(
-                image, boxes, image_size, seed=_example_seed(seed, epoch, position),
-                horizontal_flip=augmentation.horizontal_flip, vertical_flip=augmentation.vertical_flip,
-                rotate_90=augmentation.rotate_90, scale_range=augmentation.scale_jitter,
-                colour_strength=augmentation.colour_jitter, resize=resize)
+            image, boxes, classes, keep, factors = single()
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
     indices = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
