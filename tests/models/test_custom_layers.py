@@ -2,7 +2,8 @@
 
 Each test writes the user's module into its own tmp_path and puts that folder on sys.path; the
 `user_modules` fixture removes the modules from sys.modules and their classes from Keras'
-registry afterwards, so no test sees another's.
+registry afterwards, so no test sees another's. Every built-in family's own archive round trip is in
+test_detectors.py, on the models trained there.
 """
 
 import sys
@@ -21,7 +22,6 @@ from detkeeper.errors import ConfigError, DetkeeperError
 from detkeeper.models import build_model, list_models, registry
 from detkeeper.models.archive import load_keras_archive, save_keras_archive
 from detkeeper.models.detector import fit_inputs
-from quick_sizes import quick
 
 IMAGE_SIZE = 64
 
@@ -260,26 +260,3 @@ def test_save_is_atomic_and_needs_the_keras_suffix(tmp_path):
     save_keras_archive(model, tmp_path / "model.keras")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.keras"]  # no temporary file left
     assert zipfile.is_zipfile(tmp_path / "model.keras")
-
-
-@pytest.mark.parametrize("name", [name for name in list_models() if not name.startswith("hub_")])
-def test_every_built_in_model_round_trips_a_keras_archive_and_an_inference_checkpoint(name, batch, tmp_path):
-    data, num_classes = batch
-    keras.utils.set_random_seed(3)
-    model = build_model(quick(_config(name)), num_classes)
-    expected = _outputs(model, data["images"])
-    loaded = load_keras_archive(save_keras_archive(model, tmp_path / f"{name}.keras"))
-    assert type(loaded) is type(model)
-    _assert_same(_outputs(loaded, data["images"]), expected)
-
-    # A training checkpoint (model + optimizer) restored into a model without an optimizer, as
-    # evaluation and export do: the FPN's and the towers' weights, held in dicts and lists, must
-    # come from the model's own graph (before, only the optimizer's variable list reached them).
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "ckpt"))
-    keras.utils.set_random_seed(4)
-    restored = build_model(quick(_config(name)), num_classes)
-    restored(data["images"][:1])
-    tf.train.Checkpoint(model=restored).read(checkpoint).expect_partial().assert_existing_objects_matched()
-    _assert_same(_outputs(restored, data["images"]), expected)
