@@ -5,11 +5,16 @@ import io
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
+from detkeeper.data import augment, mosaic, pipeline
+from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.label_map import LabelMap
-from detkeeper.data.pipeline import Augmentation, epoch_order, evaluation_dataset, training_dataset
+from detkeeper.data.pipeline import Augmentation, InputShard, epoch_order, evaluation_dataset, training_dataset
 from detkeeper.data.record import DetectionRecord
+from detkeeper.data.tfrecord import read_tfrecords
+from detkeeper.data.tfrecord_writer import write_tfrecords
 
 LABELS = LabelMap.from_names(["a", "b"])
 
@@ -95,11 +100,6 @@ def test_resume_with_mosaic_sees_the_batches_of_the_uninterrupted_run(module_rec
 def test_without_mosaic_each_example_is_its_record_through_random_augment_with_its_seed(records):
     """mosaic 0 (the default) leaves the examples as they were: record ``order[p]`` through
     augment.random_augment with the seed of (seed, epoch, p), nothing else drawn."""
-    import tensorflow as tf
-
-    from detkeeper.data import augment, pipeline
-    from detkeeper.data.image_format import decode_rgb
-
     setting = Augmentation(colour_jitter=0.2, mosaic=0.0)
     batches = _batches(_train(records, augmentation=setting), 3)  # 12 examples: past the first epoch of 10
     for position in range(12):
@@ -119,10 +119,6 @@ def test_without_mosaic_each_example_is_its_record_through_random_augment_with_i
 def test_examples_not_chosen_for_a_mosaic_are_the_examples_without_it(records):
     """With 0 < mosaic < 1 an example is either a mosaic or exactly the example a run without mosaic
     has there: the mosaic's draws come from a stream of their own."""
-    import tensorflow as tf
-
-    from detkeeper.data import mosaic, pipeline
-
     half = _batches(_train(records, augmentation=Augmentation(colour_jitter=0.2, mosaic=0.5)), 5)
     none = _batches(_train(records, augmentation=Augmentation(colour_jitter=0.2)), 5)
     chosen = []
@@ -156,8 +152,6 @@ def test_mosaic_examples_carry_boxes_of_four_images_within_max_boxes(mosaic_stre
 def test_sharded_pipelines_with_mosaic_make_the_batches_of_one(module_records, mosaic_stream):
     """Under tf.distribute each pipeline makes its slice of every global batch; a mosaic's partners and
     draws come from the example's seed, so the slices put together are one pipeline's batches."""
-    from detkeeper.data.pipeline import InputShard
-
     shards = [_batches(training_dataset(module_records, LABELS, image_size=32, batch_size=4, max_boxes=5,
                                         augmentation=MOSAIC, seed=1, shard=InputShard(index, 2, 2)), 3)
               for index in range(2)]
@@ -224,10 +218,6 @@ def test_classes_become_contiguous_indices_for_gapped_label_map_ids(tmp_path):
 def test_jpeg_decodes_to_the_pixels_pil_decodes_and_png_as_it_is():
     """One decoder for training, evaluation and the export: JPEG with the accurate IDCT (as PIL,
     OpenCV and the TF OD API's Python tools), where tf.io.decode_image's default is a few levels off."""
-    import tensorflow as tf
-
-    from detkeeper.data.image_format import decode_rgb
-
     pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     for fmt in ("JPEG", "PNG"):
         buffer = io.BytesIO()
@@ -244,9 +234,6 @@ def test_jpeg_decodes_to_the_pixels_pil_decodes_and_png_as_it_is():
 def test_tfrecord_images_stream_from_their_shards_as_the_same_batches(records, tmp_path):
     """Records read from TFRecords keep only where each image lies in its shard, not its bytes;
     the pipeline reads them from there and makes the batches the image files make."""
-    from detkeeper.data.tfrecord import read_tfrecords
-    from detkeeper.data.tfrecord_writer import write_tfrecords
-
     write_tfrecords(records, LABELS, tmp_path / "shards" / "train.record", num_shards=3)
     streamed = read_tfrecords(str(tmp_path / "shards" / "train.record-*"), LABELS).records
     assert all(record.encoded_image is None and record.image_span is not None for record in streamed)
@@ -262,9 +249,6 @@ def test_tfrecord_images_stream_from_their_shards_as_the_same_batches(records, t
 
 
 def test_a_shard_cut_short_after_reading_is_an_error_naming_it(records, tmp_path):
-    from detkeeper.data.tfrecord import read_tfrecords
-    from detkeeper.data.tfrecord_writer import write_tfrecords
-
     (path,) = write_tfrecords(records, LABELS, tmp_path / "train.record", num_shards=1)
     streamed = read_tfrecords(path, LABELS).records
     path.write_bytes(path.read_bytes()[: streamed[-1].image_span.offset + 10])
@@ -277,8 +261,6 @@ def test_a_shard_cut_short_after_reading_is_an_error_naming_it(records, tmp_path
 def test_record_tensors_map_every_class_at_once_and_keep_each_records_boxes(records, monkeypatch):
     """The boxes and classes of a split become tensors in one pass over all boxes (a 100k-record split
     took seconds of per-record calls): the label map is asked once, and each record's rows are its own."""
-    from detkeeper.data import pipeline
-
     mixed = [records[0], dataclasses.replace(records[1], boxes=np.zeros((0, 4)), class_ids=[], is_crowd=[], area=None),
              dataclasses.replace(records[2], class_ids=[2, 1], is_crowd=[True, True]), records[3]]
     calls = []
