@@ -108,6 +108,22 @@ def test_per_class_ap_is_read_from_an_evaluation_on_disk_else_computed_once(repo
     metrics_path.write_text(kept)
 
 
+def test_the_samples_are_the_scored_detections_at_or_above_the_drawing_score():
+    """The end of training draws the detections its last validation pass kept (no detector run of
+    its own): the first ``num_detections`` rows, real classes, scores at or above SAMPLE_MIN_SCORE."""
+    from detkeeper.report.best_evaluation import SAMPLE_MIN_SCORE, samples_from
+
+    kept = {"a": {"boxes": np.arange(16, dtype=np.float64).reshape(4, 4),
+                  "scores": np.array([0.9, SAMPLE_MIN_SCORE - 0.01, 0.5, 0.8]),
+                  "classes": np.array([1, 2, -1, 3]), "num_detections": np.int32(3)},
+            "b": {"boxes": np.zeros((4, 4)), "scores": np.full(4, SAMPLE_MIN_SCORE),
+                  "classes": np.array([4, 4, 4, 4]), "num_detections": np.int32(0)}}
+    first, second = samples_from([SimpleNamespace(image_id="a"), SimpleNamespace(image_id="b")], kept)
+    assert first.boxes.tolist() == [[0, 1, 2, 3]] and first.boxes.dtype == np.float32
+    assert first.scores.tolist() == pytest.approx([0.9]) and first.classes.tolist() == [1]
+    assert second.boxes.shape == (0, 4) and second.scores.size == second.classes.size == 0
+
+
 def test_training_end_evaluates_an_earlier_best_again_and_scores_what_the_ledger_recorded(report_run):
     from detkeeper.data.pipeline import evaluation_dataset
     from detkeeper.evaluation.callback import CocoEvaluationCallback
@@ -122,11 +138,11 @@ def test_training_end_evaluates_an_earlier_best_again_and_scores_what_the_ledger
     callback = CocoEvaluationCallback(
         evaluation_dataset(records, restored.label_map, image_size=config.model.image_size,
                            batch_size=config.train.batch_size, max_boxes=config.data.max_boxes),
-        restored.label_map, ground_truth=records, max_detections=config.evaluation.max_detections)
+        restored.label_map, ground_truth=records, max_detections=config.evaluation.max_detections,
+        keep_detections_of=[record.image_id for record in records[:4]])  # as the trainer's sample batch
     callback.set_model(restored.model)
-    written = write_training_report(result.run_dir, model=restored.model, config=config,
-                                    evaluation_callback=callback, final_step=result.best.step + 20,
-                                    best=result.best)
+    written = write_training_report(result.run_dir, evaluation_callback=callback,
+                                    final_step=result.best.step + 20, best=result.best)
     assert callback.last is not None  # the best was not the final evaluation: evaluated once more
     assert callback.last.result.stats["mAP"] == pytest.approx(result.best.metrics["val_mAP"], abs=1e-9)
     assert written.evaluation_source == "evaluated again at the end of training, with the restored best weights"

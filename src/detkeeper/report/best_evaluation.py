@@ -24,16 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detkeeper.data.augment import Resize
-from detkeeper.data.label_map import LabelMap
-from detkeeper.data.pipeline import evaluation_dataset
 from detkeeper.data.record import DetectionRecord
 from detkeeper.data.sources import DataSources
 from detkeeper.errors import DetkeeperError
 from detkeeper.evaluation.evaluate import prepare_evaluation
 from detkeeper.evaluation.results import EvaluationResult
-from detkeeper.evaluation.runner import original_detections
-from detkeeper.models.boxes import content_windows
 from detkeeper.run.evaluations import METRICS_FILE, cached_evaluation_dir
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.ledger import LedgerEntry
@@ -102,23 +97,17 @@ def validation_records(run: RunDirectory) -> list[DetectionRecord]:
     return list(DataSources(data_config).prepare("val", log_problems=False).records)
 
 
-def detect_samples(model, records: Sequence[DetectionRecord], label_map: LabelMap, *, image_size: int,
-                   max_boxes: int) -> tuple[SamplePrediction, ...]:
-    """`model`'s detections on `records` through detkeeper's evaluation path (the pipeline's resize,
-    ``Detector.detect``, boxes mapped back to original pixels), as ``detkeeper evaluate`` scores them."""
-    if not records:
-        return ()
-    batch = next(iter(evaluation_dataset(list(records), label_map, image_size=image_size,
-                                         batch_size=len(records), max_boxes=max_boxes, resize=Resize.of(model))))
-    windows = content_windows(batch["image_scales"], batch["image_sizes"])
-    raw = {key: np.asarray(value) for key, value in model.detect(batch["images"], windows).items()}
-    found = original_detections(raw, label_map, batch["image_scales"].numpy(), batch["image_sizes"].numpy())
+def samples_from(records: Sequence[DetectionRecord], detections: dict[str, dict]) -> tuple[SamplePrediction, ...]:
+    """The sample predictions of `records` from a validation pass's detections of them
+    (``{image_id: {"boxes", "scores", "classes", "num_detections"}}`` in original pixels and
+    label-map ids, as the pass scored them)."""
     samples = []
-    for row, record in enumerate(records):
-        count = int(found["num_detections"][row])
-        scores, classes = found["scores"][row, :count], found["classes"][row, :count]
+    for record in records:
+        found = detections[record.image_id]
+        count = int(found["num_detections"])
+        scores, classes = found["scores"][:count], found["classes"][:count]
         keep = (scores >= SAMPLE_MIN_SCORE) & (classes >= 0)
-        samples.append(SamplePrediction(record, found["boxes"][row, :count][keep].astype(np.float32),
+        samples.append(SamplePrediction(record, found["boxes"][:count][keep].astype(np.float32),
                                         scores[keep].astype(np.float32), classes[keep].astype(np.int64)))
     return tuple(samples)
 

@@ -9,8 +9,9 @@ final step. So:
 - otherwise (e.g. a run that stopped early) the callback evaluates the restored best weights once
   more, through the same compiled detector, dataset and ground truth training used (no model is
   rebuilt or restored, nothing is traced again): the numbers the ledger recorded for it;
-- the sample predictions are the restored model's detections on the first few validation images
-  (its EMA weights swapped in when the run keeps them, as training evaluated).
+- the sample predictions are the detections that same pass kept of the first few validation
+  images (:attr:`~detkeeper.evaluation.callback.CocoEvaluationCallback.kept_detections`, EMA
+  weights swapped in when the run keeps them): what was scored, with no detector run of its own.
 
 Under a tf.distribute strategy (the callback's ``distributed``) a validation pass is a collective
 every worker joins, so none is added here: only the chief writes the report, with the final
@@ -21,12 +22,11 @@ Nothing is written to ``RUN/eval/``: that folder holds ``detkeeper evaluate``'s 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
 
-from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, detect_samples
+from detkeeper.report.best_evaluation import DEFAULT_SAMPLES, BestEvaluation, samples_from
 from detkeeper.report.build import WrittenReport, build_report
 from detkeeper.training.trainer import TrainingEnd
 
@@ -39,9 +39,8 @@ def report_at_training_end(end: TrainingEnd) -> WrittenReport | None:
 
     A report that cannot be written is logged, never raised: the run is complete and committed."""
     try:
-        written = write_training_report(end.run_dir, model=end.model, config=end.config,
-                                        evaluation_callback=end.evaluation_callback, final_step=end.final_step,
-                                        best=end.best, weight_average=end.weight_average)
+        written = write_training_report(end.run_dir, evaluation_callback=end.evaluation_callback,
+                                        final_step=end.final_step, best=end.best)
     except Exception as error:  # noqa: BLE001 - any failure: the run itself is complete and committed
         logger.warning("the run report was not written (%s: %s); training is complete, the checkpoints are "
                        "intact. Write it with `detkeeper report %s`.", type(error).__name__, error, end.run_dir)
@@ -53,11 +52,12 @@ def report_at_training_end(end: TrainingEnd) -> WrittenReport | None:
     return written
 
 
-def write_training_report(run_dir: str | os.PathLike, *, model, config, evaluation_callback, final_step: int,
-                          best, weight_average=None, samples: int = DEFAULT_SAMPLES) -> WrittenReport | None:
-    """``RUN/report.html`` at the end of ``train``. `model` holds the weights of `best` (a
-    :class:`~detkeeper.run.ledger.LedgerEntry`, or None); `evaluation_callback` is the run's
-    :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`.
+def write_training_report(run_dir: str | os.PathLike, *, evaluation_callback, final_step: int, best,
+                          samples: int = DEFAULT_SAMPLES) -> WrittenReport | None:
+    """``RUN/report.html`` at the end of ``train``. The model `evaluation_callback` (the run's
+    :class:`~detkeeper.evaluation.callback.CocoEvaluationCallback`, its last pass at `final_step`)
+    evaluates holds the weights of `best` (a :class:`~detkeeper.run.ledger.LedgerEntry`, or None).
+    The sample images are the first `samples` of data.val whose detections the callback kept.
     None on a distributed worker that is not the chief (it writes no report)."""
     distributed = getattr(evaluation_callback, "distributed", None)  # under a tf.distribute strategy
     if distributed is not None and not distributed.is_chief:
@@ -70,10 +70,8 @@ def write_training_report(run_dir: str | os.PathLike, *, model, config, evaluati
             if distributed is None:
                 last = evaluation_callback.evaluate()  # the restored best weights, as training evaluated them
     if best is not None and last is not None:
-        records = list(evaluation_callback.ground_truth or [])[:samples]
-        swap = weight_average.swapped_in(model) if weight_average is not None else contextlib.nullcontext()
-        with swap:
-            found = detect_samples(model, records, evaluation_callback.label_map,
-                                   image_size=config.model.image_size, max_boxes=config.data.max_boxes)
-        evaluation = BestEvaluation(best.name, best.step, last.result, found, source)
+        kept = evaluation_callback.kept_detections  # of `last`, the pass just scored
+        records = [record for record in list(evaluation_callback.ground_truth or [])[:samples]
+                   if record.image_id in kept]
+        evaluation = BestEvaluation(best.name, best.step, last.result, samples_from(records, kept), source)
     return build_report(Path(run_dir), evaluate=False, samples=samples, best_evaluation=evaluation)
