@@ -18,7 +18,9 @@ Two kinds of zygote:
   standalone_check.py's own process would be.
 
 ``run(kind, argv, env, timeout)`` takes an idle zygote of that kind (or starts one: the kill
-chains run a few commands at a time) and returns what ``subprocess.run`` would. Run as a script,
+chains run a few commands at a time) and returns what ``subprocess.run`` would; ``start(kind, argv,
+env, stdout, stderr)`` returns at once with a handle used as a ``subprocess.Popen`` (the
+distributed tests' workers, a trainer another one races). Run as a script,
 this file is the zygote: one JSON request a line on stdin; it answers ``{"pid": ...}`` when the
 child is started and ``{"returncode": ...}`` when it has ended (negative: the signal that ended it),
 and ends with its stdin.
@@ -50,30 +52,77 @@ _lock = threading.Lock()
 
 def run(kind: str, argv: list[str], env: dict[str, str], timeout: float,
         cwd: str | None = None) -> subprocess.CompletedProcess:
-    """``python ARGV`` (a script and its arguments) with `env` in `cwd`, forked from a `kind` zygote."""
+    """``python ARGV`` (a script and its arguments) with `env` in `cwd`, forked from a `kind` zygote;
+    returns what ``subprocess.run`` would."""
+    with tempfile.TemporaryDirectory(prefix="forked-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = start(kind, argv, env, out, err, cwd)
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(argv, returncode, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+
+
+def start(kind: str, argv: list[str], env: dict[str, str], stdout: Path, stderr: Path,
+          cwd: str | None = None) -> "Forked":
+    """``python ARGV`` started as :func:`run` runs it, its output written to the files `stdout` and
+    `stderr`; returns at once with a handle used as a ``subprocess.Popen``."""
     zygote = _take(kind)
     try:
-        with tempfile.TemporaryDirectory(prefix="forked-") as folder:
-            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"argv": [str(arg) for arg in argv], "env": env, "cwd": cwd or os.getcwd(),
-                       "stdout": str(out), "stderr": str(err)}
-            zygote.stdin.write(json.dumps(request) + "\n")
-            zygote.stdin.flush()
-            pid = _answer(zygote, None)["pid"]
-            try:
-                returncode = _answer(zygote, timeout)["returncode"]
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
-                _answer(zygote, None)
-                raise subprocess.TimeoutExpired(argv, timeout) from None
-            completed = subprocess.CompletedProcess(argv, returncode, out.read_text(errors="replace"),
-                                                    err.read_text(errors="replace"))
+        request = {"argv": [str(arg) for arg in argv], "env": env, "cwd": cwd or os.getcwd(),
+                   "stdout": str(stdout), "stderr": str(stderr)}
+        zygote.stdin.write(json.dumps(request).encode() + b"\n")
+        zygote.stdin.flush()
+        pid = _answer(zygote, None)["pid"]
     except BaseException:
         _discard(zygote)
         raise
-    with _lock:
-        _idle[kind].append(zygote)
-    return completed
+    return Forked(kind, zygote, pid, list(argv))
+
+
+class Forked:
+    """A script running in a child of a zygote, used as a ``subprocess.Popen`` is: ``pid``,
+    ``returncode``, ``poll()``, ``wait(timeout)``, ``send_signal()``, ``kill()``. Its zygote serves
+    no other request until the child has ended and been waited for."""
+
+    def __init__(self, kind: str, zygote: subprocess.Popen, pid: int, args: list[str]) -> None:
+        self.kind, self.args, self.pid = kind, args, pid
+        self.returncode: int | None = None
+        self._zygote = zygote
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._collect(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and not self._collect(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, signal_number: int) -> None:
+        if self.returncode is None:  # not reaped yet, so the pid is still this child's
+            os.kill(self.pid, signal_number)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _collect(self, timeout: float | None) -> bool:
+        """Whether the child ended within `timeout` (its return code then set, the zygote idle again)."""
+        try:
+            self.returncode = _answer(self._zygote, timeout)["returncode"]
+        except TimeoutError:
+            return False
+        except BaseException:
+            _discard(self._zygote)
+            raise
+        with _lock:
+            _idle[self.kind].append(self._zygote)
+        return True
 
 
 def _take(kind: str) -> subprocess.Popen:
@@ -88,13 +137,14 @@ def _take(kind: str) -> subprocess.Popen:
         environment = {key: os.environ[key] for key in VERIFICATION_ENVIRONMENT if key in os.environ}
     else:
         command, environment = [sys.executable, __file__, kind], dict(os.environ)
-    zygote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+    # Unbuffered bytes: a line read never pulls the next answer into a buffer select() cannot see.
+    zygote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, bufsize=0,
                               env={**environment, "TF_CPP_MIN_LOG_LEVEL": "3"})
     zygote.log = log.name
     log.close()
     with _lock:
         _all.append(zygote)
-    if zygote.stdout.readline().strip() != "ready":
+    if zygote.stdout.readline().strip() != b"ready":
         raise RuntimeError(f"the {kind} zygote did not start (exit {zygote.wait()}; see {zygote.log})")
     return zygote
 
@@ -156,13 +206,14 @@ def _serve(kind: str) -> None:
 
 
 def _child(request: dict) -> int:
-    """What ``python ARGV`` does, in the request's environment and folder."""
+    """What ``python ARGV`` does, in the request's environment and folder, up to its exit handlers."""
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, name in ((1, "stdout"), (2, "stderr")):
         os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    tempfile.tempdir = None  # as in a fresh process: TMPDIR is read from this environment
     sys.argv = list(request["argv"])
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
@@ -177,6 +228,9 @@ def _child(request: dict) -> int:
 
         traceback.print_exc()
         code = 1
+    # Then what Python does at exit, which os._exit skips: the exit handlers (AutoGraph's removes the
+    # files it generated in the temporary folder), then the streams.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     return code or 0

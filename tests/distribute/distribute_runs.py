@@ -1,5 +1,7 @@
 """Starting distributed training processes (``train_driver.py``) with a time limit, never leaving
-one running. A module of its own, not conftest.py: tests/training has a conftest too, and
+one running. Each is forked from a zygote that has imported TensorFlow and detkeeper but run no
+TensorFlow op (tests/zygote.py), so it still sets up its devices and cluster as a fresh process
+does. A module of its own, not conftest.py: tests/training has a conftest too, and
 ``from conftest import ...`` inside a test would get whichever was imported last."""
 
 from __future__ import annotations
@@ -7,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+import zygote
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,9 +27,14 @@ def driver_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_driver_process(config: Path, *args: str, timeout: float = 240,
+                       env: dict | None = None) -> subprocess.CompletedProcess:
+    """``train_driver.py CONFIG ARGS`` in a process of its own, as ``subprocess.run`` would report it."""
+    return zygote.run("detkeeper", [DRIVER, config, *args], env or driver_env(), timeout=timeout)
+
+
 def run_driver(config: Path, *args: str, timeout: float = 240, env: dict | None = None) -> tuple[dict, str]:
-    """Train in a fresh process; returns its JSON result and its log (stderr)."""
-    completed = subprocess.run([sys.executable, str(DRIVER), str(config), *args], capture_output=True, text=True,
-                               timeout=timeout, env=env or driver_env())
+    """Train in a process of its own; returns its JSON result and its log (stderr)."""
+    completed = run_driver_process(config, *args, timeout=timeout, env=env)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr

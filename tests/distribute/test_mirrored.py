@@ -1,6 +1,6 @@
 """MirroredStrategy over 2 logical CPU devices trains like one device at the same global batch.
 
-Both runs are subprocesses: the logical devices must be configured before any TensorFlow op.
+Both runs are processes of their own: the logical devices must be configured before any TensorFlow op.
 Tolerance: the running training loss agrees to 1e-4 (relative) over the first 15 steps and to 5%
 over all 30. The replicas' sum of gradients and the synchronised BatchNorm (E[x^2] - E[x]^2 over
 the global batch) round differently from one device (1e-6 at first); once the loss falls fast the
@@ -12,15 +12,13 @@ change the first updates by far more than 1e-4.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import tensorflow as tf
 
 from detkeeper.run.layout import RunDirectory
 from detkeeper.run.restore import restore_run_checkpoint
 
-from distribute_runs import DRIVER, MIRRORED_2_CPUS, driver_env, run_driver
+from distribute_runs import MIRRORED_2_CPUS, run_driver, run_driver_process
 
 
 def _ledger(run_dir) -> dict:
@@ -74,7 +72,6 @@ def test_two_replicas_follow_the_one_device_loss_curve_and_keep_the_same_ledger(
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(sgd_config):
     config = sgd_config("odd", train={"batch_size": 7})
-    completed = subprocess.run([sys.executable, str(DRIVER), str(config), *MIRRORED_2_CPUS], capture_output=True,
-                               text=True, timeout=120, env=driver_env())
+    completed = run_driver_process(config, *MIRRORED_2_CPUS, timeout=120)
     assert completed.returncode != 0
     assert "train.batch_size: the global batch (7) must split evenly over the 2 replicas" in completed.stderr

@@ -28,7 +28,7 @@ from fault_runs import (EVERY, STEPS, assert_consistent, assert_same_as_referenc
                         read_ledger, run_driver, tree_digest, visible_exports, write_fault_config)
 
 SEED = 20260909
-TRAINING_KILLS = 15
+TRAINING_KILLS = 14  # with EXPORT_KILLS, the 20 moments issue 9 asks for at least
 TRAINING_CHAINS = 2
 EXPORT_KILLS = 6  # each kind once in a first export, then two while --overwrite replaces the finished one
 

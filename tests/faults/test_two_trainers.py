@@ -7,12 +7,11 @@ tests/training/test_trainer.py checks the lock inside one process; this is two r
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
+import zygote
 from fault_runs import (DRIVER, assert_consistent, assert_same_as_reference, error_line, run_driver,
                         write_fault_config)
 
@@ -22,9 +21,9 @@ def test_a_second_trainer_on_the_same_run_dir_refuses_and_the_first_finishes_as_
         fault_reference, shapes_dataset, tmp_path, faults):
     _, reference_dir, _ = fault_reference
     config = write_fault_config(tmp_path / "config.yaml", shapes_dataset, tmp_path / "run")
-    first = subprocess.Popen([sys.executable, str(DRIVER), "none", "train", str(config), "--quiet"],
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    first_err = tmp_path / "first.err"
+    first = zygote.start("detkeeper", [DRIVER, "none", "train", config, "--quiet"],
+                         {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, tmp_path / "first.out", first_err)
     try:
         lock = tmp_path / "run" / ".lock"
         deadline = time.monotonic() + 300
@@ -34,7 +33,7 @@ def test_a_second_trainer_on_the_same_run_dir_refuses_and_the_first_finishes_as_
         second = run_driver("none", "train", str(config), "--quiet")
         faults.injected()
         still_training = first.poll() is None
-        _, first_err = first.communicate(timeout=900)
+        first.wait(timeout=900)
     finally:
         if first.poll() is None:
             first.kill()
@@ -43,7 +42,7 @@ def test_a_second_trainer_on_the_same_run_dir_refuses_and_the_first_finishes_as_
     message = error_line(second.stderr, "train")
     assert f"{tmp_path / 'run'} is in use by process {first.pid}" in message
     assert "choose another run_dir" in message
-    assert first.returncode == 0, first_err[-3000:]
+    assert first.returncode == 0, first_err.read_text()[-3000:]
     _, lost = assert_consistent(tmp_path / "run")
     faults.lost(lost)
     assert lost == 0

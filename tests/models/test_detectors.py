@@ -155,15 +155,16 @@ def test_keras_archive_round_trip_gives_identical_outputs(name, batch, trained, 
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_loss_terms_and_regularization_follow_the_replica_rules(name, batch, monkeypatch):
+def test_loss_terms_and_regularization_follow_the_replica_rules(name, batch, trained, monkeypatch):
     """Every family reports its ``LOSS_TERMS`` through the shared trackers, as the global batch's
     value, and adds its share of the weights' regularization: under N replicas each tracker gets
-    N x the replica's term and the total 1/N of the regularization (hub_retinanet once skipped both)."""
-    data, num_classes = batch
-    model = build_model(_config(name), num_classes)
+    N x the replica's term and the total 1/N of the regularization (hub_retinanet once skipped both).
+    On the trained model, its first weight given a regularizer for this test only."""
+    data, _ = batch
+    model = trained(name).model
     images, targets = fit_inputs(data)
     outputs = model(images, training=False)
-    model.trainable_weights[0].regularizer = keras.regularizers.L2(0.5)
+    monkeypatch.setattr(model.trainable_weights[0], "regularizer", keras.regularizers.L2(0.5))
     regularization = float(tf.add_n(model.losses))
     assert regularization > 0
 

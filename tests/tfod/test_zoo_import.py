@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tensorflow.core.protobuf import saved_model_pb2
 
 from detkeeper.config import load_config
 from detkeeper.tfod.importer import import_pipeline_config, write_imported_config
@@ -120,11 +119,13 @@ def test_the_importers_values_are_the_familys_own():
     assert not family.BACKGROUND_CLASS  # add_background_class: false
 
 
-#: The oracle's zoo configs. The FPN-lite run is not exported here: the FPN-lite folder's export is
-#: verified against the API exporter in tests/tfod/test_model_folder.py (every family's serving graph
-#: is compared with the API exporter's in tests/models).
+#: The oracle's zoo configs. One fine-tuned run is exported here, the export path being the same for
+#: every family: the FPN-lite folder's export is verified against the API exporter in
+#: tests/tfod/test_model_folder.py, every family's serving outputs are checked in
+#: tests/export/test_tfod_outputs.py, and a saved EfficientDet's functions (its swish has a custom
+#: gradient) in tests/export/test_export.py. Exporting the D0 run as well cost about 35 CPU s.
 ORACLE_CONFIGS = ("ssd_mobilenet_v2_fpnlite_320", "ssd_mobilenet_v2_320", "ssd_efficientdet_d0_512")
-EXPORTED_HERE = ("ssd_mobilenet_v2_320", "ssd_efficientdet_d0_512")
+EXPORTED_HERE = ("ssd_mobilenet_v2_320",)
 
 
 def _workspace_pipeline(oracle: Path, folder: Path) -> Path:
@@ -146,9 +147,9 @@ def _workspace_pipeline(oracle: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("folder", ORACLE_CONFIGS)
 def test_the_imported_zoo_config_fine_tunes_from_the_zoo_checkpoint(folder, tfod_workspace, tfod_oracle_dir, tmp_path):
     """The acceptance: each zoo config of the oracle, its checkpoint as fine_tune_checkpoint (type
-    detection), imports onto its family, the YAML trains 2 steps from it and the run exports (a
-    verified SavedModel with the TF OD API's serving outputs). At 64 px: no variable depends on the
-    input size, so the checkpoint fits."""
+    detection), imports onto its family and the YAML trains 2 steps from it; the SSD's run exports (a
+    verified SavedModel with the TF OD API's serving outputs: EXPORTED_HERE says why only it). At 64
+    px: no variable depends on the input size, so the checkpoint fits."""
     from detkeeper.export.exporter import export_model
     from detkeeper.training.trainer import train
 
@@ -172,6 +173,3 @@ def test_the_imported_zoo_config_fine_tunes_from_the_zoo_checkpoint(folder, tfod
         exported = export_model(outcome.run_dir, verify_images=2)
         assert exported.verification.passed
         assert exported.metadata["model"]["name"] == config.model.name
-        # No custom-gradient functions (EfficientDet's swish had 354 of its 392): an inference export.
-        saved = saved_model_pb2.SavedModel.FromString((exported.saved_model_dir / "saved_model.pb").read_bytes())
-        assert not saved.meta_graphs[0].graph_def.library.registered_gradients

@@ -54,6 +54,13 @@ class Detector(keras.Model):
     #: family defines ``background_scores(outputs) -> [B, A]`` (see ``SsdMetaArch``).
     BACKGROUND_CLASS: bool = False
 
+    @property
+    def _default_save_signature(self):
+        """None: no signature of Keras' own in SavedModels. Keras gives every model a ``serving_default``
+        that ``tf.saved_model.save`` traces and stores beside detkeeper's serving functions (the
+        exporter's), which never call it."""
+        return None
+
     def __init__(self, num_classes: int, image_size: int, score_threshold: float = 0.05,
                  iou_threshold: float = 0.5, max_detections: int = 100, custom_objects_module: str | None = None,
                  resize_mode: str = "pad", resize_method: str = "antialias", **kwargs) -> None:
