@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tensorflow.core.protobuf import saved_model_pb2
 
 from detkeeper.cli.main import main
 from detkeeper.data import augment
@@ -209,37 +208,6 @@ def test_a_shard_that_changed_under_verification_is_the_data_error_and_nothing_i
     with pytest.raises(DataError, match=r"^/data/val.record-00000-of-00001: bytes 10-90 are not the image"):
         exporter.export_model(trained_run, out=tmp_path / "export")
     assert list(tmp_path.iterdir()) == []  # nothing published, the staging folder removed
-
-
-def test_a_saved_efficientdet_holds_no_gradient_functions_and_answers_as_before(shapes_dataset, tmp_path):
-    """EfficientDet's swish (``tf.nn.silu``) has a custom gradient, and saving traced a gradient
-    function for each: 354 of a zoo D0 export's 392 functions, most of its save and load time. An
-    export serves inference and fine-tuning reads its variables as a checkpoint, so it saves none.
-    A quick-size EfficientDet has the same swishes in its pyramid and head."""
-    import keras
-
-    from detkeeper.config.schema import BackboneConfig, ModelConfig
-    from detkeeper.export.exporter import _save_saved_model
-    from detkeeper.models import build_model
-    from quick_sizes import quick
-
-    keras.utils.set_random_seed(0)
-    label_map = LabelMap.from_names(["a", "b", "c"])
-    model = build_model(quick(ModelConfig(name="ssd_efficientdet", image_size=128,
-                                          backbone=BackboneConfig(name="tiny", weights="none"))), 3)
-    module = DetectionModule(model, label_map, ServingSettings(score_threshold=0.0, iou_threshold=0.5,
-                                                              max_detections=20), "{}")
-    _save_saved_model(module, tmp_path / "saved_model")
-    saved = saved_model_pb2.SavedModel.FromString((tmp_path / "saved_model" / "saved_model.pb").read_bytes())
-    assert not saved.meta_graphs[0].graph_def.library.registered_gradients
-    # Nor Keras' own serving function of the detector, which nothing calls (one more trace of it).
-    nodes = saved.meta_graphs[0].object_graph_def.nodes
-    detector = nodes[next(child.node_id for child in nodes[0].children if child.local_name == "model")]
-    assert "_default_save_signature" not in {child.local_name for child in detector.children}
-    image = tf.constant(np.asarray(Image.open(sorted((shapes_dataset / "JPEGImages").glob("*val*"))[0]))[None])
-    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))(image)
-    for key, value in module(image).items():
-        np.testing.assert_allclose(loaded[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_exporting_a_missing_run_is_a_clear_error(tmp_path):

@@ -123,7 +123,7 @@ def test_the_importers_values_are_the_familys_own():
 #: every family: the FPN-lite folder's export is verified against the API exporter in
 #: tests/tfod/test_model_folder.py, every family's serving outputs are checked in
 #: tests/export/test_tfod_outputs.py, and a saved EfficientDet's functions (its swish has a custom
-#: gradient) in tests/export/test_export.py. Exporting the D0 run as well cost about 35 CPU s.
+#: gradient) in tests/export/test_padding_window.py. Exporting the D0 run as well cost about 35 CPU s.
 ORACLE_CONFIGS = ("ssd_mobilenet_v2_fpnlite_320", "ssd_mobilenet_v2_320", "ssd_efficientdet_d0_512")
 EXPORTED_HERE = ("ssd_mobilenet_v2_320",)
 
