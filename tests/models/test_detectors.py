@@ -15,6 +15,7 @@ from detkeeper.errors import ConfigError
 from detkeeper.models import build_model, list_models, losses
 from detkeeper.models.archive import load_keras_archive, save_keras_archive
 from detkeeper.models.detector import fit_inputs
+from detkeeper.training.fused_updates import FusedAdam
 from quick_sizes import quick
 
 IMAGE_SIZE = 128
@@ -64,7 +65,7 @@ def trained(batch):
         if name not in runs:
             keras.utils.set_random_seed(0)
             model = build_model(_config(name), num_classes)
-            model.compile(optimizer=keras.optimizers.Adam(1e-3))
+            model.compile(optimizer=FusedAdam(1e-3))  # the trainer's Adam
             before = _inference_loss(model, images, targets)  # also creates the model's variables
             # The optimizer's slots before the first step, as the trainer does: Keras' train function
             # otherwise traces twice (once more after creating them), doubling its cost.

@@ -3,16 +3,19 @@
 A shortened run of the preset (fcos_tiny from random init, at 160 px instead of 448 to cut the step
 time by seven eighths, evaluated on the val split every 40 steps) through `train`. The learning rate
 drops 100-fold at step 200 (a step schedule), so val mAP flattens and early stopping (patience 2,
-min_delta 0.01) has to end the run before the 480-step cap. The test checks that it learned (val
-mAP above a floor), that the ledger kept exactly the 3 best evaluations by val mAP plus the 2
-latest and deleted the others (checked against the logged history), that training stopped exactly
-where the early-stopping rule applied to that history says, and that a rerun stays stopped.
+min_delta 0.01, counting from the first evaluation after the drop) has to end the run before the
+480-step cap. The test checks that it learned (val mAP above a floor), that the ledger kept exactly
+the 3 best evaluations by val mAP plus the 2 latest and deleted the others (checked against the
+logged history), that training stopped exactly where the early-stopping rule applied to that history
+says, and that a rerun stays stopped.
 
-Measured on 2 CPU cores (2026-12-05, deterministic: op determinism is on): val mAP 0.035, 0.151,
-0.259, 0.265, 0.324, 0.341, 0.346, 0.349 at steps 40-320, stopped at step 320; best 0.349; 73
-CPU-seconds for the run (192 px: the same best and stop, about 100). The floor, 0.28, leaves 0.069
-of margin. At 128 px: best 0.334 (63 CPU-seconds); dropping the rate at step 120 instead: 0.295 and
-a later stop; at 256 px 0.366 in about twice the time of 192 px.
+Measured on 2 CPU cores (2026-12-06, deterministic: op determinism is on): val mAP 0.055, 0.187,
+0.247, 0.240, 0.231, 0.310, 0.323, 0.329, 0.333 at steps 40-360, stopped at step 360; best 0.333;
+about 90 CPU-seconds. Before the drop the curve wobbles with the seed and with rounding (with Keras'
+unfused Adam, seed 0 went 0.259, 0.265, 0.324 at steps 120-200; seeds 0-2 of either optimizer end
+at 0.329-0.354 by step 320), which is why patience counts only after it: counted from the start,
+it fired at step 200 in this run. The floor, 0.28, leaves 0.053 of margin. At 128 px: best 0.334
+(63 CPU-seconds, Keras' Adam); at 256 px 0.366 in about twice the time of 192 px.
 """
 
 from __future__ import annotations
@@ -26,20 +29,22 @@ from detkeeper.training.trainer import train
 
 STEPS, EVERY, DECAY_AT = 480, 40, 200
 PATIENCE, MIN_DELTA = 2, 0.01
-MAP_FLOOR = 0.28  # measured best: 0.349
+MAP_FLOOR = 0.28  # measured best: 0.333
 
 
 def voc(root, split: str) -> str:
     return json.dumps({"format": "voc", "path": str(root), "split": split})
 
 
-def early_stop_step(history: list[tuple[int, float]], patience: int, min_delta: float) -> int | None:
-    """The step where `patience` evaluations in a row failed to beat the best by more than `min_delta`."""
+def early_stop_step(history: list[tuple[int, float]], patience: int, min_delta: float,
+                    start_from: int) -> int | None:
+    """The step where `patience` evaluations in a row, counted from step `start_from`, failed to beat
+    the best by more than `min_delta`."""
     best, wait = None, 0
     for step, value in history:
         if best is None or value > best + min_delta:
             best, wait = value, 0
-        else:
+        elif step >= start_from:
             wait += 1
         if wait >= patience:
             return step
@@ -55,7 +60,7 @@ def test_bccd_preset_learns_keeps_the_best_and_stops_early(bccd_root, tmp_path):
         "train.schedule.name=step", f"train.schedule.decay_steps=[{DECAY_AT}]", "train.schedule.decay_rate=0.01",
         f"evaluation.every_steps={EVERY}", "checkpoint.keep_best=3", "checkpoint.keep_last=2",
         "early_stopping.enabled=true", f"early_stopping.patience={PATIENCE}",
-        f"early_stopping.min_delta={MIN_DELTA}"])
+        f"early_stopping.min_delta={MIN_DELTA}", f"early_stopping.start_from={DECAY_AT + 1}"])
     result = train(config)
 
     ledger = json.loads(result.ledger_path.read_text())
@@ -64,7 +69,7 @@ def test_bccd_preset_learns_keeps_the_best_and_stops_early(bccd_root, tmp_path):
     assert [step for step, _ in history] == list(range(EVERY, result.step + 1, EVERY)), history
     assert max(values.values()) > MAP_FLOOR, history
 
-    stop = early_stop_step(history, PATIENCE, MIN_DELTA)
+    stop = early_stop_step(history, PATIENCE, MIN_DELTA, DECAY_AT + 1)
     assert stop is not None and stop < STEPS, history  # the rule fires inside the run...
     assert (result.status, result.step) == ("stopped_early", stop)  # ...and training stopped right there
     assert ledger["status"]["state"] == "stopped_early"

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from detkeeper.config.schema import OptimizerConfig, ScheduleConfig, TrainConfig
 from detkeeper.errors import ConfigError
+from detkeeper.training.fused_updates import FusedAdam
 from detkeeper.training.optimizers import WarmupSchedule, build_optimizer, learning_rate_at
 
 
@@ -125,7 +126,7 @@ def test_adam_without_weight_decay_or_clipping():
     config = train_config(OptimizerConfig(name="adam", learning_rate=1e-3, weight_decay=0.0, clipnorm=None),
                           ScheduleConfig(name="constant", warmup_steps=0))
     optimizer = build_optimizer(config)
-    assert type(optimizer) is keras.optimizers.Adam
+    assert type(optimizer) is FusedAdam  # Keras' Adam, each update one fused op
     assert optimizer.weight_decay is None
     assert optimizer.global_clipnorm is None and optimizer.clipnorm is None
     assert learning_rate_at(optimizer) == pytest.approx(1e-3)

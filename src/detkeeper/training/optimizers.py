@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from detkeeper.config.schema import ScheduleConfig, TrainConfig
 from detkeeper.errors import ConfigError
+from detkeeper.training.fused_updates import FusedAdam, FusedAdamW, FusedSGD
 
 Decay = Literal["constant", "cosine", "step"]
 DECAYS: tuple[str, ...] = ("constant", "cosine", "step")
@@ -122,7 +123,8 @@ def build_optimizer(train_config: TrainConfig, total_steps: int | None = None, *
     `total_steps` is where the cosine schedule reaches 0; default ``train.steps``.
 
     - ``sgd``: momentum ``train.optimizer.momentum``, no Nesterov (the TF OD API's
-      ``momentum_optimizer``); ``adam``; ``adamw``.
+      ``momentum_optimizer``); ``adam``; ``adamw``. Each is Keras' own, its per-variable update
+      one fused TensorFlow op (:mod:`detkeeper.training.fused_updates`).
     - ``weight_decay`` > 0 is Keras' decoupled weight decay (``w -= lr * weight_decay * w`` each
       step, outside the momentum / Adam moments), for every optimizer; ``adam`` with weight decay
       therefore behaves as ``adamw``. Keras decays every trainable variable, biases and
@@ -144,7 +146,7 @@ def build_optimizer(train_config: TrainConfig, total_steps: int | None = None, *
                               train_config.steps if total_steps is None else total_steps)
     common = {"learning_rate": schedule, "global_clipnorm": settings.clipnorm}
     weight_decay = settings.weight_decay or None  # None: Keras skips the decay step entirely
-    classes = _SUMMED_CLIPPING if num_replicas > 1 and settings.clipnorm else _KERAS_CLASSES
+    classes = _SUMMED_CLIPPING if num_replicas > 1 and settings.clipnorm else _FUSED_CLASSES
     if settings.name == "sgd":
         optimizer = classes["sgd"](momentum=settings.momentum, nesterov=False,
                                          weight_decay=weight_decay, **common)
@@ -182,21 +184,21 @@ class ClipSummedGradients:
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class ReplicaClippedSGD(ClipSummedGradients, keras.optimizers.SGD):
+class ReplicaClippedSGD(ClipSummedGradients, FusedSGD):
     """SGD whose clipping sees the gradient summed over tf.distribute replicas."""
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class ReplicaClippedAdam(ClipSummedGradients, keras.optimizers.Adam):
+class ReplicaClippedAdam(ClipSummedGradients, FusedAdam):
     """Adam whose clipping sees the gradient summed over tf.distribute replicas."""
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class ReplicaClippedAdamW(ClipSummedGradients, keras.optimizers.AdamW):
+class ReplicaClippedAdamW(ClipSummedGradients, FusedAdamW):
     """AdamW whose clipping sees the gradient summed over tf.distribute replicas."""
 
 
-_KERAS_CLASSES = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}
+_FUSED_CLASSES = {"sgd": FusedSGD, "adam": FusedAdam, "adamw": FusedAdamW}
 _SUMMED_CLIPPING = {"sgd": ReplicaClippedSGD, "adam": ReplicaClippedAdam, "adamw": ReplicaClippedAdamW}
 
 

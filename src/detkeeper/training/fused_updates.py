@@ -1,0 +1,77 @@
+"""Keras' SGD, Adam and AdamW with each variable's update as TensorFlow's one fused training op.
+
+Keras 3 writes an optimizer's update in backend-neutral ``keras.ops``: Adam is about fifteen graph
+ops per variable (casts, powers, the two moments, the step), SGD with momentum about six. Every
+training process traces them once for each of the model's variables, Grappler optimizes them and
+every step runs them as so many small kernels. TensorFlow has each update as one kernel, the ones
+``tf.compat.v1.train`` optimizers ran (``ResourceApplyAdam``, ``ResourceApplyKerasMomentum``,
+``ResourceApplyGradientDescent``), computing the same formulas in the same order. A fault-suite
+training run (50 steps at 128 px, ~80 variables) took about 11% less CPU with them (RESULTS.md).
+
+Only the per-variable update changes: the slots are Keras' own (so checkpoints are unchanged and
+read either way), and the learning-rate schedule, gradient clipping, weight decay, loss scaling,
+gradient accumulation and tf.distribute's per-replica update all stay Keras'. A sparse gradient
+(``tf.IndexedSlices``), AMSGrad, or a dtype the kernels lack falls back to Keras' update.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+#: The dtypes TensorFlow's CPU and GPU training kernels are registered for.
+FUSED_DTYPES = (tf.float16, tf.float32, tf.float64)
+
+
+def _fusable(gradient, variable) -> bool:
+    return not isinstance(gradient, tf.IndexedSlices) and variable.dtype in FUSED_DTYPES
+
+
+def _handle(variable) -> tf.Tensor:
+    """The resource handle of a Keras or TF variable (under tf.distribute's ``update``, the local
+    component's)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class FusedAdam(keras.optimizers.Adam):
+    """:class:`keras.optimizers.Adam`, its update one ``ResourceApplyAdam``: the moments move by
+    ``(g - m) * (1 - beta_1)`` and ``(g^2 - v) * (1 - beta_2)``, the variable by
+    ``lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)``, as Keras writes it."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or not _fusable(gradient, variable):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class FusedAdamW(FusedAdam, keras.optimizers.AdamW):
+    """:class:`keras.optimizers.AdamW`: Keras decays the weights, then :class:`FusedAdam` steps."""
+
+
+@keras.saving.register_keras_serializable(package="detkeeper")
+class FusedSGD(keras.optimizers.SGD):
+    """:class:`keras.optimizers.SGD`, its update one ``ResourceApplyKerasMomentum`` (``m = momentum *
+    m - lr * g``, then ``w += m``, or ``w += momentum * m - lr * g`` with Nesterov) or, without
+    momentum, one ``ResourceApplyGradientDescent``."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not _fusable(gradient, variable):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        learning_rate, gradient = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
+        if self.momentum == 0:
+            tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=learning_rate, delta=gradient)
+            return
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=_handle(variable), accum=_handle(self.momentums[self._get_variable_index(variable)]),
+            lr=learning_rate, grad=gradient, momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
