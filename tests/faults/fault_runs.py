@@ -4,8 +4,9 @@ The run is tests/training's small run made smaller still (a 16-channel pyramid o
 16-channel head convolution, batch 4, 50 steps, an evaluation every 10): each process costs mostly
 its start and its first trace, so a kill costs seconds. The model is fcos_tiny with the options a
 resumed run must reproduce exactly switched on: the ATSS assigner and quality focal loss (issue 19),
-and every random augmentation but the mosaic. Its mAP still climbs and wobbles (0, 0, 0.034, 0.021,
-0.046 on 2026-12-05), so keep_best 2 / keep_last 1 prunes at steps 30, 40 and 50.
+and every random augmentation but the mosaic. Its mAP still climbs and wobbles (0, 0.003, 0.025, 0.012,
+0.018 on 2026-12-06, with the fused optimizer updates), so keep_best 2 / keep_last 1 prunes at steps 30,
+40 and 50.
 
 The mosaic (``data.augment.mosaic``) is off here: it made each of these runs 3-5 CPU s dearer (14.5 to
 18.4 s; its map function holds four images' transforms), and the suite starts about 40 of them. Its
