@@ -8,8 +8,9 @@ augmentation, batch 8 (hub_retinanet: 4).
   0-2, val mAP50 0.94-1.0 by step 80 and 0.98-1.0 by step 120 (fcos_tiny: 1.0 from step 60-80);
   the test trains 80 steps with seed 0 (2026-12-05: retinanet_tiny 0.943, fcos_tiny 1.0 at step
   80, evaluated at 40 and 80; 2026-12-06, with the fused optimizer updates: both 1.0 at step 80).
-  FCOS needs no settings of its own. About 20 s each on 2 cores (40 s when other jobs load them); targets are padded to 10 boxes, not 100, which makes the tiny
-  models' steps up to 1.8x faster (benchmarks/RESULTS.md, training step).
+  FCOS needs no settings of its own. About 20 s each on 2 cores (40 s when other jobs load them);
+  targets are padded to 10 boxes, not 100, which makes the tiny models' steps up to 1.8x faster
+  (benchmarks/RESULTS.md, training step).
 - hub_retinanet (keras-hub's RetinaNet on its tiny ResNet): 256 px, pyramid P3-P5 and one-conv
   heads (keras-hub's heads are 256 wide: a step takes a third less time than with two convs, 1.66 s
   against 2.46 s on 2 cores shared with another job; keras-hub's P3-P7 four-conv default took 1.9 s
