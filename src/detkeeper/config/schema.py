@@ -364,8 +364,7 @@ class OptimizerConfig:
     momentum: float = setting(0.9, help="SGD momentum; ignored by adam and adamw.", ge=0, lt=1)
     weight_decay: float = setting(0.0, help="Decoupled weight decay; 0 disables it.", ge=0)
     clipnorm: float | None = setting(
-        10.0, help="Clip the gradients by their global norm (all together, as the TF OD API does); "
-        "null disables clipping.", gt=0
+        10.0, help="Clip the gradients by their global norm, as the TF OD API does; null: no clipping.", gt=0
     )
 
 
