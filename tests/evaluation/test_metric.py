@@ -8,6 +8,9 @@ val images) traces the train and test steps that the other tests reuse.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from detkeeper.models import build_model
 from detkeeper.models.archive import load_keras_archive, save_keras_archive
 from detkeeper.models.detector import fit_inputs
 from detkeeper.models.registry import Postprocess
+from detkeeper.training.fused_updates import FusedAdam
 
 STATS = ("mAP", "mAP50", "AR100", "mAP_small")
 
@@ -41,7 +45,7 @@ def _model(label_map, metrics=None):
     keras.utils.set_random_seed(0)
     model = build_model(ModelConfig(image_size=128, backbone=BackboneConfig("tiny", "none")),
                         label_map.num_classes, Postprocess(score_threshold=0.0))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=metrics)
+    model.compile(optimizer=FusedAdam(3e-3), metrics=metrics)  # the trainer's Adam
     return model
 
 
@@ -109,7 +113,9 @@ def test_checkpoints_are_the_same_with_and_without_the_metric(fitted, data, tmp_
 def test_keras_archive_keeps_the_metric_and_scores_the_same(fitted, data, tmp_path):
     model, metrics, _ = fitted
     expected = model.evaluate(data["val"], return_dict=True, verbose=0)
-    loaded = load_keras_archive(save_keras_archive(model, tmp_path / "model.keras"))
+    archive = save_keras_archive(model, tmp_path / "model.keras")
+    loaded = load_keras_archive(archive)
+    assert type(loaded.optimizer) is FusedAdam
     restored = loaded._compile_config.config["metrics"]
     assert [metric.get_config() for metric in restored] == [metric.get_config() for metric in metrics]
     assert all(metric.detector is None for metric in restored)  # the detector gives itself at the first step
@@ -117,6 +123,17 @@ def test_keras_archive_keeps_the_metric_and_scores_the_same(fitted, data, tmp_pa
     assert all(metric.detector is loaded for metric in restored)
     for stat in STATS:
         assert logs[stat] == expected[stat], stat
+
+
+def test_a_compiled_archive_loads_where_only_the_loader_was_imported(fitted, tmp_path):
+    """The archive records the modules of its metric and optimizer; the loader imports them."""
+    archive = save_keras_archive(fitted[0], tmp_path / "model.keras")
+    load = ("from detkeeper.models.archive import load_keras_archive\n"
+            f"model = load_keras_archive({str(archive)!r})\n"
+            "print(type(model.optimizer).__name__, *[type(m).__name__ for m in model._compile_config.config['metrics']])")
+    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["FusedAdam"] + ["CocoMetric"] * 5
 
 
 def test_bad_stat_name_is_a_clear_error(data):

@@ -191,6 +191,25 @@ def test_unregistered_class_in_an_archive_names_class_and_module(user_modules, t
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
 
 
+def test_an_archive_naming_a_missing_detkeeper_module_is_a_clear_error(user_modules, tmp_path):
+    """The loader imports the detkeeper modules an archive names; one the package lacks is not a crash."""
+    import my_layers
+
+    inputs = keras.Input((8, 8, 3))
+    archive = save_keras_archive(keras.Model(inputs, my_layers.SeparableBlock(4)(inputs)), tmp_path / "a.keras")
+    edited = tmp_path / "edited.keras"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(edited, "w") as target:
+        for member in source.namelist():
+            content = source.read(member)
+            if member == "config.json":
+                content = content.replace(b'"module": "my_layers"', b'"module": "detkeeper.gone.layers"')
+            target.writestr(member, content)
+    _forget_user_modules()
+    with pytest.raises(ConfigError, match=r"class 'SeparableBlock' \(its config says it is defined in module "
+                                          r"'detkeeper.gone.layers'\)"):
+        load_keras_archive(edited)
+
+
 def test_unknown_head_block_lists_what_the_package_registers(user_modules):
     config = _config(custom_objects_module="my_layers", head={"block": "my_layers>Nope"})
     with pytest.raises(ConfigError, match=r"model.head.block: no Keras layer is registered as 'my_layers>Nope' "

@@ -8,13 +8,16 @@ refused rather than executed.
 Keras does not import the module that defines custom layers by itself. A detector records
 ``model.custom_objects_module`` in its config; :func:`load_keras_archive` reads that name from
 ``config.json`` (plain JSON, nothing deserialized) and imports the module before Keras rebuilds
-the model. When a class still cannot be found, the error names it, the module its config says
-defines it, and how to pass one.
+the model. detkeeper's own classes (detectors, the COCO metric and optimizers of a compiled model)
+are found the same way: each serialized object records its module, and those of the installed
+``detkeeper`` package are imported, so this layer never names a module above it. When a class still
+cannot be found, the error names it, the module its config says defines it, and how to pass one.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -64,7 +67,8 @@ def load_keras_archive(path: str | os.PathLike, custom_objects_module: str | Non
                 "loading one runs code stored in the file. Replace the Lambda layer with a registered "
                 "layer class, or, only for a file you trust, load it with safe_mode=False")
     list_models()  # detkeeper's own detector classes register on import
-    importlib.import_module("detkeeper.evaluation.metric")  # registers CocoMetric: archives of compiled models
+    for module in sorted(_detkeeper_modules(config)):  # e.g. the metric and optimizer of a compiled model
+        importlib.import_module(module)
     if custom_objects_module is not None:
         import_custom_objects(custom_objects_module, source=f"{path}: load_keras_archive(custom_objects_module=...)")
     else:
@@ -124,6 +128,23 @@ def read_archive_config(path: str | os.PathLike) -> dict:
 def _recorded_module(config: dict) -> str | None:
     module = config.get("config", {}).get("custom_objects_module") if isinstance(config, dict) else None
     return module if isinstance(module, str) and module else None
+
+
+def _detkeeper_modules(config: dict) -> set[str]:
+    """The modules of the installed detkeeper package that define objects serialized in `config`:
+    importing one registers its classes. Only modules that exist in the package are returned, so
+    a file cannot make the loader import anything else."""
+    modules = {node["module"] for node, _ in _objects(config)
+               if isinstance(node.get("module"), str) and node["module"].startswith("detkeeper.")}
+    return {module for module in modules if _exists(module)}
+
+
+def _exists(module: str) -> bool:
+    """Whether `module` can be imported; a missing one is left to Keras, whose error names the class."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _objects(node, owner: str | None = None) -> Iterator[tuple[dict, str | None]]:
