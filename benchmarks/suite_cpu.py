@@ -40,7 +40,7 @@ def pytest_runtest_protocol(item, nextitem):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl", "a") as out:
         out.write(json.dumps({"id": item.nodeid, "self": own_after - own, "children": children_after - children,
-                              "wall": time.time() - started}) + "\n")
+                              "started": started, "wall": time.time() - started}) + "\n")
 
 
 def main(folder: str) -> None:

@@ -74,6 +74,15 @@ def _train(records, seed=1, start_step=0, augmentation=Augmentation(colour_jitte
                             augmentation=augmentation, seed=seed, start_step=start_step)
 
 
+def test_batches_have_the_static_shape_a_model_is_built_for(records):
+    """[B, S, S, 3]: a first convolution fed images of unknown channels takes Keras' XLA path for
+    grouped convolutions (keras.src.backend.tensorflow.nn.conv), compiled in every training process."""
+    assert _train(records).element_spec["images"].shape.as_list() == [4, 32, 32, 3]
+    assert _train(records, augmentation=None).element_spec["images"].shape.as_list() == [4, 32, 32, 3]
+    evaluation = evaluation_dataset(records, LABELS, image_size=32, batch_size=4, max_boxes=5)
+    assert evaluation.element_spec["images"].shape.as_list() == [None, 32, 32, 3]
+
+
 def test_same_seed_gives_identical_batches(records):
     _assert_batches_equal(_batches(_train(records), 6), _batches(_train(records), 6))
 

@@ -4,9 +4,10 @@ The run is tests/training's small run made smaller still (96 px, a 16-channel py
 one 16-channel head convolution, batch 4, 50 steps, an evaluation every 10): each process costs mostly
 its start and its first trace, so a kill costs seconds. The model is fcos_tiny with the options a
 resumed run must reproduce exactly switched on: the ATSS assigner and quality focal loss (issue 19),
-and every random augmentation but the mosaic. Its mAP still climbs and wobbles (0.021, 0.028, 0.016, 0.106,
-0.072 on 2026-12-06, with the fused optimizer updates), so keep_best 2 / keep_last 1 prunes at steps 40
-and 50. At 128 px (0, 0.003, 0.025, 0.012, 0.018) a process took about 0.9 CPU s more (9.8 against 9.0).
+and every random augmentation but the mosaic. Its mAP still climbs and wobbles (0.001, 0.011, 0.009, 0.060,
+0.044 on 2026-12-06, with the fused optimizer updates and images of static shape), so keep_best 2 /
+keep_last 1 prunes at steps 30, 40 and 50. At 128 px (0, 0.003, 0.025, 0.012, 0.018, before both) a
+process took about 0.9 CPU s more (9.8 against 9.0).
 
 The mosaic (``data.augment.mosaic``) is off here: it made each of these runs 3-5 CPU s dearer (14.5 to
 18.4 s; its map function holds four images' transforms), and the suite starts about 40 of them. Its

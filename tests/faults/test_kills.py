@@ -24,7 +24,7 @@ def test_export_killed_at_each_moment_then_rerun_publishes_only_a_verified_expor
 
 def test_the_moments_cover_every_kind_and_are_reachable_in_order():
     rng = random.Random(SEED)  # as kill_chains.plan draws them
-    moments = training_moments(rng, [40, 50])  # pruned_at of the reference run (fault_runs.py)
+    moments = training_moments(rng, [30, 40, 50])  # pruned_at of the reference run (fault_runs.py)
     assert len(moments) == TRAINING_KILLS == len(set(moments))
     assert {kind for kind, _ in moments} == set(TRAINING_KINDS)
     for chain in range(TRAINING_CHAINS):

@@ -117,7 +117,11 @@ def scale_and_crop(image: tf.Tensor, boxes: tf.Tensor, output_size: int, scale: 
     offset = tf.floor(free * tf.cast(offset_fraction, tf.float32))
     window = tf.minimum(new_shape - offset, float(output_size))
     offset_int, window_int = tf.cast(offset, tf.int32), tf.cast(window, tf.int32)
+    channels = image.shape[-1]
     image = tf.slice(image, [offset_int[0], offset_int[1], 0], [window_int[0], window_int[1], -1])
+    # The slice keeps every channel, but its size is a tensor, so TensorFlow forgets how many: a model fed
+    # images of unknown channels builds its first convolution as Keras' XLA fallback for grouped ones.
+    image.set_shape([None, None, channels])
 
     factors = tf.tile(axis_factor, [2])
     shifted = boxes * factors - tf.tile(offset, [2])
