@@ -53,7 +53,8 @@ def load_keras_archive(path: str | os.PathLike, custom_objects_module: str | Non
     """The model saved in the ``.keras`` file `path`.
 
     Imports `custom_objects_module` if given, else the module the archive's config records (a
-    detector's ``custom_objects_module``), and detkeeper's own model families; then
+    detector's ``custom_objects_module``), detkeeper's own model families and the detkeeper modules its
+    objects name (a compiled model's metric and optimizer); then
     ``keras.saving.load_model(path, safe_mode=safe_mode)``. Keep `safe_mode` on for files you did
     not make: off, a ``Lambda`` layer's stored bytecode runs on load.
     """
