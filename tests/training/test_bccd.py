@@ -11,7 +11,8 @@ says, and that a rerun stays stopped.
 
 Measured on 2 CPU cores (2026-12-06, deterministic: op determinism is on): val mAP 0.036, 0.129,
 0.254, 0.270, 0.265, 0.327, 0.327, 0.331 at steps 40-320, stopped at step 320; best 0.331; seed 1
-ends at 0.307 (step 360). About 65 CPU-seconds for the process; at 160 px best 0.333 at step 360 in
+ends at 0.307 (step 360). Since images keep their 3 channels static (no XLA stem; the rounding moves):
+0.021, 0.169, 0.257, 0.185, 0.300, 0.329, 0.331, 0.332, stopped at step 320, best 0.332. About 65 CPU-seconds for the process; at 160 px best 0.333 at step 360 in
 about 90. Before the drop the curve wobbles with the seed and with rounding (at 160 px, Keras'
 unfused Adam went 0.259, 0.265, 0.324 at steps 120-200 where the fused updates went 0.247, 0.240,
 0.231; seeds 0-2 of either optimizer end at 0.329-0.354 by step 320), which is why patience counts
@@ -30,7 +31,7 @@ from detkeeper.training.trainer import train
 
 STEPS, EVERY, DECAY_AT = 480, 40, 200
 PATIENCE, MIN_DELTA = 2, 0.01
-MAP_FLOOR = 0.27  # measured best: 0.331
+MAP_FLOOR = 0.27  # measured best: 0.332
 
 
 def voc(root, split: str) -> str:
