@@ -3,7 +3,8 @@
 The suite is bound by CPU on 2 cores (both busy nearly all the time), so its wall time on a quiet
 machine is about its CPU time / 1.88, and the CPU time, unlike the wall time, barely moves when other
 jobs share the machine. Loaded with ``-p suite_cpu``, the plugin records for every test its own CPU
-time and that of the child processes it reaped (``getrusage``), one JSON line per test, in
+time and that of the child processes it reaped (``getrusage``) or had forked from a zygote
+(tests/zygote.py), one JSON line per test, in
 ``$SUITE_CPU_DIR/<xdist worker>.jsonl``. Children reaped by a background thread (the fault suite's
 kill chains) count for whichever test is running then.
 
@@ -27,8 +28,12 @@ import pytest
 
 
 def _cpu_seconds() -> tuple[float, float]:
+    """This process's CPU seconds, and its children's: those it reaped, and those its zygotes forked
+    for it (tests/zygote.py reaps them in the zygote, where getrusage here cannot see them)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    zygote = sys.modules.get("zygote")
+    forked = zygote.forked_cpu_seconds if zygote is not None else 0.0
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime + forked
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -22,8 +22,10 @@ chains run a few commands at a time) and returns what ``subprocess.run`` would; 
 env, stdout, stderr)`` returns at once with a handle used as a ``subprocess.Popen`` (the
 distributed tests' workers, a trainer another one races). Run as a script,
 this file is the zygote: one JSON request a line on stdin; it answers ``{"pid": ...}`` when the
-child is started and ``{"returncode": ...}`` when it has ended (negative: the signal that ended it),
-and ends with its stdin.
+child is started and ``{"returncode": ..., "cpu_seconds": ...}`` when it has ended (negative: the
+signal that ended it), and ends with its stdin. The children's CPU seconds are summed in
+:data:`forked_cpu_seconds`: getrusage in the test process cannot see them, as the zygote, not the
+test, reaps its children (benchmarks/suite_cpu.py adds them to each test's).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ VERIFICATION_ENVIRONMENT = ("PATH", "HOME", "LANG", "TMPDIR")
 _idle: dict[str, list[subprocess.Popen]] = {kind: [] for kind in KINDS}
 _all: list[subprocess.Popen] = []
 _lock = threading.Lock()
+#: CPU seconds of every zygote child that has ended and been waited for, in this process.
+forked_cpu_seconds = 0.0
 
 
 def run(kind: str, argv: list[str], env: dict[str, str], timeout: float,
@@ -113,14 +117,17 @@ class Forked:
 
     def _collect(self, timeout: float | None) -> bool:
         """Whether the child ended within `timeout` (its return code then set, the zygote idle again)."""
+        global forked_cpu_seconds
         try:
-            self.returncode = _answer(self._zygote, timeout)["returncode"]
+            answer = _answer(self._zygote, timeout)
         except TimeoutError:
             return False
         except BaseException:
             _discard(self._zygote)
             raise
+        self.returncode = answer["returncode"]
         with _lock:
+            forked_cpu_seconds += answer["cpu_seconds"]
             _idle[self.kind].append(self._zygote)
         return True
 
@@ -201,8 +208,9 @@ def _serve(kind: str) -> None:
             finally:
                 os._exit(code)
         print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+        _, status, usage = os.wait4(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status),
+                          "cpu_seconds": usage.ru_utime + usage.ru_stime}), flush=True)
 
 
 def _child(request: dict) -> int:

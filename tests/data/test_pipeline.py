@@ -83,6 +83,21 @@ def test_batches_have_the_static_shape_a_model_is_built_for(records):
     assert evaluation.element_spec["images"].shape.as_list() == [None, 32, 32, 3]
 
 
+def test_no_pipeline_starts_tf_datas_autotuning_thread(records):
+    """Dropping an iterator can wait up to a minute for that thread in TensorFlow 2.21
+    (detkeeper/data/dataset_options.py); every validation pass and evaluation drops one."""
+    datasets = {
+        "training": _train(records),
+        "evaluation": evaluation_dataset(records, LABELS, image_size=32, batch_size=4, max_boxes=5),
+        "sharded evaluation": pipeline.sharded_evaluation_dataset(records, LABELS, image_size=32, batch_size=4,
+                                                                  max_boxes=5, shard=InputShard(0, 2, 2)),
+    }
+    assert {name: dataset.options().autotune.enabled for name, dataset in datasets.items()} == dict.fromkeys(
+        datasets, False)
+    assert {name: dataset.options().deterministic for name, dataset in datasets.items()} == dict.fromkeys(
+        datasets, True)
+
+
 def test_same_seed_gives_identical_batches(records):
     _assert_batches_equal(_batches(_train(records), 6), _batches(_train(records), 6))
 

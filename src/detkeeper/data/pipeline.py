@@ -36,6 +36,7 @@ import tensorflow as tf
 from detkeeper.data import augment, mosaic
 from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.columns import RecordColumns, box_counts
+from detkeeper.data.dataset_options import untuned_options
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.index import forget
 from detkeeper.data.record import ByteSpan, ChangedSinceRead, DetectionRecord
@@ -360,8 +361,9 @@ def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: La
 
 def _deterministic_options() -> tf.data.Options:
     """Deterministic order; each pipeline op single-threaded (parallelism comes from the map),
-    so decoding does not oversubscribe the cores the model's training step runs on."""
-    options = tf.data.Options()
+    so decoding does not oversubscribe the cores the model's training step runs on; no autotuning
+    thread to wait for when an iterator is dropped (:mod:`detkeeper.data.dataset_options`)."""
+    options = untuned_options()
     options.deterministic = True
     options.threading.max_intra_op_parallelism = 1
     return options

@@ -50,6 +50,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from detkeeper.data.columns import RecordColumns
+from detkeeper.data.dataset_options import tfrecord_dataset
 from detkeeper.data.image_format import header_size
 from detkeeper.data.index import FilePart, indexed_parts
 from detkeeper.data.label_map import LabelMap, LabelMapItem
@@ -200,7 +201,7 @@ def _framed_records(file: str):
     offset = _HEADER_BYTES
     number = 0
     try:
-        for raw in tf.data.TFRecordDataset(file).as_numpy_iterator():
+        for raw in tfrecord_dataset(file).as_numpy_iterator():
             yield raw, offset
             offset += len(raw) + _FOOTER_BYTES + _HEADER_BYTES
             number += 1

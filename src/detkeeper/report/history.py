@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.util.event_pb2 import Event
 
+from detkeeper.data.dataset_options import tfrecord_dataset
+
 #: Tags the trainer's TensorBoard logger writes under ``logs/train`` that the report plots.
 LOSS_TAGS = ("loss", "box_loss", "class_loss", "centerness_loss")
 LEARNING_RATE_TAG = "learning_rate"
@@ -89,7 +91,7 @@ def _read_event_file(path: Path) -> tuple[list[tuple[float, int, str, float]], s
     early (None when it read to the end)."""
     points = []
     try:
-        for record in tf.data.TFRecordDataset(str(path)):
+        for record in tfrecord_dataset(str(path)):
             event = Event.FromString(record.numpy())
             for value in event.summary.value:
                 number = _scalar(value)

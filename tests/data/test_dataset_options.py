@@ -1,0 +1,31 @@
+"""tf.data's autotuning stays off in every dataset detkeeper iterates (dropping an iterator can wait
+up to a minute for its thread in TensorFlow 2.21; detkeeper/data/dataset_options.py). The pipelines'
+own options are checked in test_pipeline.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+import detkeeper
+from detkeeper.data.dataset_options import tfrecord_dataset
+
+SOURCE = Path(detkeeper.__file__).resolve().parent
+
+
+def test_a_tfrecord_file_is_read_in_order_without_autotuning(tmp_path):
+    path = tmp_path / "records.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for number in range(5):
+            writer.write(b"record %d" % number)
+    dataset = tfrecord_dataset(str(path))
+    assert dataset.options().autotune.enabled is False
+    assert [record.numpy() for record in dataset] == [b"record %d" % number for number in range(5)]
+
+
+def test_tfrecord_files_are_read_only_through_it():
+    """The TFRecord reader and the report's TensorBoard event files both read TFRecords."""
+    builders = [str(path.relative_to(SOURCE)) for path in SOURCE.rglob("*.py")
+                if "TFRecordDataset(" in path.read_text() and path.name != "dataset_options.py"]
+    assert builders == []
