@@ -8,8 +8,8 @@ TFRecord file read end by dropping one. The test suite caught workers in that wa
 time (benchmarks/RESULTS.md, "tf.data's autotuning off").
 
 Nothing in detkeeper's pipelines needs the tuning (benchmarks/iterator_release.py: the same
-images/s): with it off, a ``map`` with ``num_parallel_calls=AUTOTUNE`` runs one call per core,
-and ``prefetch(AUTOTUNE)`` keeps its own buffer tuner.
+images/s): with it off, a ``map`` with ``num_parallel_calls=AUTOTUNE`` runs one call per core (16
+at most, tf.data's starting value), and ``prefetch(AUTOTUNE)`` keeps its own buffer tuner.
 """
 
 from __future__ import annotations
