@@ -1,4 +1,5 @@
-"""The tf.data options of every dataset detkeeper iterates: autotuning off.
+"""The tf.data options of every dataset detkeeper iterates (autotuning off), and how many images
+its pipelines decode at once.
 
 tf.data's autotuning gives each iterator a thread that re-optimises the pipeline at a period that
 doubles from 10 ms up to 60 s. In TensorFlow 2.21 dropping the iterator sometimes does not wake
@@ -7,12 +8,16 @@ lived and a minute at most. Every validation pass, `detkeeper evaluate` and `pre
 TFRecord file read end by dropping one. The test suite caught workers in that wait for 20-60 s at a
 time (benchmarks/RESULTS.md, "tf.data's autotuning off").
 
-Nothing in detkeeper's pipelines needs the tuning (benchmarks/iterator_release.py: the same
-images/s): with it off, a ``map`` with ``num_parallel_calls=AUTOTUNE`` runs one call per core (16
-at most, tf.data's starting value), and ``prefetch(AUTOTUNE)`` keeps its own buffer tuner.
+Without it the decoding ``map`` runs :func:`decoding_calls` calls at once, a core for each but one:
+the training step's own threads use every core, and on 2 cores a second decoding call slowed the
+step it fed by 4-6% (benchmarks/input_pipeline.py, fed / model alone: 0.87-0.89 against 0.95-0.97
+with one call, and 0.92-0.96 with autotuning on). ``prefetch(AUTOTUNE)`` keeps its own buffer
+tuner, which needs no thread.
 """
 
 from __future__ import annotations
+
+import os
 
 import tensorflow as tf
 
@@ -27,3 +32,10 @@ def untuned_options() -> tf.data.Options:
 def tfrecord_dataset(path: str) -> tf.data.Dataset:
     """The records of one TFRecord file in order, read without the autotuning thread."""
     return tf.data.TFRecordDataset(path).with_options(untuned_options())
+
+
+def decoding_calls() -> int:
+    """Parallel calls of the pipelines' decoding ``map``: the cores this process may run on, less
+    one for the model's step, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)

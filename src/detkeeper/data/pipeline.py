@@ -36,7 +36,7 @@ import tensorflow as tf
 from detkeeper.data import augment, mosaic
 from detkeeper.data.image_format import decode_rgb
 from detkeeper.data.columns import RecordColumns, box_counts
-from detkeeper.data.dataset_options import untuned_options
+from detkeeper.data.dataset_options import decoding_calls, untuned_options
 from detkeeper.data.label_map import LabelMap
 from detkeeper.data.index import forget
 from detkeeper.data.record import ByteSpan, ChangedSinceRead, DetectionRecord
@@ -295,7 +295,7 @@ def training_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, *,
                    .unbatch())
         batch_size = shard.replica_batch_size
     dataset = (indices
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .map(load, num_parallel_calls=decoding_calls(), deterministic=True)
                .batch(batch_size, drop_remainder=True)
                .prefetch(tf.data.AUTOTUNE))
     return dataset.with_options(_deterministic_options())
@@ -315,7 +315,7 @@ def evaluation_dataset(records: Sequence[DetectionRecord], label_map: LabelMap, 
         return _finish(image, boxes, classes, keep, image_id, original_size, factors, max_boxes)
 
     dataset = (tf.data.Dataset.range(tensors.count)
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .map(load, num_parallel_calls=decoding_calls(), deterministic=True)
                .batch(batch_size)
                .prefetch(tf.data.AUTOTUNE))
     return dataset.with_options(_deterministic_options())
@@ -353,7 +353,7 @@ def sharded_evaluation_dataset(records: Sequence[DetectionRecord], label_map: La
                .batch(batch_size)
                .map(tf.autograph.experimental.do_not_convert(lambda indices: indices[first:end]))
                .unbatch()
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .map(load, num_parallel_calls=decoding_calls(), deterministic=True)
                .batch(shard.replica_batch_size, drop_remainder=True)
                .prefetch(tf.data.AUTOTUNE))
     return dataset.with_options(_deterministic_options())
