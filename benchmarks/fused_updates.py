@@ -1,16 +1,19 @@
-"""The fused optimizer updates against Keras' own: first step (trace) and step time, in one process.
+"""The fused optimizer updates, or the fused BatchNormalization, against Keras' own: first step
+(trace) and step time, in one process.
 
 For each entry (as in train_step.py: a preset, or a registry model with the tiny backbone at
 ``--model-size`` px), two models with the same initial weights train on the same synthetic batch:
 one with the optimizer ``detkeeper train`` builds (``build_optimizer``: Keras' class with each
 variable's update one TensorFlow kernel, detkeeper.training.fused_updates), one with Keras' own
-class from the same config. Measured: the wall time of the first ``train_on_batch`` (tracing,
+class from the same config. With ``--versus batch-norm`` both have detkeeper's optimizer and the
+second's BatchNormalization layers take Keras' own training step instead of TensorFlow's fused
+kernel (detkeeper.models.batch_norm). Measured: the wall time of the first ``train_on_batch`` (tracing,
 Grappler and one step; the two models take turns being first, ``--rounds`` times each, fresh
 models every round), and the median step time after it, the two models alternating in blocks of 5
 steps so drift in the machine's speed falls on both. Ratios are fused / Keras.
 
 Usage: .venv/bin/python benchmarks/fused_updates.py [--entries fcos_tiny,demo,bccd,mobilenetv2_fpn_320]
-           [--model-size 128] [--steps 30] [--rounds 2]
+           [--model-size 128] [--steps 30] [--rounds 2] [--versus optimizer|batch-norm]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from detkeeper.models import build_model  # noqa: E402
+from detkeeper.models.batch_norm import FusedBatchNormalization  # noqa: E402
 from detkeeper.training.optimizers import build_optimizer  # noqa: E402
 from train_step import NUM_CLASSES, entry_config, synthetic_batch  # noqa: E402
 
@@ -38,14 +42,22 @@ def keras_twin(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimi
     return base.from_config(optimizer.get_config())
 
 
-def compiled_pair(config, images):
-    """(fused, Keras') models with the same weights, each compiled with its optimizer."""
+def compiled_pair(config, images, versus: str = "optimizer"):
+    """(fused, Keras') models with the same weights, each compiled with its optimizer; `versus`
+    says what the second takes from Keras: the optimizer's update, or BatchNormalization's step."""
     models = []
-    for make in (lambda: build_optimizer(config.train), lambda: keras_twin(build_optimizer(config.train))):
+    for fused in (True, False):
         keras.utils.set_random_seed(0)
         model = build_model(config.model, NUM_CLASSES)
         model(images[:1], training=False)
-        model.compile(optimizer=make())
+        optimizer = build_optimizer(config.train)
+        if not fused and versus == "optimizer":
+            optimizer = keras_twin(optimizer)
+        if not fused and versus == "batch-norm":
+            for layer in model._flatten_layers(include_self=False, recursive=True):
+                if isinstance(layer, FusedBatchNormalization):
+                    layer._fusable = lambda *args: False  # Keras' own training step, traced below
+        model.compile(optimizer=optimizer)
         model.optimizer.build(model.trainable_variables)  # as the trainer does: one trace, not two
         models.append(model)
     return models
@@ -63,7 +75,7 @@ def measure(entry: str, args) -> dict:
     first = {"fused": [], "keras": []}
     steps = {"fused": [], "keras": []}
     for round_number in range(args.rounds):
-        fused, plain = compiled_pair(config, images)
+        fused, plain = compiled_pair(config, images, args.versus)
         order = [("fused", fused), ("keras", plain)]
         if round_number % 2:
             order.reverse()
@@ -87,10 +99,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=2, help="fresh model pairs per entry")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--versus", choices=("optimizer", "batch-norm"), default="optimizer",
+                        help="what the baseline model takes from Keras")
     args = parser.parse_args()
     tf.config.experimental.enable_op_determinism()
-    print(f"batch {args.batch}, {os.cpu_count()} CPU cores, tensorflow {tf.__version__}, keras {keras.__version__}",
-          flush=True)
+    print(f"fused against Keras' {args.versus}; batch {args.batch}, {os.cpu_count()} CPU cores, "
+          f"tensorflow {tf.__version__}, keras {keras.__version__}", flush=True)
     images, targets = synthetic_batch(2, 64, 10)  # the process's first trace pays one-off costs: in no row
     timed_step(compiled_pair(entry_config("fcos_tiny", 64), images)[0], images, targets)
     rows = [measure(entry.strip(), args) for entry in args.entries.split(",") if entry.strip()]

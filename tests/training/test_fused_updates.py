@@ -62,6 +62,29 @@ def test_each_update_is_one_fused_op_and_lands_where_keras_does(fused, keras_cla
     types = op_types(graph)
     assert types.count(op) == len(SHAPES)
     assert len(types) < len(op_types(keras_graph))
+    if op == "ResourceApplyAdam":  # the step's beta_1^t and beta_2^t, made once for all the variables
+        assert types.count("Pow") == 2
+
+
+@pytest.mark.parametrize("fused, keras_class, arguments, op", PAIRS[:3], ids=IDS[:3])
+def test_two_updates_in_one_graph_each_use_their_own_step(fused, keras_class, arguments, op):
+    """What an update pass shares (its step's powers, its learning rate) is not carried into the next
+    pass of the same graph: two steps in one tf.function land where two separate steps do."""
+    steps = gradients(4)
+    separate, _ = train(make(fused, **arguments), steps)
+    optimizer = make(fused, **arguments)
+    rng = np.random.default_rng(1)
+    variables = [keras.Variable(rng.normal(size=shape).astype(np.float32)) for shape in SHAPES]
+
+    @tf.function
+    def two_steps(first, second):
+        optimizer.apply(first, variables)
+        optimizer.apply(second, variables)
+
+    two_steps(steps[0], steps[1])
+    two_steps(steps[2], steps[3])
+    for together, apart in zip(variables, separate):
+        np.testing.assert_allclose(together.numpy(), apart, rtol=1e-6, atol=1e-7)
 
 
 def test_amsgrad_and_sparse_gradients_take_keras_update():

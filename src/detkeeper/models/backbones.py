@@ -18,6 +18,7 @@ import keras
 from keras import layers
 
 from detkeeper.errors import ConfigError
+from detkeeper.models.batch_norm import FusedBatchNormalization
 
 FEATURE_STRIDES = {"C3": 8, "C4": 16, "C5": 32}
 """Output key -> stride in pixels, the same for every backbone."""
@@ -246,7 +247,7 @@ def efficientnetv2b0(input_shape: InputShape, weights: str | None) -> keras.Mode
 def _conv_bn_relu(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
     """A full 3x3 stride-2 convolution: cheap at low channel counts, richer than separable."""
     x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -255,10 +256,10 @@ def _separable_block(x: keras.KerasTensor, filters: int, strides: int, name: str
     from random init)."""
     y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
                                name=f"{name}_dwconv")(x)
-    y = layers.BatchNormalization(name=f"{name}_dwbn")(y)
+    y = FusedBatchNormalization(name=f"{name}_dwbn")(y)
     y = layers.ReLU(name=f"{name}_dwrelu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pwconv")(y)
-    y = layers.BatchNormalization(name=f"{name}_pwbn")(y)
+    y = FusedBatchNormalization(name=f"{name}_pwbn")(y)
     if strides == 1 and x.shape[-1] == filters:
         y = layers.Add(name=f"{name}_add")([x, y])
     return layers.ReLU(name=f"{name}_out")(y)

@@ -25,6 +25,8 @@ import dataclasses
 import keras
 from keras import ops
 
+from detkeeper.models.batch_norm import FusedBatchNormalization
+
 #: The EfficientDet configs' ``conv_hyperparams``: batch norm decay and epsilon, the initializer.
 BATCH_NORM_MOMENTUM, BATCH_NORM_EPSILON = 0.99, 1e-3
 CONV_INITIALIZER_STDDEV = 0.03
@@ -101,8 +103,8 @@ class BiFpnFeatureMaps(keras.layers.Layer):
                 self.post_norms[str(index)] = self._batch_norm(f"node{index}_batchnorm")
 
     def _batch_norm(self, name: str) -> keras.layers.BatchNormalization:
-        return keras.layers.BatchNormalization(momentum=self.batch_norm_momentum, epsilon=BATCH_NORM_EPSILON,
-                                               name=name)
+        return FusedBatchNormalization(momentum=self.batch_norm_momentum, epsilon=BATCH_NORM_EPSILON,
+                                       name=name)
 
     def call(self, features: dict, training=False) -> list:
         maps = [features[f"C{level}"] for level in self.input_levels]

@@ -26,6 +26,8 @@ import math
 import keras
 from keras import ops
 
+from detkeeper.models.batch_norm import FusedBatchNormalization
+
 #: EfficientNet's own definition (``MODEL_CONFIGS``): name -> (width, depth) coefficient.
 COMPOUND_COEFFICIENTS = {
     "efficientnet-b0": (1.0, 1.0), "efficientnet-b1": (1.0, 1.1), "efficientnet-b2": (1.1, 1.2),
@@ -81,7 +83,7 @@ def _conv_bn(x, filters: int | None, kernel: int, name: str, momentum: float, st
     else:
         conv = keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False,
                                    kernel_initializer=CONV_INITIALIZER, name=f"{name}_conv2d")
-    x = keras.layers.BatchNormalization(momentum=momentum, epsilon=BATCH_NORM_EPSILON, name=f"{name}_bn")(conv(x))
+    x = FusedBatchNormalization(momentum=momentum, epsilon=BATCH_NORM_EPSILON, name=f"{name}_bn")(conv(x))
     return x if activation is None else keras.layers.Activation(activation, name=f"{name}_activation")(x)
 
 

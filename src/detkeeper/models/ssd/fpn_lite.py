@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import keras
 
+from detkeeper.models.batch_norm import FusedBatchNormalization
+
 #: Batch norm as the FPN-lite configs' ``conv_hyperparams`` (``epsilon: 0.001``, ``decay: 0.997``).
 BATCH_NORM_EPSILON = 1e-3
 BATCH_NORM_MOMENTUM = 0.997
@@ -50,7 +52,7 @@ def conv_block(channels: int, name: str, separable: bool, strides: int = 1) -> k
 
 
 def batch_norm(name: str, momentum: float) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=momentum, name=name)
+    return FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=momentum, name=name)
 
 
 class FpnLiteFeatureMaps(keras.layers.Layer):

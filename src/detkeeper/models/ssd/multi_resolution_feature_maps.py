@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import keras
 
+from detkeeper.models.batch_norm import FusedBatchNormalization
+
 #: The extractor's extra maps, after the two backbone taps.
 LAYER_DEPTHS = (512, 256, 256, 128)
 MIN_DEPTH = 16
@@ -57,8 +59,8 @@ class MultiResolutionFeatureMaps(keras.layers.Layer):
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=CONV_INITIALIZER_STDDEV))
 
     def _norm(self, name: str) -> keras.layers.BatchNormalization:
-        return keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
-                                               name=name)
+        return FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
+                                       name=name)
 
     def call(self, features: dict, training=False) -> list:
         maps = [features["C4"], features["C5"]]
