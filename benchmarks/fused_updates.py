@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from detkeeper.models import build_model  # noqa: E402
-from detkeeper.models.batch_norm import FusedBatchNormalization  # noqa: E402
+from detkeeper.models import batch_norm  # noqa: E402
 from detkeeper.training.optimizers import build_optimizer  # noqa: E402
 from train_step import NUM_CLASSES, entry_config, synthetic_batch  # noqa: E402
 
@@ -55,7 +55,7 @@ def compiled_pair(config, images, versus: str = "optimizer"):
             optimizer = keras_twin(optimizer)
         if not fused and versus == "batch-norm":
             for layer in model._flatten_layers(include_self=False, recursive=True):
-                if isinstance(layer, FusedBatchNormalization):
+                if isinstance(layer, batch_norm.BatchNormalization):
                     layer._fusable = lambda *args: False  # Keras' own training step, traced below
         model.compile(optimizer=optimizer)
         model.optimizer.build(model.trainable_variables)  # as the trainer does: one trace, not two

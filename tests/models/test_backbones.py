@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from detkeeper.errors import ConfigError
-from detkeeper.models.backbones import (FEATURE_STRIDES, RANDOM_INIT_BN_MOMENTUM, all_layers, build_backbone,
-                                       feature_channels, list_backbones)
+from detkeeper.models import batch_norm
+from detkeeper.models.backbones import (FEATURE_STRIDES, RANDOM_INIT_BN_MOMENTUM, _with_fused_batch_norm, all_layers,
+                                       build_backbone, feature_channels, list_backbones)
 
 # Fast enough to run forward passes in every test; the others are only built.
 FAST = ("tiny", "mobilenetv2_035")
@@ -74,6 +75,22 @@ def test_from_random_init_every_batch_norm_tracks_its_statistics_quickly(name: s
     backbone = build_backbone(name, "none", 64)
     norms = [layer for layer in all_layers(backbone) if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and {layer.momentum for layer in norms} == {RANDOM_INIT_BN_MOMENTUM}
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_batch_norm_trains_through_the_fused_kernel(name: str):
+    """The keras.applications' layers too: each application is cloned with detkeeper's layer."""
+    norms = [layer for layer in all_layers(_built(name, 64)) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is batch_norm.BatchNormalization for layer in norms)
+
+
+def test_the_cloned_application_keeps_its_layers_names_and_weights():
+    application = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3),
+                                                  alpha=0.35)
+    application(_images(64), training=True)  # moves the BatchNorm statistics away from their init
+    clone = _with_fused_batch_norm(application)
+    assert [layer.name for layer in clone.layers[1:]] == [layer.name for layer in application.layers[1:]]  # not the input
+    np.testing.assert_array_equal(clone(_images(64, seed=1)), application(_images(64, seed=1)))
 
 
 def test_tiny_has_meaningful_variable_names_and_a_small_size():

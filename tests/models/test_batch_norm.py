@@ -1,12 +1,12 @@
-"""FusedBatchNormalization trains as Keras' BatchNormalization does, through TensorFlow's fused
-kernels, and is Keras' layer everywhere else."""
+"""detkeeper's BatchNormalization trains as Keras' does, through TensorFlow's fused kernels, and is
+Keras' layer everywhere else: inference, configs, checkpoints and weight files."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models.batch_norm import BatchNormalization as FusedBatchNormalization
 
 
 def images(shape=(4, 6, 5, 3), dtype="float32", seed=0):
@@ -95,3 +95,26 @@ def test_same_variables_and_config_as_keras_so_checkpoints_read_either_way(tmp_p
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fused))
     assert type(clone) is FusedBatchNormalization and clone.get_config() == fused.get_config()
+
+
+def _small_model(norm_class) -> keras.Model:
+    images = keras.Input((6, 5, 3))
+    x = norm_class()(keras.layers.Conv2D(4, 3)(images))
+    return keras.Model(images, norm_class()(keras.layers.Conv2D(2, 1)(x)))
+
+
+def test_weight_files_saved_with_keras_layer_load_into_the_fused_one_and_back(tmp_path):
+    """Keras files a layer's weights in ``.weights.h5`` (and ``.keras`` archives) under its class
+    name: backbone weight files saved before the fused layer existed still load."""
+    keras.utils.set_random_seed(0)
+    saved = _small_model(keras.layers.BatchNormalization)
+    saved(images(), training=True)  # moving statistics away from their init
+    saved.save_weights(tmp_path / "keras.weights.h5")
+    fused = _small_model(FusedBatchNormalization)
+    fused.load_weights(tmp_path / "keras.weights.h5")
+    for got, expected in zip(fused.weights, saved.weights):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    fused.save_weights(tmp_path / "fused.weights.h5")
+    back = _small_model(keras.layers.BatchNormalization)
+    back.load_weights(tmp_path / "fused.weights.h5")
+    np.testing.assert_array_equal(back(images(), training=False), saved(images(), training=False))

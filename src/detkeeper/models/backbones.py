@@ -18,7 +18,7 @@ import keras
 from keras import layers
 
 from detkeeper.errors import ConfigError
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 
 FEATURE_STRIDES = {"C3": 8, "C4": 16, "C5": 32}
 """Output key -> stride in pixels, the same for every backbone."""
@@ -183,12 +183,26 @@ def _application_backbone(name: str, application: keras.Model, feature_layers: d
                           preprocess: Preprocess, input_shape: InputShape) -> keras.Model:
     """Wrap an application (built standalone, so keras loads its weights exactly as for itself)
     as a nested feature extractor behind this backbone's own preprocessing."""
+    application = _with_fused_batch_norm(application)
     extractor = keras.Model(
         application.input,
         {key: application.get_layer(layer).output for key, layer in feature_layers.items()},
         name=f"{name}_features")
     images = keras.Input(input_shape, name="images")
     return _feature_model(name, images, extractor(preprocess(images)))
+
+
+def _with_fused_batch_norm(application: keras.Model) -> keras.Model:
+    """The application with its BatchNormalization layers as :class:`batch_norm.BatchNormalization`
+    (training through TensorFlow's fused kernel): a clone, layer for layer, with the same configs,
+    names and weights, so checkpoints and the feature layers' names are unchanged."""
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        kind = batch_norm.BatchNormalization if type(layer) is keras.layers.BatchNormalization else type(layer)
+        return kind.from_config(layer.get_config())
+
+    fused = keras.models.clone_model(application, clone_function=clone)
+    fused.set_weights(application.get_weights())
+    return fused
 
 
 def _scale_to_unit_range(name: str) -> Preprocess:
@@ -247,7 +261,7 @@ def efficientnetv2b0(input_shape: InputShape, weights: str | None) -> keras.Mode
 def _conv_bn_relu(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
     """A full 3x3 stride-2 convolution: cheap at low channel counts, richer than separable."""
     x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = FusedBatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -256,10 +270,10 @@ def _separable_block(x: keras.KerasTensor, filters: int, strides: int, name: str
     from random init)."""
     y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
                                name=f"{name}_dwconv")(x)
-    y = FusedBatchNormalization(name=f"{name}_dwbn")(y)
+    y = batch_norm.BatchNormalization(name=f"{name}_dwbn")(y)
     y = layers.ReLU(name=f"{name}_dwrelu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pwconv")(y)
-    y = FusedBatchNormalization(name=f"{name}_pwbn")(y)
+    y = batch_norm.BatchNormalization(name=f"{name}_pwbn")(y)
     if strides == 1 and x.shape[-1] == filters:
         y = layers.Add(name=f"{name}_add")([x, y])
     return layers.ReLU(name=f"{name}_out")(y)

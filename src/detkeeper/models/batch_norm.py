@@ -13,7 +13,9 @@ formulas: the batch mean and biased variance normalise the batch, the moving sta
 ``momentum`` towards them (the kernel's variance carries Bessel's correction, which is taken off,
 as Keras 2 did). Inference, and what the kernel does not cover (synchronised BN over replicas,
 renorm, masks, other axes, epsilon below the kernel's 1.001e-5), stay Keras' own. The variables,
-the config and so the checkpoints are Keras' BatchNormalization's.
+the config and so the checkpoints are Keras' BatchNormalization's. The class keeps Keras' name too:
+Keras' weight files (``.weights.h5``, the weights inside a ``.keras`` archive) file a layer's weights
+under its class name, so weights saved from either layer load into the other.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ FUSED_MIN_EPSILON = 1.001e-5
 
 
 @keras.saving.register_keras_serializable(package="detkeeper")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """:class:`keras.layers.BatchNormalization`, its training step on ``[B, H, W, C]`` one fused kernel."""
+class BatchNormalization(keras.layers.BatchNormalization):
+    """:class:`keras.layers.BatchNormalization`, its training step on ``[B, H, W, C]`` one fused kernel
+    (serialized as ``detkeeper>BatchNormalization``)."""
 
     def _fusable(self, inputs, training, mask) -> bool:
         return (bool(training) and self.trainable and mask is None and not self.renorm and not self.synchronized

@@ -25,7 +25,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 
 #: The EfficientDet configs' ``conv_hyperparams``: batch norm decay and epsilon, the initializer.
 BATCH_NORM_MOMENTUM, BATCH_NORM_EPSILON = 0.99, 1e-3
@@ -103,8 +103,8 @@ class BiFpnFeatureMaps(keras.layers.Layer):
                 self.post_norms[str(index)] = self._batch_norm(f"node{index}_batchnorm")
 
     def _batch_norm(self, name: str) -> keras.layers.BatchNormalization:
-        return FusedBatchNormalization(momentum=self.batch_norm_momentum, epsilon=BATCH_NORM_EPSILON,
-                                       name=name)
+        return batch_norm.BatchNormalization(momentum=self.batch_norm_momentum, epsilon=BATCH_NORM_EPSILON,
+                                             name=name)
 
     def call(self, features: dict, training=False) -> list:
         maps = [features[f"C{level}"] for level in self.input_levels]

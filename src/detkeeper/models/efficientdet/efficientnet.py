@@ -26,7 +26,7 @@ import math
 import keras
 from keras import ops
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 
 #: EfficientNet's own definition (``MODEL_CONFIGS``): name -> (width, depth) coefficient.
 COMPOUND_COEFFICIENTS = {
@@ -83,7 +83,7 @@ def _conv_bn(x, filters: int | None, kernel: int, name: str, momentum: float, st
     else:
         conv = keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False,
                                    kernel_initializer=CONV_INITIALIZER, name=f"{name}_conv2d")
-    x = FusedBatchNormalization(momentum=momentum, epsilon=BATCH_NORM_EPSILON, name=f"{name}_bn")(conv(x))
+    x = batch_norm.BatchNormalization(momentum=momentum, epsilon=BATCH_NORM_EPSILON, name=f"{name}_bn")(conv(x))
     return x if activation is None else keras.layers.Activation(activation, name=f"{name}_activation")(x)
 
 

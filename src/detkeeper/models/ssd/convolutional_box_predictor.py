@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 from detkeeper.models.ssd.predictor import BOX_CODE_SIZE, CLASS_PREDICTION_BIAS_INIT
 from detkeeper.models.ssd.zoo_checkpoint import PREDICTOR_PREFIX, ZooSlot, layer_slots
 
@@ -69,8 +69,8 @@ class ConvolutionalBoxPredictor(keras.layers.Layer):
             convs.append([keras.layers.Conv2D(
                 depth, 1, padding="same", use_bias=False, name=name,
                 kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV)) for name in names])
-            norms.append([FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
-                                                  name=f"{name}_batchnorm") for name in names])
+            norms.append([batch_norm.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
+                                                        name=f"{name}_batchnorm") for name in names])
         self.shared_convs, self.shared_norms = convs, norms
 
     def call(self, feature_maps: list, training=False) -> tuple:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import keras
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 
 #: Batch norm as the FPN-lite configs' ``conv_hyperparams`` (``epsilon: 0.001``, ``decay: 0.997``).
 BATCH_NORM_EPSILON = 1e-3
@@ -51,8 +51,8 @@ def conv_block(channels: int, name: str, separable: bool, strides: int = 1) -> k
                                kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_INITIALIZER_STDDEV))
 
 
-def batch_norm(name: str, momentum: float) -> keras.layers.BatchNormalization:
-    return FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=momentum, name=name)
+def batch_norm_layer(name: str, momentum: float) -> keras.layers.BatchNormalization:
+    return batch_norm.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=momentum, name=name)
 
 
 class FpnLiteFeatureMaps(keras.layers.Layer):
@@ -77,10 +77,11 @@ class FpnLiteFeatureMaps(keras.layers.Layer):
         self.residual = [keras.layers.Conv2D(channels, 1, kernel_initializer=normal, name=f"projection_c{level}")
                          for level in finer]
         self.smoothing = [conv_block(channels, f"smoothing_p{level}", separable) for level in finer]
-        self.smoothing_norm = [batch_norm(f"smoothing_p{level}_batchnorm", batch_norm_momentum) for level in finer]
+        self.smoothing_norm = [batch_norm_layer(f"smoothing_p{level}_batchnorm", batch_norm_momentum)
+                               for level in finer]
         coarse = range(6, max_level + 1)
         self.coarse = [conv_block(channels, f"bottom_up_p{level}", separable, strides=2) for level in coarse]
-        self.coarse_norm = [batch_norm(f"bottom_up_p{level}_batchnorm", batch_norm_momentum) for level in coarse]
+        self.coarse_norm = [batch_norm_layer(f"bottom_up_p{level}_batchnorm", batch_norm_momentum) for level in coarse]
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
 
     def call(self, features: dict, training=False) -> list:

@@ -31,7 +31,7 @@ import keras
 
 from detkeeper.errors import ConfigError, DetkeeperError
 from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM, build_backbone, check_backbone
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 #: The API's MobileNetV2 at depth multiplier 1.0: the backbone zoo checkpoints fit.
@@ -181,7 +181,7 @@ def api_mobilenet_v2(image_size: int, depth_multiplier: float, min_depth: int = 
         return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
 
     def norm(x, name: str):
-        return FusedBatchNormalization(epsilon=1e-3, momentum=RANDOM_INIT_BN_MOMENTUM, name=name)(x)
+        return batch_norm.BatchNormalization(epsilon=1e-3, momentum=RANDOM_INIT_BN_MOMENTUM, name=name)(x)
 
     inputs = keras.Input((image_size, image_size, 3), name="scaled_images")
     x = conv(inputs, make_divisible(32 * depth_multiplier), 3, "Conv1", strides=2)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import keras
 
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 
 #: The extractor's extra maps, after the two backbone taps.
 LAYER_DEPTHS = (512, 256, 256, 128)
@@ -59,8 +59,8 @@ class MultiResolutionFeatureMaps(keras.layers.Layer):
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=CONV_INITIALIZER_STDDEV))
 
     def _norm(self, name: str) -> keras.layers.BatchNormalization:
-        return FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
-                                       name=name)
+        return batch_norm.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=self.batch_norm_momentum,
+                                             name=name)
 
     def call(self, features: dict, training=False) -> list:
         maps = [features["C4"], features["C5"]]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, CONV_INITIALIZER_STDDEV, batch_norm, separable_conv
+from detkeeper.models.ssd.fpn_lite import BATCH_NORM_MOMENTUM, CONV_INITIALIZER_STDDEV, batch_norm_layer, separable_conv
 from detkeeper.models.ssd.zoo_checkpoint import PREDICTOR_PREFIX, ZooSlot, layer_slots
 
 #: The FPN-lite configs' ``class_prediction_bias_init``: sigmoid(-4.6) = 0.01, the focal-loss prior.
@@ -73,7 +73,7 @@ class WeightSharedBoxPredictor(keras.layers.Layer):
     def _tower(self, name: str) -> tuple[list, list]:
         """`convs` convolutions shared by the levels, and each level's batch norms."""
         convs = [self._conv(self.channels, f"{name}_conv{i}", use_bias=self.tower_bias) for i in range(self.convs)]
-        norms = [[batch_norm(f"{name}_conv{i}_batchnorm_level{index}", self.batch_norm_momentum)
+        norms = [[batch_norm_layer(f"{name}_conv{i}_batchnorm_level{index}", self.batch_norm_momentum)
                   for i in range(self.convs)] for index in range(self.num_levels)]
         return convs, norms
 

@@ -29,7 +29,7 @@ import keras
 
 from detkeeper.errors import DetkeeperError
 from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM
-from detkeeper.models.batch_norm import FusedBatchNormalization
+from detkeeper.models import batch_norm
 from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 CHANNEL_MEANS = (123.68, 116.779, 103.939)
@@ -77,8 +77,8 @@ def build_resnet_v1(name: str, image_size: int, depth_multiplier: float = 1.0,
         return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=name)(x)
 
     def norm(x, name: str):
-        return FusedBatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=RANDOM_INIT_BN_MOMENTUM,
-                                       name=name)(x)
+        return batch_norm.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=RANDOM_INIT_BN_MOMENTUM,
+                                             name=name)(x)
 
     def relu6(x, name: str):
         return keras.layers.ReLU(6.0, name=name)(x)
