@@ -59,6 +59,10 @@ CANDIDATES = {
     # only the step cost a little.
     "bccd + mosaic": ["data.augment.mosaic=0.5", "data.max_boxes=48"],
     "bccd + mosaic 1.0": ["data.augment.mosaic=1.0", "data.max_boxes=48"],
+    # The preset's Adam 3e-3 was chosen without a sweep: half and twice it, and AdamW's decoupled decay.
+    "bccd + lr 1.5e-3": ["train.optimizer.learning_rate=0.0015"],
+    "bccd + lr 6e-3": ["train.optimizer.learning_rate=0.006"],
+    "bccd + adamw": ["train.optimizer.name=adamw", "train.optimizer.weight_decay=0.05"],
 }
 
 
