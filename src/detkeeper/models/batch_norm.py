@@ -4,9 +4,9 @@ Keras 3 writes a BatchNormalization's training step in ``keras.ops``: the batch 
 moving-statistics update and the normalisation come to about 20 graph ops, and their gradient to
 about 40 more, for every BN layer of the model. TensorFlow computes the same step in one kernel,
 ``FusedBatchNormV3``, and its gradient in one more (``FusedBatchNormGradV3``): what Keras 2 ran by
-default (``fused=True``). With it, the ``bccd`` preset's training step takes 12% less time and the
-``demo`` preset's 10% less, and every training process traces a third fewer ops
-(benchmarks/train_step.py, RESULTS.md, "Fused BatchNormalization").
+default (``fused=True``). With it the training step of the ``bccd`` preset takes 10% less time, of
+``demo`` 7% less, of ``mobilenetv2_fpn_320`` 15% less, and the first step (its trace) 15-26% less
+(``benchmarks/fused_updates.py --versus batch-norm``; RESULTS.md, "Fused BatchNormalization").
 
 Only the training step of 4-D inputs with channels last changes, and it computes Keras'
 formulas: the batch mean and biased variance normalise the batch, the moving statistics move by

@@ -30,8 +30,8 @@ from __future__ import annotations
 import keras
 
 from detkeeper.errors import ConfigError, DetkeeperError
-from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM, build_backbone, check_backbone
 from detkeeper.models import batch_norm
+from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM, build_backbone, check_backbone
 from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 #: The API's MobileNetV2 at depth multiplier 1.0: the backbone zoo checkpoints fit.

@@ -28,8 +28,8 @@ from __future__ import annotations
 import keras
 
 from detkeeper.errors import DetkeeperError
-from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM
 from detkeeper.models import batch_norm
+from detkeeper.models.backbones import RANDOM_INIT_BN_MOMENTUM
 from detkeeper.models.ssd.zoo_checkpoint import EXTRACTOR_PREFIX, ZooSlot, layer_slots
 
 CHANNEL_MEANS = (123.68, 116.779, 103.939)
