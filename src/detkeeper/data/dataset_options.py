@@ -11,8 +11,8 @@ time (benchmarks/RESULTS.md, "tf.data's autotuning off").
 Without it the decoding ``map`` runs :func:`decoding_calls` calls at once, a core for each but one:
 the training step's own threads use every core, and on 2 cores a second decoding call slowed the
 step it fed by 4-6% against autotuning on in the same round (benchmarks/input_pipeline.py, fed /
-model alone: 0.87-0.94 with two calls, 0.95-0.97 with one, 0.92-1.00 with autotuning on). ``prefetch(AUTOTUNE)`` keeps its own buffer
-tuner, which needs no thread.
+model alone: 0.87-0.94 with two calls, 0.95-0.97 with one, 0.92-1.00 with autotuning on).
+``prefetch(AUTOTUNE)`` keeps its own buffer tuner, which needs no thread.
 """
 
 from __future__ import annotations
