@@ -7,7 +7,7 @@ those ops are about a sixth of the training step. Group normalisation is batch n
 one "channel" per (image, group): the group's values moved to the last axis of a ``[1, S, D, N*G]``
 tensor, ``FusedBatchNormV3`` computes each one's mean and (biased) variance over the rest and
 normalises in one kernel, its gradient in one more; the layer's own ``gamma`` and ``beta`` follow
-per channel. The training step of the ``bccd`` preset takes about 10% less time
+per channel. The training step of the ``bccd`` preset takes about 9% less time
 (``benchmarks/fused_updates.py --versus group-norm``; RESULTS.md, "Fused GroupNormalization").
 
 Only the training step of 4-D inputs with channels last changes. Inference (the same function: group
