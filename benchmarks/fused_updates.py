@@ -1,5 +1,5 @@
-"""The fused optimizer updates, or the fused BatchNormalization, against Keras' own: first step
-(trace) and step time, in one process.
+"""The fused optimizer updates, BatchNormalization or GroupNormalization against Keras' own: first
+step (trace) and step time, in one process.
 
 For each entry (as in train_step.py: a preset, or a registry model with the tiny backbone at
 ``--model-size`` px), two models with the same initial weights train on the same synthetic batch:
@@ -7,13 +7,14 @@ one with the optimizer ``detkeeper train`` builds (``build_optimizer``: Keras' c
 variable's update one TensorFlow kernel, detkeeper.training.fused_updates), one with Keras' own
 class from the same config. With ``--versus batch-norm`` both have detkeeper's optimizer and the
 second's BatchNormalization layers take Keras' own training step instead of TensorFlow's fused
-kernel (detkeeper.models.batch_norm). Measured: the wall time of the first ``train_on_batch`` (tracing,
+kernel (detkeeper.models.batch_norm); with ``--versus group-norm`` its GroupNormalization layers (the
+FCOS heads') do (detkeeper.models.group_norm). Measured: the wall time of the first ``train_on_batch`` (tracing,
 Grappler and one step; the two models take turns being first, ``--rounds`` times each, fresh
 models every round), and the median step time after it, the two models alternating in blocks of 5
 steps so drift in the machine's speed falls on both. Ratios are fused / Keras.
 
 Usage: .venv/bin/python benchmarks/fused_updates.py [--entries fcos_tiny,demo,bccd,mobilenetv2_fpn_320]
-           [--model-size 128] [--steps 30] [--rounds 2] [--versus optimizer|batch-norm]
+           [--model-size 128] [--steps 30] [--rounds 2] [--versus optimizer|batch-norm|group-norm]
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from detkeeper.models import build_model  # noqa: E402
-from detkeeper.models import batch_norm  # noqa: E402
+from detkeeper.models import batch_norm, group_norm  # noqa: E402
 from detkeeper.training.optimizers import build_optimizer  # noqa: E402
 from train_step import NUM_CLASSES, entry_config, synthetic_batch  # noqa: E402
 
 KERAS_CLASSES = (keras.optimizers.AdamW, keras.optimizers.Adam, keras.optimizers.SGD)
+FUSED_LAYERS = {"batch-norm": batch_norm.BatchNormalization, "group-norm": group_norm.GroupNormalization}
+"""``--versus`` -> the detkeeper layer whose fused training step the baseline model does without."""
 
 
 def keras_twin(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
@@ -44,7 +47,7 @@ def keras_twin(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimi
 
 def compiled_pair(config, images, versus: str = "optimizer"):
     """(fused, Keras') models with the same weights, each compiled with its optimizer; `versus`
-    says what the second takes from Keras: the optimizer's update, or BatchNormalization's step."""
+    says what the second takes from Keras: the optimizer's update, or a normalization layer's step."""
     models = []
     for fused in (True, False):
         keras.utils.set_random_seed(0)
@@ -53,9 +56,9 @@ def compiled_pair(config, images, versus: str = "optimizer"):
         optimizer = build_optimizer(config.train)
         if not fused and versus == "optimizer":
             optimizer = keras_twin(optimizer)
-        if not fused and versus == "batch-norm":
+        if not fused and versus in FUSED_LAYERS:
             for layer in model._flatten_layers(include_self=False, recursive=True):
-                if isinstance(layer, batch_norm.BatchNormalization):
+                if isinstance(layer, FUSED_LAYERS[versus]):
                     layer._fusable = lambda *args: False  # Keras' own training step, traced below
         model.compile(optimizer=optimizer)
         model.optimizer.build(model.trainable_variables)  # as the trainer does: one trace, not two
@@ -99,7 +102,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=2, help="fresh model pairs per entry")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--versus", choices=("optimizer", "batch-norm"), default="optimizer",
+    parser.add_argument("--versus", choices=("optimizer", *FUSED_LAYERS), default="optimizer",
                         help="what the baseline model takes from Keras")
     args = parser.parse_args()
     tf.config.experimental.enable_op_determinism()

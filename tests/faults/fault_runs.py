@@ -5,11 +5,12 @@ one 16-channel head convolution, batch 4, 50 steps, an evaluation every 10): eac
 its start and its first trace, so a kill costs seconds. The model is fcos_tiny with the options a
 resumed run must reproduce exactly switched on: the ATSS assigner and quality focal loss (issue 19),
 and every random augmentation but the mosaic. Its mAP climbs and wobbles, so the best is not the latest
-and keep_best 2 / keep_last 1 prunes at steps 30, 40 and 50: seed 5 gives 0.000, 0.018, 0.028, 0.036,
-0.033 (2026-12-06, with BatchNormalization's fused kernel; seed 0 there climbed without a dip, 0.001 to
-0.056, and seeds 1-4 and 6 ended on their best; before the fused kernel seed 0 gave 0.001, 0.011, 0.009,
-0.060, 0.044). At 128 px (0, 0.003, 0.025, 0.012, 0.018, before the fused optimizer updates and images of
-static shape) a process took about 0.9 CPU s more (9.8 against 9.0).
+and keep_best 2 / keep_last 1 prunes at steps 30, 40 and 50: seed 0 gives 0.001, 0.049, 0.025, 0.081,
+0.060 (2026-12-06, with the fused BatchNormalization and GroupNormalization kernels, which change the
+rounding and so the curve: with the fused BatchNormalization alone seed 0 climbed without a dip and seed 5
+gave 0.000, 0.018, 0.028, 0.036, 0.033; before either, seed 0 gave 0.001, 0.011, 0.009, 0.060, 0.044).
+At 128 px (0, 0.003, 0.025, 0.012, 0.018, before the fused optimizer updates and images of static shape)
+a process took about 0.9 CPU s more (9.8 against 9.0).
 
 The mosaic (``data.augment.mosaic``) is off here: it made each of these runs 3-5 CPU s dearer (14.5 to
 18.4 s; its map function holds four images' transforms), and the suite starts about 40 of them. Its
@@ -36,7 +37,7 @@ STEPS, EVERY, KEEP_BEST, KEEP_LAST = 50, 10, 2, 1
 SECTIONS = {
     "model": {"name": "fcos_tiny", "image_size": 96, "neck": {"channels": 16, "max_level": 5},
               "head": {"channels": 16, "convs": 1, "assigner": "atss", "classification_loss": "quality_focal"}},
-    "train": {"batch_size": 4, "steps": STEPS, "seed": 5, "optimizer": {"learning_rate": 0.01},
+    "train": {"batch_size": 4, "steps": STEPS, "seed": 0, "optimizer": {"learning_rate": 0.01},
               "schedule": {"name": "constant", "warmup_steps": 5}},
     "evaluation": {"every_steps": EVERY},
     # Every random transform on (the shapes of the 8 images allow any flip and turn): a resumed run must draw

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.models import build_model
+from detkeeper.models.group_norm import GroupNormalization
 from detkeeper.models.fcos.assign import assign_targets, centerness, distances_to_boxes, locations, side_distances
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
@@ -157,3 +158,10 @@ def test_config_round_trip_keeps_every_option(model):
     rebuilt = type(model).from_config(config)
     assert rebuilt.get_config() == config
     assert type(model).from_config(config).get_config() == config  # the config is not consumed
+
+
+def test_head_towers_normalize_with_the_fused_group_norm(model):
+    """FCOS's towers are most of its GroupNormalization layers: each is detkeeper's (a fused training step)."""
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.GroupNormalization)]
+    assert len(norms) == 4 and all(isinstance(layer, GroupNormalization) for layer in norms)

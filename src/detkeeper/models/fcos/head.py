@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from detkeeper.models import group_norm
 from detkeeper.models.boxes import DECODE_CLIP
 from detkeeper.models.custom import run_tower, tower_layer
 
@@ -25,7 +26,7 @@ def _tower(channels: int, convs: int, prefix: str, block: str | None = None) -> 
     blocks = []
     for i in range(convs):
         blocks += [tower_layer(block, channels, f"{prefix}_conv{i}", use_bias=False, kernel_initializer=normal),
-                   keras.layers.GroupNormalization(groups, name=f"{prefix}_norm{i}"),
+                   group_norm.GroupNormalization(groups, name=f"{prefix}_norm{i}"),
                    keras.layers.ReLU(name=f"{prefix}_relu{i}")]
     return blocks
 

@@ -1,5 +1,5 @@
-"""detkeeper's BatchNormalization trains as Keras' does, through TensorFlow's fused kernels, and is
-Keras' layer everywhere else: inference, configs, checkpoints and weight files."""
+"""detkeeper's BatchNormalization and GroupNormalization train as Keras' do, through TensorFlow's fused
+kernels, and are Keras' layers everywhere else: inference, configs, checkpoints and weight files."""
 
 import keras
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from detkeeper.models.batch_norm import BatchNormalization as FusedBatchNormalization
+from detkeeper.models.group_norm import GroupNormalization as FusedGroupNormalization
 
 
 def images(shape=(4, 6, 5, 3), dtype="float32", seed=0):
@@ -118,3 +119,71 @@ def test_weight_files_saved_with_keras_layer_load_into_the_fused_one_and_back(tm
     back = _small_model(keras.layers.BatchNormalization)
     back.load_weights(tmp_path / "fused.weights.h5")
     np.testing.assert_array_equal(back(images(), training=False), saved(images(), training=False))
+
+
+# --- GroupNormalization ---------------------------------------------------------------------------
+
+
+def group_twins(channels=8, **kwargs):
+    """Keras' GroupNormalization and the fused one with the same (non-trivial) gamma and beta."""
+    layers = keras.layers.GroupNormalization(**kwargs), FusedGroupNormalization(**kwargs)
+    rng = np.random.default_rng(2)
+    for layer in layers:
+        layer.build((None, 6, 5, channels))
+    weights = [rng.uniform(0.5, 1.5, size=weight.shape).astype(np.float32) for weight in layers[0].weights]
+    for layer in layers:
+        layer.set_weights(weights)
+    return layers
+
+
+@pytest.mark.parametrize("kwargs", [{"groups": 4}, {"groups": 8, "epsilon": 1e-4}, {"groups": 1},
+                                    {"groups": 2, "center": False, "scale": False}])
+def test_group_norm_trains_as_keras_does_through_the_fused_kernels(kwargs):
+    keras_layer, fused = group_twins(**kwargs)
+    x = images((3, 6, 5, 8))
+    expected_y, expected_grads = tf.function(training_step(keras_layer))(x)
+    got_y, got_grads = tf.function(training_step(fused))(x)
+    np.testing.assert_allclose(got_y, expected_y, rtol=1e-4, atol=1e-4)
+    for got, expected in zip(got_grads, expected_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= op_types(training_step(fused), x)
+
+
+def test_group_norm_takes_any_batch_and_image_size_in_one_trace():
+    keras_layer, fused = group_twins(groups=4)
+    step = tf.function(lambda t: fused(t, training=True),
+                       input_signature=[tf.TensorSpec([None, None, None, 8], tf.float32)])
+    for shape in [(1, 3, 7, 8), (5, 6, 5, 8)]:
+        x = images(shape, seed=len(shape))
+        np.testing.assert_allclose(step(x), keras_layer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_inference_and_uncovered_settings_are_keras_own():
+    """Inference stays Keras' ops (what exports and TFLite conversion see); so does an epsilon below
+    the kernel's minimum."""
+    keras_layer, fused = group_twins(groups=4)
+    x = images((2, 6, 5, 8))
+    np.testing.assert_array_equal(fused(x, training=False), keras_layer(x))
+    assert "FusedBatchNormV3" not in op_types(lambda t: fused(t, training=False), x)
+    small = FusedGroupNormalization(groups=4, epsilon=1e-6)
+    assert "FusedBatchNormV3" not in op_types(lambda t: small(t, training=True), x)
+
+
+def test_group_norm_mixed_precision_computes_in_float32_and_answers_in_float16():
+    keras_layer, fused = group_twins(groups=4, dtype="mixed_float16")
+    x = images((2, 6, 5, 8), dtype="float16")
+    got, expected = fused(x, training=True), keras_layer(x, training=True)
+    assert got.dtype == tf.float16
+    np.testing.assert_allclose(got.numpy().astype(np.float32), expected.numpy().astype(np.float32), atol=2e-2)
+
+
+def test_group_norm_weight_files_and_configs_load_both_ways(tmp_path):
+    keras_layer, fused = group_twins(groups=4)
+    model = keras.Sequential([keras.Input((6, 5, 8)), keras_layer])
+    model.save_weights(tmp_path / "keras.weights.h5")
+    fresh = keras.Sequential([keras.Input((6, 5, 8)), FusedGroupNormalization(groups=4)])
+    fresh.load_weights(tmp_path / "keras.weights.h5")
+    for got, expected in zip(fresh.weights, model.weights):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fused))
+    assert type(clone) is FusedGroupNormalization and clone.get_config() == fused.get_config()
