@@ -101,6 +101,13 @@ def test_tiny_has_meaningful_variable_names_and_a_small_size():
     assert 100_000 < backbone.count_params() < 600_000
 
 
+def test_tiny_x2_is_tiny_at_twice_the_channels_with_the_same_layer_names():
+    tiny, wide = _built("tiny", 64), _built("tiny_x2", 64)
+    assert feature_channels(wide) == {key: 2 * channels for key, channels in feature_channels(tiny).items()}
+    assert [layer.name for layer in wide.layers] == [layer.name for layer in tiny.layers]
+    assert 3.5 * tiny.count_params() < wide.count_params() < 4.5 * tiny.count_params()
+
+
 @pytest.mark.parametrize("name", list_backbones())
 def test_config_round_trip_rebuilds_the_same_outputs(name: str):
     """Detectors serialize their backbone inside their own config."""

@@ -286,13 +286,25 @@ _TINY_STAGES = {"C3": (64, 2), "C4": (128, 3), "C5": (256, 3)}
 @register_backbone("tiny", imagenet=False)
 def tiny(input_shape: InputShape, weights: str | None) -> keras.Model:
     """Small custom CNN (about 0.2 M parameters) that trains fast on a CPU; random init only."""
+    return _tiny("tiny", 1, input_shape)
+
+
+@register_backbone("tiny_x2", imagenet=False)
+def tiny_x2(input_shape: InputShape, weights: str | None) -> keras.Model:
+    """"tiny" at twice the channels (about 0.9 M parameters): its separable blocks make that about 1.2x
+    the step time of a small detector on it, a cheaper gain in capacity than a wider head."""
+    return _tiny("tiny_x2", 2, input_shape)
+
+
+def _tiny(name: str, width: int, input_shape: InputShape) -> keras.Model:
+    """The tiny CNN with `width` times the channels; layers keep "tiny"'s names at every width."""
     images = keras.Input(input_shape, name="images")
     x = _scale_to_unit_range("tiny")(images)
-    x = _conv_bn_relu(x, 16, "tiny_stem")
-    x = _conv_bn_relu(x, 32, "tiny_stage1")
+    x = _conv_bn_relu(x, 16 * width, "tiny_stem")
+    x = _conv_bn_relu(x, 32 * width, "tiny_stage1")
     features = {}
     for stage, (key, (filters, blocks)) in enumerate(_TINY_STAGES.items(), start=2):
         for block in range(1, blocks + 1):
-            x = _separable_block(x, filters, 2 if block == 1 else 1, f"tiny_stage{stage}_block{block}")
+            x = _separable_block(x, filters * width, 2 if block == 1 else 1, f"tiny_stage{stage}_block{block}")
         features[key] = x
-    return _feature_model("tiny", images, features)
+    return _feature_model(name, images, features)
