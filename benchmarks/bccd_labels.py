@@ -122,8 +122,8 @@ def main() -> None:
 
     print(f"{args.run} on {args.split} ({len(records)} images), detections with score >= {args.score}, "
           f"matched at IoU {MATCH_IOU}:")
-    print(f"{'class':10s} {'labelled':>8s} {'confident':>9s} {'matched':>7s} {'unmatched':>9s} {'away':>5s} {'labels missed':>13s}"
-          f" {'images labelling none':>21s}")
+    print(f"{'class':10s} {'labelled':>8s} {'confident':>9s} {'matched':>7s} {'unmatched':>9s} {'away':>5s}"
+          f" {'labels missed':>13s} {'images labelling none':>21s}")
     for name in label_map.names:
         print(f"{name:10s} {counts[name, 'labelled']:8d} {counts[name, 'confident']:9d} {counts[name, 'matched']:7d} "
               f"{counts[name, 'confident'] - counts[name, 'matched']:9d} {counts[name, 'away']:5d} "
