@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from detkeeper.config.schema import BackboneConfig, ModelConfig
 from detkeeper.models import build_model
-from detkeeper.models.group_norm import GroupNormalization
 from detkeeper.models.fcos.assign import assign_targets, centerness, distances_to_boxes, locations, side_distances
+from detkeeper.models.group_norm import GroupNormalization
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
 
