@@ -65,7 +65,7 @@ CANDIDATES = {
     "bccd + adamw": ["train.optimizer.name=adamw", "train.optimizer.weight_decay=0.05"],
     # Capacity: the preset fits its own training split no better than val (train mAP50 0.94, RBC 0.88,
     # at the best step), so a larger model may learn more per step. Step time against the preset's
-    # (train_on_batch on one synthetic batch; in the real pipeline tiny_x2 measured 1.45x):
+    # (train_on_batch on one synthetic batch; in the real pipeline tiny_x2 measured at least 1.45x):
     # three convs per tower 1.29x, 96 channels in neck and head 1.67x, MobileNetV2 0.35 from random
     # init for the tiny backbone 1.57x, the tiny backbone at twice the channels 1.21x.
     "bccd + 3 convs": ["model.head.convs=3"],

@@ -292,7 +292,7 @@ def tiny(input_shape: InputShape, weights: str | None) -> keras.Model:
 @register_backbone("tiny_x2", imagenet=False)
 def tiny_x2(input_shape: InputShape, weights: str | None) -> keras.Model:
     """"tiny" at twice the channels (about 0.9 M parameters): the bccd preset's training step on it
-    takes about 1.45x the time (its separable blocks keep that below a wider head's 1.67x)."""
+    takes at least 1.45x the time (its separable blocks keep that below a wider head's 1.67x)."""
     return _tiny("tiny_x2", 2, input_shape)
 
 
