@@ -194,15 +194,13 @@ def _application_backbone(name: str, application: keras.Model, feature_layers: d
 
 def _with_fused_batch_norm(application: keras.Model) -> keras.Model:
     """The application with its BatchNormalization layers as :class:`batch_norm.BatchNormalization`
-    (training through TensorFlow's fused kernel): a clone, layer for layer, with the same configs,
-    names and weights, so checkpoints and the feature layers' names are unchanged."""
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        kind = batch_norm.BatchNormalization if type(layer) is keras.layers.BatchNormalization else type(layer)
-        return kind.from_config(layer.get_config())
-
-    fused = keras.models.clone_model(application, clone_function=clone)
-    fused.set_weights(application.get_weights())
-    return fused
+    (training through TensorFlow's fused kernel). That subclass changes ``call`` only and adds no
+    state, so each built layer changes class in place: names, configs, weights and the graph stay the
+    application's, without the second build a ``keras.models.clone_model`` costs (0.6-1.2 s)."""
+    for layer in all_layers(application):
+        if type(layer) is keras.layers.BatchNormalization:
+            layer.__class__ = batch_norm.BatchNormalization
+    return application
 
 
 def _scale_to_unit_range(name: str) -> Preprocess:
