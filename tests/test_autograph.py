@@ -55,5 +55,6 @@ def test_no_detkeeper_function_is_converted_by_autograph(shapes_dataset, convert
                                     backbone=BackboneConfig(name="tiny", weights="none")), label_map.num_classes)
     compiled_detect(model)(batch["images"], content_windows(batch["image_scales"], batch["image_sizes"]))
     WeightAverage(model, decay=0.99).update(1)
-    DetectionModule(model, label_map, ServingSettings(0.05, 0.5, 10), "{}").signatures()
+    for signature in DetectionModule(model, label_map, ServingSettings(0.05, 0.5, 10), "{}").signatures().values():
+        signature.get_concrete_function()
     assert converted == []

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorflow.core.protobuf import saved_model_pb2
 
 from detkeeper.cli.main import main
 from detkeeper.data import augment
@@ -143,6 +144,15 @@ def test_verification_compared_every_entry_point_and_the_map(exported):
     assert report["num_images"] == 8 and report["detections_compared"] > 0
     assert report["max_box_difference"] <= report["tolerance"]["box"]
     assert report["map_checkpoint"] == pytest.approx(report["map_export"], abs=1e-3)
+
+
+def test_the_saved_model_holds_each_serving_function_once(exported):
+    """Signatures passed to ``tf.saved_model.save`` as concrete functions traced before it were traced
+    again in its save context and both kept: every serving function twice, twice the graph to load."""
+    saved = saved_model_pb2.SavedModel.FromString((exported.out_dir / "saved_model" / "saved_model.pb").read_bytes())
+    names = [function.signature.name for function in saved.meta_graphs[0].graph_def.library.function]
+    for name in ("__call__", "_detect", "detect_encoded_images", "detect_tf_examples", "metadata"):
+        assert len([found for found in names if found.startswith(f"__inference_{name}_")]) == 1, (name, names)
 
 
 def _digests(folder):

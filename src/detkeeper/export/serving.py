@@ -183,11 +183,14 @@ class DetectionModule(tf.Module):
         return {"metadata": self.metadata_text, "label_map": self.label_map_text}
 
     def signatures(self) -> dict:
+        """The signatures as functions, for ``tf.saved_model.save`` to trace inside its save context:
+        concrete functions traced before it are traced again there, and both copies were saved (every
+        serving function twice in the SavedModel, each traced twice by the export)."""
         return {
-            "serving_default": self.__call__.get_concrete_function(),
-            "encoded_image_string_tensor": self.detect_encoded_images.get_concrete_function(),
-            "tf_example": self.detect_tf_examples.get_concrete_function(),
-            "metadata": self.metadata.get_concrete_function(),
+            "serving_default": self.__call__,
+            "encoded_image_string_tensor": self.detect_encoded_images,
+            "tf_example": self.detect_tf_examples,
+            "metadata": self.metadata,
         }
 
 
