@@ -31,6 +31,7 @@ test, reaps its children (benchmarks/suite_cpu.py adds them to each test's).
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import runpy
@@ -180,7 +181,11 @@ def _close_all() -> None:
 
 
 def _preload(kind: str) -> None:
-    """Import what the children of a `kind` zygote need, before any fork: the point of the zygote."""
+    """Import what the children of a `kind` zygote need, before any fork: the point of the zygote.
+    The garbage collector is off meanwhile and what was imported is frozen, as CPython's ``gc.freeze``
+    advises before forking (and as detkeeper's commands import TensorFlow, cli/console.py): the
+    children's collections never walk it, nor write to the pages they share with the zygote."""
+    gc.disable()
     import tensorflow  # noqa: F401
 
     if kind == "detkeeper":
@@ -192,6 +197,8 @@ def _preload(kind: str) -> None:
         import detkeeper.export.exporter  # noqa: F401
         import detkeeper.training.trainer  # noqa: F401
         import fault_driver  # noqa: F401
+    gc.freeze()
+    gc.enable()
 
 
 def _serve(kind: str) -> None:

@@ -121,6 +121,18 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_commands_import_tensorflow_frozen_and_leave_the_garbage_collector_on():
+    """The import's 300,000 objects are no garbage: frozen, later collections skip them
+    (benchmarks/start_cpu.py: a command's start-up CPU)."""
+    probe = ("import gc; from detkeeper.cli.console import import_tensorflow_quietly; "
+             "import_tensorflow_quietly(); import tensorflow; print(gc.isenabled(), gc.get_freeze_count())")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    enabled, frozen = result.stdout.split()
+    assert enabled == "True" and int(frozen) > 100_000, result.stdout
+
+
 TINY_DEMO = ["--set", "data.synthetic.num_train=32", "--set", "data.synthetic.num_val=8",
              "--set", "data.synthetic.num_test=8", "--set", "train.steps=40", "--set", "evaluation.every_steps=20",
              "--set", "train.schedule.warmup_steps=5",
