@@ -2,12 +2,12 @@
 
 Every ``detkeeper train``, ``export`` or ``evaluate`` is a new process that traces its graphs from
 scratch, and the test suite starts dozens of them; their fixed cost is measured here. Each run is a
-new Python process that imports TensorFlow as the commands do and then detkeeper, trains the fault suite's tiny run (retinanet_tiny at 128
-px, batch 4, 50 steps, every random transform on, 5 evaluations and saves) on a generated shapes
-set, and reports its own CPU seconds (user + system) for the import and for ``train`` and the
-number of detkeeper functions AutoGraph converted. The two trees alternate, ``--repeats`` times
-each, and the medians are compared in this one run. The baseline is checked out with ``git worktree
-add --detach`` into a temporary folder.
+new Python process that imports TensorFlow as the commands do, then detkeeper, trains the fault
+suite's tiny run (retinanet_tiny at 128 px, batch 4, 50 steps, every random transform on, 5
+evaluations and saves) on a generated shapes set, and reports its own CPU seconds (user + system)
+for the import and for ``train`` and the number of detkeeper functions AutoGraph converted. The two
+trees alternate, ``--repeats`` times each, and the medians are compared in this one run. The
+baseline is checked out with ``git worktree add --detach`` into a temporary folder.
 
 Usage:
     .venv/bin/python benchmarks/start_cpu.py [--baseline-rev df46e8c] [--repeats 3]
