@@ -24,9 +24,9 @@ def import_tensorflow_quietly() -> None:
     TensorFlow imports and creates its context. Python exceptions still propagate normally.
 
     The import makes about 300,000 objects and almost no garbage, yet with the cyclic collector on
-    its collections walked them again and again: a third of a command's start-up CPU
-    (benchmarks/start_cpu.py). The collector is off during the import, and what it made is then
-    frozen (``gc.freeze``) so that later collections skip it as well.
+    its collections walked them again and again: 10-25% of the import's CPU (benchmarks/start_cpu.py).
+    The collector is off during the import, and what it made is then frozen (``gc.freeze``) so that
+    later collections skip it as well.
     """
     if "tensorflow" in sys.modules:
         return
