@@ -83,6 +83,15 @@ def test_config_typo_is_one_clear_paragraph_with_exit_2(capsys, tmp_path):
     assert "Traceback" not in err
 
 
+def test_config_show_checks_what_train_checks_before_reading_data(capsys):
+    """Names that registries resolve (model, backbone, monitor) too, not only the schema: `config show`
+    once printed an unknown backbone and exited 0, where `train` refused it."""
+    code, out, err = run(capsys, "config", "show", "demo", "--set", "model.backbone.name=tiny_x3",
+                         "--set", "evaluation.monitor=val_mAP99")
+    assert code == 2 and out == ""
+    assert "unknown backbone 'tiny_x3'" in err and "tiny_x2" in err and "evaluation.monitor" in err, err
+
+
 def test_convert_then_check_the_tfrecords(capsys, tmp_path, shapes_dataset):
     prefix = tmp_path / "records" / "train"
     code, out, _ = run(capsys, "data", "convert", str(shapes_dataset), "--split", "train", "--to", "tfrecord",

@@ -49,7 +49,7 @@ def register(commands, common) -> None:
     show.add_argument("config", help="YAML file or preset name")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override, e.g. train.optimizer.learning_rate=0.001 (repeatable)")
-    show.set_defaults(handler=run_show, uses_tensorflow=False)
+    show.set_defaults(handler=run_show)
     presets = sub.add_parser("presets", parents=[common], formatter_class=fmt, epilog=SHOW_EXAMPLES,
                              help="list the named presets",
                              description="List the presets shipped with detkeeper, each with what it is for.")
@@ -79,7 +79,10 @@ def register(commands, common) -> None:
 
 
 def run_show(args) -> int:
-    print(config_to_yaml(load_config(args.config, args.set)), end="")
+    """The config as `detkeeper train` would check it before reading data, registries included."""
+    from detkeeper.training.preflight import TRAINING_CHECKS  # light: the model registry imports Keras
+
+    print(config_to_yaml(load_config(args.config, args.set, checks=TRAINING_CHECKS)), end="")
     return 0
 
 
